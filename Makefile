@@ -1,0 +1,42 @@
+# Two commands: `make run` serves the embedded default, `make test` runs the whole suite.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 8000
+export LLMTUNER_DATA_DIR ?= ./data
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+
+.PHONY: run test lint typecheck migrate install-run install-dev clean bench
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+# torch first and pinned: 2.13.0 is the CPU wheel on these machines (a bare `torch` pulls CUDA).
+$(STAMP): $(VENV)/bin/python pyproject.toml
+	$(PY) -m pip install -q "torch==2.13.0"
+	$(PY) -m pip install -q -e ".[local,dev]"
+	rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+install: $(STAMP)
+
+migrate: install
+	$(VENV)/bin/alembic upgrade head
+
+run: migrate
+	$(VENV)/bin/uvicorn app.main:create_app --factory --host $(HOST) --port $(PORT)
+
+lint: install
+	$(VENV)/bin/ruff check app tests training_scripts bench migrations
+	$(VENV)/bin/mypy
+
+test: lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: install
+	$(PY) -m pip install -q -e ".[local,dev,bench]"
+	$(PY) bench/api_load.py && $(PY) bench/dataset_pipeline.py && $(PY) bench/train_throughput.py && $(PY) bench/inference_throughput.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

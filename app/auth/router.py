@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Form, Request
+from fastapi.concurrency import run_in_threadpool
+
+from app.auth.models import User
+from app.auth.schemas import BudgetUpdate, Token, UserCreate, UserRead
+from app.auth.service import AuthService
+from app.deps import CurrentUser, SessionDep, SettingsDep
+from app.errors import NotFound
+
+router = APIRouter(prefix="/api/auth", tags=["auth"])
+
+
+def auth_service(session: SessionDep, settings: SettingsDep, request: Request) -> AuthService:
+    return AuthService(session, settings, request.app.state.passwords)
+
+
+AuthDep = Annotated[AuthService, Depends(auth_service)]
+
+
+@router.post("/register", status_code=201, response_model=UserRead)
+async def register(data: UserCreate, svc: AuthDep, request: Request) -> User:
+    """Create an account."""
+    svc.check_password_rules(data)
+    svc.ensure_free(data)
+    throttle = request.app.state.login_throttle
+    async with throttle.slots:
+        password_hash = await run_in_threadpool(svc.passwords.hash, data.password)
+    return svc.create(data, password_hash)
+
+
+@router.post("/token", response_model=Token)
+async def token(
+    svc: AuthDep, request: Request, settings: SettingsDep,
+    username: Annotated[str, Form(max_length=64)], password: Annotated[str, Form(max_length=256)],
+) -> Token:
+    """Log in with the OAuth2 password form; returns a bearer token."""
+    throttle = request.app.state.login_throttle
+    name = username.strip().lower()
+    throttle.check(name)
+    user = svc.find_for_login(name)
+    async with throttle.slots:
+        ok = await run_in_threadpool(svc.passwords.verify, user.password_hash if user else None, password)
+    if not ok or user is None:
+        throttle.failed(name)
+        raise svc.login_failed()
+    throttle.succeeded(name)
+    return Token(access_token=request.app.state.tokens.issue(user.id),
+                 expires_in=settings.jwt.lifetime_seconds)
+
+
+@router.get("/me", response_model=UserRead)
+async def me(user: CurrentUser) -> User:
+    """The caller."""
+    return user
+
+
+@router.put("/users/{username}/budget", response_model=UserRead)
+async def set_budget(username: str, data: BudgetUpdate, user: CurrentUser, session: SessionDep,
+                     svc: AuthDep) -> User:
+    """Set a user's monthly budget in USD (admins only; null removes it)."""
+    target = svc.find_for_login(username)
+    if not user.is_admin or target is None:
+        raise NotFound(f"No user {username!r}", param="username")
+    target.monthly_budget = data.monthly_budget
+    session.commit()
+    return target

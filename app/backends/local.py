@@ -1,0 +1,177 @@
+"""The embedded default: train.py and serve.py as local subprocesses, with SageMaker's
+container contract pointed at folders under the data dir."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from app.backends import process
+from app.backends.base import BackendEndpointStatus, BackendJobStatus, Backends, EndpointSpec, TrainingSpec
+from app.config import Settings
+from app.errors import BackendError, GatewayTimeout, ValidationFailed
+
+
+class LocalTrainingBackend:
+    name = "local"
+
+    def __init__(self, settings: Settings, store: Any) -> None:
+        self.settings, self.store = settings, store
+        self.root = settings.data_path / "jobs"
+
+    def submit(self, spec: TrainingSpec) -> dict[str, Any]:
+        job = self.root / spec.job_name
+        if job.exists():
+            shutil.rmtree(job)
+        dirs = {k: job / v for k, v in {
+            "train": "input/data/train", "validation": "input/data/validation", "config": "input/config",
+            "model": "model", "output": "output", "output_data": "output/data", "checkpoints": "checkpoints",
+        }.items()}
+        for d in dirs.values():
+            d.mkdir(parents=True, exist_ok=True)
+        self.store.download_to(spec.train_key, dirs["train"] / "train.jsonl")
+        if spec.validation_key:
+            self.store.download_to(spec.validation_key, dirs["validation"] / "validation.jsonl")
+        hps = {**spec.hyperparameters, "base_model": spec.base_model_source}
+        (dirs["config"] / "hyperparameters.json").write_text(json.dumps(hps))
+        env = {
+            "SM_HPS": json.dumps(hps), "SM_CHANNEL_TRAIN": str(dirs["train"]),
+            "SM_MODEL_DIR": str(dirs["model"]), "SM_OUTPUT_DIR": str(dirs["output"]),
+            "SM_OUTPUT_DATA_DIR": str(dirs["output_data"]), "SM_CHECKPOINT_DIR": str(dirs["checkpoints"]),
+            "SM_INPUT_CONFIG_DIR": str(dirs["config"]), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+        }
+        if spec.validation_key:
+            env["SM_CHANNEL_VALIDATION"] = str(dirs["validation"])
+        handle = process.spawn([str(process.SCRIPTS / "train.py")], job, env, "train")
+        handle.update(started=time.time(), offset=0, output_key=spec.output_key)
+        return handle
+
+    def describe(self, handle: dict[str, Any]) -> BackendJobStatus:
+        lines, offset = process.read_new_lines(handle, int(handle.get("offset", 0)))
+        update: dict[str, Any] = {"offset": offset}
+        if process.alive(handle):
+            secondary = "Stopping" if handle.get("stopping") else ("Training" if lines or offset else "Starting")
+            return BackendJobStatus("Stopping" if handle.get("stopping") else "InProgress", secondary, lines,
+                                    billable_seconds=int(time.time() - handle["started"]), handle_update=update)
+        ended = handle.get("ended") or time.time()
+        update["ended"] = ended
+        billable = int(ended - handle["started"]) or 1
+        code = process.exit_code(handle)
+        if handle.get("stopping"):
+            return BackendJobStatus("Stopped", "Stopped", lines, billable_seconds=billable, handle_update=update)
+        if code == 0:
+            uri = handle.get("artifact_uri") or self._pack(handle)
+            update["artifact_uri"] = uri
+            return BackendJobStatus("Completed", "Completed", lines, billable_seconds=billable,
+                                    artifact_uri=uri, handle_update=update)
+        return BackendJobStatus("Failed", "Failed", lines, billable_seconds=billable,
+                                failure_reason=self._failure(handle, code), handle_update=update)
+
+    def _failure(self, handle: dict[str, Any], code: int | None) -> str:
+        f = Path(handle["dir"]) / "output" / "failure"
+        if f.is_file():
+            return f.read_text().strip()[:2000]
+        if code is None:
+            return ("process_vanished: the training process ended without reporting (the machine or the "
+                    "API restarted while it ran); start the job again")
+        if code in (-9, 137):
+            return "out_of_memory: the training process was killed; reduce batch_size or max_length"
+        return f"internal_error: train.py exited with code {code}: {process.tail(handle)[-800:]}"
+
+    def _pack(self, handle: dict[str, Any]) -> str:
+        model_dir = Path(handle["dir"]) / "model"
+        tar_path = Path(handle["dir"]) / "model.tar.gz"
+        with tarfile.open(tar_path, "w:gz", compresslevel=1) as tar:
+            for p in sorted(model_dir.iterdir()):
+                tar.add(p, arcname=p.name)
+        self.store.put_file(handle["output_key"], tar_path)
+        return str(self.store.uri(handle["output_key"]))
+
+    def stop(self, handle: dict[str, Any]) -> None:
+        process.terminate(handle)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LocalEndpointBackend:
+    name = "local"
+
+    def __init__(self, settings: Settings, store: Any) -> None:
+        self.settings, self.store = settings, store
+        self.root = settings.data_path / "endpoints"
+
+    def deploy(self, spec: EndpointSpec) -> dict[str, Any]:
+        workdir = self.root / spec.endpoint_name
+        if workdir.exists():
+            shutil.rmtree(workdir)
+        tar = self.store.download_to(spec.model_key, workdir / "model.tar.gz")
+        port = _free_port()
+        args = [str(process.SCRIPTS / "serve.py"), "--model-dir", str(tar), "--host", "127.0.0.1",
+                "--port", str(port), "--timeout", str(self.settings.invoke_timeout_seconds)]
+        env = {"HF_HUB_OFFLINE": "1"}
+        if spec.base_model_source:
+            env["LLMTUNER_BASE_MODEL"] = spec.base_model_source
+        handle = process.spawn(args, workdir, env, "serve")
+        handle.update(port=port, started=time.time(), spec={
+            "endpoint_name": spec.endpoint_name, "model_key": spec.model_key,
+            "base_model_source": spec.base_model_source})
+        return handle
+
+    def describe(self, handle: dict[str, Any]) -> BackendEndpointStatus:
+        if handle.get("deleting"):
+            return BackendEndpointStatus("Deleting" if process.alive(handle) else "Deleted")
+        if not process.alive(handle):
+            log = process.tail(handle)
+            reason = next((ln.split("LOAD_ERROR:", 1)[1].strip() for ln in reversed(log.splitlines())
+                           if "LOAD_ERROR:" in ln), None)
+            return BackendEndpointStatus("Failed", reason or f"The model server exited: {log[-500:]}")
+        try:
+            r = httpx.get(f"http://127.0.0.1:{handle['port']}/ping", timeout=2)
+            if r.status_code == 200:
+                return BackendEndpointStatus("InService")
+        except httpx.HTTPError:
+            pass
+        if time.time() - handle["started"] > self.settings.endpoint_start_timeout_seconds:
+            process.terminate(handle)
+            return BackendEndpointStatus("Failed", "The model server did not become ready in time")
+        return BackendEndpointStatus("Creating")
+
+    def invoke(self, handle: dict[str, Any], payload: dict[str, Any], timeout: float) -> list[dict[str, Any]]:
+        try:
+            r = httpx.post(f"http://127.0.0.1:{handle['port']}/invocations", json=payload, timeout=timeout)
+        except httpx.TimeoutException as e:
+            raise GatewayTimeout(f"Generation did not finish within {timeout:.0f} s; ask for fewer "
+                                 "max_new_tokens", code="generation_timeout") from e
+        except httpx.HTTPError as e:
+            raise BackendError(f"The endpoint's model server did not answer: {e}", code="endpoint_unreachable") from e
+        if r.status_code in (400, 422):
+            err = r.json().get("error", {})
+            raise ValidationFailed(err.get("message", r.text), code=err.get("code", "invalid_parameters"),
+                                   param=err.get("param"), details=err.get("details"))
+        if r.status_code == 504:
+            raise GatewayTimeout("Generation timed out on the endpoint", code="generation_timeout")
+        if r.status_code != 200:
+            raise BackendError(f"The model server answered {r.status_code}", code="endpoint_error",
+                               details=[r.text[:1000]])
+        out = r.json()
+        return out if isinstance(out, list) else [out]
+
+    def delete(self, handle: dict[str, Any]) -> None:
+        handle["deleting"] = True
+        process.terminate(handle)
+
+
+def build_local_backends(settings: Settings, store: Any) -> Backends:
+    return Backends(training=LocalTrainingBackend(settings, store),
+                    endpoints=LocalEndpointBackend(settings, store), name="local")

@@ -1,0 +1,172 @@
+"""create_app(): routers, error handlers, lifespan (engine, store, backends, worker)."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import logging
+import threading
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app import __version__
+from app.auth.ratelimit import LoginThrottle
+from app.config import Settings, get_settings
+from app.db import make_engine, make_sessionmaker
+from app.errors import AppError
+from app.limits import BodyLimitMiddleware
+from app.security import Passwords, Tokens
+
+log = logging.getLogger("llmtuner")
+
+DOMAIN_ROUTERS = [
+    "app.auth.router", "app.health", "app.files", "app.datasets.router", "app.training.router",
+    "app.deployments.router", "app.registry.router", "app.evaluation.router", "app.usage.router",
+]
+
+
+def build_store(settings: Settings) -> Any:
+    if settings.storage == "s3":
+        from app.aws import client
+        from app.storage.s3 import S3ObjectStore
+
+        return S3ObjectStore(client(settings, "s3"), settings.aws.s3_bucket, settings.aws.kms_key_id)
+    from app.storage.local import LocalObjectStore
+
+    key = hashlib.sha256(b"signed-links:" + settings.jwt.secret.get_secret_value().encode()).digest()
+    return LocalObjectStore(settings.data_path / "objects", key, settings.public_base_url)
+
+
+def build_backends(settings: Settings, store: Any) -> Any:
+    if settings.backend == "sagemaker":
+        from app.backends.sagemaker import build_sagemaker_backends
+
+        return build_sagemaker_backends(settings, store)
+    from app.backends.local import build_local_backends
+
+    return build_local_backends(settings, store)
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    sessionmaker: Any = None,
+    store: Any = None,
+    backends: Any = None,
+    backends_factory: Callable[[Settings, Any], Any] | None = None,
+) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.data_path.mkdir(parents=True, exist_ok=True)
+        engine = None
+        if app.state.sessionmaker is None:
+            engine = make_engine(settings.resolved_database_url)
+            app.state.sessionmaker = make_sessionmaker(engine)
+        if app.state.store is None:
+            app.state.store = build_store(settings)
+        if app.state.backends is None:
+            app.state.backends = (backends_factory or build_backends)(settings, app.state.store)
+        stop = threading.Event()
+        thread = None
+        if settings.worker.enabled:
+            from app.worker import Worker
+
+            worker = Worker(app.state.sessionmaker, app.state.store, app.state.backends, settings)
+            app.state.worker = worker
+            thread = threading.Thread(target=worker.run_forever, args=(stop,), name="worker", daemon=True)
+            thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            if thread is not None:
+                thread.join(timeout=10)
+            if engine is not None:
+                engine.dispose()
+
+    app = FastAPI(
+        title="LLM Tuner", version=__version__, lifespan=lifespan,
+        description="Fine-tune open models with LoRA, evaluate, deploy, invoke and download.",
+    )
+    app.state.settings = settings
+    app.state.sessionmaker = sessionmaker
+    app.state.store = store
+    app.state.backends = backends
+    app.state.worker = None
+    app.state.passwords = Passwords(settings)
+    app.state.tokens = Tokens(settings)
+    app.state.login_throttle = LoginThrottle(
+        settings.auth.max_failed_logins, settings.auth.failed_login_window_seconds,
+        settings.auth.max_concurrent_logins,
+    )
+    app.add_middleware(
+        CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=True,
+        allow_methods=["*"], allow_headers=["*"],
+    )
+    app.add_middleware(
+        BodyLimitMiddleware, default_limit=settings.max_request_body_bytes,
+        upload_limit=settings.max_upload_bytes, upload_paths=("/api/datasets",),
+    )
+    install_error_handlers(app)
+    for name in DOMAIN_ROUTERS:
+        app.include_router(importlib.import_module(name).router)
+    return app
+
+
+def _param(loc: tuple[Any, ...]) -> str | None:
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in ("body", "query", "path", "header", "form", "cookie"):
+        parts = parts[1:]
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if p.isdigit() else (f".{p}" if out else p)
+    return out or None
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(AppError)
+    async def _app_error(_: Request, exc: AppError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = list(exc.errors())
+        if any(e.get("type") == "json_invalid" for e in errors):
+            e = next(e for e in errors if e.get("type") == "json_invalid")
+            pos = e.get("loc", [None, None])[-1]
+            return JSONResponse(AppError(
+                f"Request body is not valid JSON (at character {pos}): {e.get('ctx', {}).get('error', '')}",
+                code="invalid_json").body(), status_code=400)
+        details = [{"param": _param(tuple(e.get("loc", ()))), "message": e.get("msg"), "type": e.get("type")}
+                   for e in errors]
+        first = details[0] if details else {"param": None, "message": "Invalid request"}
+        msg = f"{first['param']}: {first['message']}" if first["param"] else str(first["message"])
+        if len(details) > 1:
+            msg += f" (and {len(details) - 1} more problem{'s' if len(details) > 2 else ''})"
+        return JSONResponse(AppError(msg, code="validation_error", param=first["param"], details=details).body(),
+                            status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+        msg = "No such route" if exc.status_code == 404 and exc.detail == "Not Found" else str(exc.detail)
+        return JSONResponse(AppError(msg, code=codes.get(exc.status_code, "http_error")).body(),
+                            status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        error_id = uuid.uuid4().hex[:12]
+        log.exception("unhandled error %s on %s %s", error_id, request.method, request.url.path)
+        return JSONResponse(AppError(
+            f"Internal error; quote id {error_id} when reporting it", code="internal_error",
+            details=[{"error_id": error_id}]).body(), status_code=500)

@@ -1,0 +1,66 @@
+"""Password hashing (argon2id) and JWTs (python-jose, algorithm pinned)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from jose import JWTError, jwt
+
+from app.config import Settings
+from app.errors import Unauthorized
+
+
+class Passwords:
+    def __init__(self, settings: Settings) -> None:
+        a = settings.auth
+        self._ph = PasswordHasher(
+            time_cost=a.argon2_time_cost, memory_cost=a.argon2_memory_kib, parallelism=a.argon2_parallelism
+        )
+        # Verified when the username is unknown, so that case costs the same as a wrong password.
+        self._dummy = self._ph.hash("dummy-password-for-unknown-users")
+
+    def hash(self, password: str) -> str:
+        return self._ph.hash(password)
+
+    def verify(self, password_hash: str | None, password: str) -> bool:
+        try:
+            return self._ph.verify(password_hash or self._dummy, password) and password_hash is not None
+        except (VerificationError, InvalidHashError):
+            return False
+
+
+class Tokens:
+    def __init__(self, settings: Settings) -> None:
+        j = settings.jwt
+        self.algorithm = j.algorithm
+        self.issuer, self.audience, self.lifetime = j.issuer, j.audience, j.lifetime_seconds
+        if j.algorithm == "RS256":
+            assert j.private_key is not None and j.public_key is not None
+            self._sign_key: str = j.private_key.get_secret_value()
+            self._verify_key: str = j.public_key
+        else:
+            self._sign_key = self._verify_key = j.secret.get_secret_value()
+
+    def issue(self, user_id: str) -> str:
+        now = int(time.time())
+        claims = {"sub": user_id, "iat": now, "exp": now + self.lifetime, "iss": self.issuer, "aud": self.audience}
+        return str(jwt.encode(claims, self._sign_key, algorithm=self.algorithm))
+
+    def subject(self, token: str) -> str:
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token, self._verify_key, algorithms=[self.algorithm], audience=self.audience,
+                issuer=self.issuer,
+                options={"require_exp": True, "require_iat": True, "require_sub": True,
+                         "require_iss": True, "require_aud": True},
+            )
+        except JWTError as e:
+            msg = "Token has expired" if "expired" in str(e).lower() else "Invalid token"
+            raise Unauthorized(msg, code="token_expired" if "expired" in msg else "invalid_token") from e
+        sub = claims.get("sub")
+        if not isinstance(sub, str) or not sub:
+            raise Unauthorized("Invalid token", code="invalid_token")
+        return sub

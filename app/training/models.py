@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, Boolean, Float, ForeignKey, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db import Base, new_id, utcnow
+
+
+class TrainingJob(Base):
+    __tablename__ = "training_jobs"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    job_name: Mapped[str] = mapped_column(String(63), unique=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    dataset_id: Mapped[str | None] = mapped_column(
+        ForeignKey("datasets.id", ondelete="SET NULL"), nullable=True, index=True
+    )
+    base_model: Mapped[str] = mapped_column(String(255))
+    hyperparameters: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    instance_type: Mapped[str] = mapped_column(String(64))
+    validation_split: Mapped[float] = mapped_column(Float, default=0.2)
+    backend: Mapped[str] = mapped_column(String(16))
+    backend_handle: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    secondary_status: Mapped[str] = mapped_column(String(32))
+    stop_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    ended_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    billable_seconds: Mapped[int] = mapped_column(BigInteger, default=0)
+    price_per_hour: Mapped[float] = mapped_column(Float, default=0.0)
+    estimated_cost: Mapped[float] = mapped_column(Float, default=0.0)
+    actual_cost: Mapped[float | None] = mapped_column(Float, nullable=True)
+    error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    model_artifacts_uri: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    progress: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    final_metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)  # split keys, counts, log offset
+
+
+class JobMetric(Base):
+    __tablename__ = "job_metrics"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("training_jobs.id", ondelete="CASCADE"), index=True)
+    metric_name: Mapped[str] = mapped_column(String(64))
+    step: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    epoch: Mapped[float | None] = mapped_column(Float, nullable=True)
+    value: Mapped[float] = mapped_column(Float)
+    timestamp: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,381 @@
+"""Inference server with SageMaker's inference-container contract.
+
+    python training_scripts/serve.py [--model-dir DIR|model.tar.gz] [--port N] [--host H]
+        [--base-model PATH_OR_ID] [--max-batch-size 8] [--batch-wait-ms 10] [--timeout 60]
+        [--device cpu|cuda] [--max-inputs 64]
+
+Environment (a flag wins over its variable):
+  SM_MODEL_DIR                      model directory or archive (default /opt/ml/model)
+  SAGEMAKER_BIND_TO_PORT, PORT      port (default 8080); the host defaults to 127.0.0.1
+  LLMTUNER_SERVE_HOST               host
+  LLMTUNER_BASE_MODEL               base model of a LoRA adapter (see modeling.py)
+  LLMTUNER_GENERATION_TIMEOUT       seconds before a request answers 504 (default 60)
+  LLMTUNER_MAX_BATCH_SIZE, LLMTUNER_BATCH_WAIT_MS, LLMTUNER_DEVICE
+
+Routes:
+  GET  /ping, /health   200 {"status": "ok"} once the model is loaded; 503 {"status": "loading"} before
+  GET  /info            model facts and counters (batches_run, requests_served, ...)
+  POST /invocations     {"inputs": str | [str, ...], "parameters": {...}}
+                        -> [{"generated_text": str,
+                             "details": {"prompt_tokens", "completion_tokens", "finish_reason"}}, ...]
+                        one item per input, in order (a str input gives a one-item list)
+Errors: {"error": {"code", "message", "param", "details"}} with 400 invalid_json,
+422 invalid_parameters, 503 model_not_ready, 504 generation_timeout, 500 generation_failed.
+
+Start-up: the port opens at once and the model loads in the background (/ping 503 then
+200; the line "READY ..." is logged to stderr). If loading fails, one line starting with
+"LOAD_ERROR: " is written to stderr and the process exits with status 2.
+
+Concurrency: dynamic micro-batching. Inputs that arrive together are collected (up to
+--max-batch-size inputs, waiting at most --batch-wait-ms after the first) and generated
+in one batched `generate` call on a single worker thread, off the event loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import Request
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import modeling  # noqa: E402
+
+log = logging.getLogger("llmtuner.serve")
+
+
+def _env_int(name: str, default: int) -> int:
+    v = os.environ.get(name)
+    return int(v) if v not in (None, "") else default
+
+
+def _env_float(name: str, default: float) -> float:
+    v = os.environ.get(name)
+    return float(v) if v not in (None, "") else default
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description="LLM Tuner inference server (SageMaker container contract)")
+    ap.add_argument("--model-dir", default=os.environ.get("SM_MODEL_DIR") or "/opt/ml/model")
+    ap.add_argument("--base-model", default=None, help="base model of a LoRA adapter (path or hub id)")
+    ap.add_argument("--host", default=os.environ.get("LLMTUNER_SERVE_HOST") or "127.0.0.1")
+    ap.add_argument("--port", type=int, default=None)
+    ap.add_argument("--max-batch-size", type=int, default=_env_int("LLMTUNER_MAX_BATCH_SIZE", 8))
+    ap.add_argument("--batch-wait-ms", type=float, default=_env_float("LLMTUNER_BATCH_WAIT_MS", 10.0))
+    ap.add_argument("--timeout", type=float, default=_env_float("LLMTUNER_GENERATION_TIMEOUT", 60.0),
+                    help="seconds a request may take before it answers 504 generation_timeout")
+    ap.add_argument("--max-inputs", type=int, default=64, help="most inputs in one request")
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--log-level", default=os.environ.get("LLMTUNER_LOG_LEVEL") or "info")
+    args = ap.parse_args(argv)
+    if args.port is None:
+        for name in ("SAGEMAKER_BIND_TO_PORT", "PORT"):
+            if os.environ.get(name):
+                args.port = int(os.environ[name])
+                break
+        else:
+            args.port = 8080
+    if args.max_batch_size < 1:
+        ap.error("--max-batch-size must be >= 1")
+    if args.batch_wait_ms < 0 or args.timeout <= 0:
+        ap.error("--batch-wait-ms must be >= 0 and --timeout > 0")
+    return args
+
+
+@dataclass
+class _Item:
+    text: str
+    params: modeling.GenerationParams
+    future: asyncio.Future[dict[str, Any]]
+    loop: asyncio.AbstractEventLoop
+    enqueued: float
+    deadline: float
+    cancelled: bool = False
+
+
+@dataclass
+class State:
+    args: argparse.Namespace
+    loaded: modeling.Loaded | None = None
+    status: str = "loading"  # loading | ready | failed
+    error: str | None = None
+    batches_run: int = 0
+    inputs_generated: int = 0
+    requests_served: int = 0
+    requests_failed: int = 0
+    largest_batch: int = 0
+    started: float = field(default_factory=time.time)
+    queue: asyncio.Queue[_Item] | None = None
+    executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
+    )
+
+
+def _error(status: int, code: str, message: str, param: str | None = None,
+           details: list[Any] | None = None) -> Any:
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse(
+        status_code=status,
+        content={"error": {"code": code, "message": message, "param": param, "details": details}},
+    )
+
+
+def _run_batch(state: State, items: list[_Item]) -> list[dict[str, Any] | BaseException]:
+    """On the worker thread: prepare each input (errors stay per item), then generate together."""
+    loaded = state.loaded
+    assert loaded is not None
+    now = time.monotonic()
+    live = [it for it in items if not it.cancelled and it.deadline > now]
+    out: dict[int, dict[str, Any] | BaseException] = {}
+    prepared: list[modeling.Prepared] = []
+    owners: list[int] = []
+    for it in live:
+        try:
+            prepared.append(modeling.prepare(loaded, it.text, it.params))
+            owners.append(id(it))
+        except modeling.ParamError as e:
+            out[id(it)] = e
+    if prepared:
+        deadline = max(it.deadline for it in live)
+
+        def cancelled() -> bool:
+            return all(it.cancelled for it in live) or time.monotonic() > deadline
+
+        try:
+            results = modeling.generate_prepared(loaded, prepared, cancel_check=cancelled)
+            for owner, r in zip(owners, results, strict=True):
+                out[owner] = r
+        except BaseException as e:  # noqa: BLE001 - handed to each waiting request
+            log.exception("generation failed")
+            for owner in owners:
+                out[owner] = e
+        state.batches_run += 1
+        state.inputs_generated += len(prepared)
+        state.largest_batch = max(state.largest_batch, len(prepared))
+    return [out.get(id(it), TimeoutError("skipped: request timed out or was cancelled")) for it in items]
+
+
+async def _batcher(state: State) -> None:
+    assert state.queue is not None
+    q = state.queue
+    loop = asyncio.get_running_loop()
+    max_batch = state.args.max_batch_size
+    wait = state.args.batch_wait_ms / 1000.0
+    while True:
+        first = await q.get()
+        batch = [first]
+        deadline = first.enqueued + wait
+        while len(batch) < max_batch:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                try:
+                    batch.append(q.get_nowait())
+                    continue
+                except asyncio.QueueEmpty:
+                    break
+            try:
+                batch.append(await asyncio.wait_for(q.get(), remaining))
+            except TimeoutError:
+                break
+        batch = [it for it in batch if not it.cancelled]
+        if not batch:
+            continue
+        try:
+            results = await loop.run_in_executor(state.executor, _run_batch, state, batch)
+        except BaseException as e:  # noqa: BLE001
+            results = [e] * len(batch)
+        for it, r in zip(batch, results, strict=True):
+            if it.future.done():
+                continue
+            if isinstance(r, BaseException):
+                it.future.set_exception(r)
+            else:
+                it.future.set_result(r)
+
+
+def _load(state: State, on_fail: Any) -> None:
+    try:
+        _quiet_transformers()
+        log.info("loading model from %s", state.args.model_dir)
+        loaded = modeling.load_model(state.args.model_dir, base_model=state.args.base_model,
+                                     device=state.args.device)
+        # One tiny warm-up so the first request does not pay for lazy initialisation.
+        modeling.generate_batch(loaded, ["warm up"], [modeling.GenerationParams(max_new_tokens=2)])
+        state.loaded = loaded
+        state.status = "ready"
+        log.info("READY model=%s kind=%s base=%s device=%s load_seconds=%.1f", loaded.model_dir,
+                 loaded.kind, loaded.base_model, loaded.device, loaded.load_seconds)
+    except BaseException as e:  # noqa: BLE001
+        reason = " ".join(str(e).split()) or type(e).__name__
+        if not isinstance(e, modeling.ModelLoadError):
+            reason = f"{type(e).__name__}: {reason}"
+        state.status = "failed"
+        state.error = reason
+        sys.stderr.write(f"LOAD_ERROR: {reason[:2000]}\n")
+        sys.stderr.flush()
+        on_fail()
+
+
+def _quiet_transformers() -> None:
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="transformers")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def create_app(state: State, on_load_fail: Any = None) -> Any:
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
+        state.queue = asyncio.Queue()
+        task = asyncio.create_task(_batcher(state))
+        loader = threading.Thread(target=_load, args=(state, on_load_fail or (lambda: None)),
+                                  name="model-loader", daemon=True)
+        loader.start()
+        try:
+            yield
+        finally:
+            task.cancel()
+            state.executor.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="LLM Tuner inference server", lifespan=lifespan, docs_url=None, redoc_url=None)
+
+    def ping() -> Any:
+        if state.status == "ready":
+            return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": state.status, "error": state.error}, status_code=503)
+
+    app.get("/ping")(ping)
+    app.get("/health")(ping)
+
+    @app.get("/info")
+    def info() -> Any:
+        facts = state.loaded.info() if state.loaded else {"model_dir": state.args.model_dir}
+        return {
+            **facts,
+            "status": state.status,
+            "error": state.error,
+            "max_batch_size": state.args.max_batch_size,
+            "batch_wait_ms": state.args.batch_wait_ms,
+            "timeout_s": state.args.timeout,
+            "batches_run": state.batches_run,
+            "inputs_generated": state.inputs_generated,
+            "largest_batch": state.largest_batch,
+            "requests_served": state.requests_served,
+            "requests_failed": state.requests_failed,
+            "uptime_s": round(time.time() - state.started, 1),
+        }
+
+    @app.post("/invocations")
+    async def invocations(request: Request) -> Any:
+        if state.status != "ready" or state.queue is None:
+            return _error(503, "model_not_ready", f"the model is {state.status}"
+                          + (f": {state.error}" if state.error else ""))
+        raw = await request.body()
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError as e:
+            return _error(400, "invalid_json", f"request body is not valid JSON: {e}")
+        try:
+            texts, params, was_list = modeling.parse_request(body, max_inputs=state.args.max_inputs)
+        except modeling.ParamError as e:
+            return _error(422, "invalid_parameters", str(e), e.param, e.details())
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        items = [
+            _Item(t, params, loop.create_future(), loop, now, now + state.args.timeout) for t in texts
+        ]
+        for it in items:
+            state.queue.put_nowait(it)
+        try:
+            results = await asyncio.wait_for(asyncio.gather(*(it.future for it in items)),
+                                             state.args.timeout)
+        except TimeoutError:
+            for it in items:
+                it.cancelled = True
+            state.requests_failed += 1
+            return _error(504, "generation_timeout",
+                          f"generation took longer than {state.args.timeout:g} s")
+        except modeling.ParamError as e:
+            for it in items:
+                it.cancelled = True
+            state.requests_failed += 1
+            if was_list and len(items) > 1:  # name which input
+                idx = next((i for i, it in enumerate(items)
+                            if it.future.done() and it.future.exception() is e), 0)
+                e = modeling.ParamError([(f"inputs[{idx}]", m) for _, m in e.errors])
+            return _error(422, "invalid_parameters", str(e), e.param, e.details())
+        except Exception as e:  # noqa: BLE001
+            for it in items:
+                it.cancelled = True
+            state.requests_failed += 1
+            return _error(500, "generation_failed", f"{type(e).__name__}: {e}")
+        state.requests_served += 1
+        return [modeling.format_result(r) for r in results]
+
+    return app
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    import uvicorn
+
+    state = State(args=args)
+    holder: dict[str, Any] = {}
+
+    def fail() -> None:
+        srv = holder.get("server")
+        if srv is not None:
+            srv.should_exit = True
+        else:  # pragma: no cover - the server always exists by then
+            os._exit(2)
+
+    app = create_app(state, on_load_fail=fail)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
+                            access_log=False, timeout_graceful_shutdown=5, lifespan="on")
+    server = uvicorn.Server(config)
+    holder["server"] = server
+    log.info("listening on http://%s:%d (model loading in the background)", args.host, args.port)
+    try:
+        server.run()
+    except SystemExit as e:  # uvicorn exits 1 when it cannot bind
+        if state.status != "failed":
+            sys.stderr.write(f"LOAD_ERROR: server could not start on {args.host}:{args.port}\n")
+        return int(e.code or 1)
+    if state.status == "failed":
+        return 2
+    if not server.started:
+        sys.stderr.write(f"LOAD_ERROR: server could not start on {args.host}:{args.port}\n")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
