@@ -24,6 +24,9 @@ class TrainingSpec:
     output_key: str                  # where model.tar.gz must end up
     checkpoint_prefix: str
     max_runtime_seconds: int = 24 * 3600
+    entry_point: str = "train.py"    # a script in training_scripts/ (evaluate.py for evaluations)
+    # More input channels: name -> object-store key (a file) or key prefix ending in "/" (a folder).
+    extra_channels: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

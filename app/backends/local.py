@@ -39,6 +39,12 @@ class LocalTrainingBackend:
         self.store.download_to(spec.train_key, dirs["train"] / "train.jsonl")
         if spec.validation_key:
             self.store.download_to(spec.validation_key, dirs["validation"] / "validation.jsonl")
+        for name, key in spec.extra_channels.items():
+            dest = job / "input/data" / name
+            dirs[f"channel_{name}"] = dest
+            keys = list(self.store.list(key)) if key.endswith("/") else [key]
+            for k in keys:
+                self.store.download_to(k, dest / (k[len(key):] if key.endswith("/") else k.rsplit("/", 1)[-1]))
         hps = {**spec.hyperparameters, "base_model": spec.base_model_source}
         (dirs["config"] / "hyperparameters.json").write_text(json.dumps(hps))
         env = {
@@ -49,7 +55,9 @@ class LocalTrainingBackend:
         }
         if spec.validation_key:
             env["SM_CHANNEL_VALIDATION"] = str(dirs["validation"])
-        handle = process.spawn([str(process.SCRIPTS / "train.py")], job, env, "train")
+        for name in spec.extra_channels:
+            env[f"SM_CHANNEL_{name.upper()}"] = str(dirs[f"channel_{name}"])
+        handle = process.spawn([str(process.SCRIPTS / spec.entry_point)], job, env, "train")
         handle.update(started=time.time(), offset=0, output_key=spec.output_key)
         return handle
 
