@@ -1,3 +1,109 @@
-from fastapi import APIRouter
+from __future__ import annotations
 
-router = APIRouter(tags=["training"])
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+
+from app import catalog, events
+from app.deps import BackendsDep, CurrentUser, IdempotencyKey, SessionDep, SettingsDep, StoreDep
+from app.training import actions
+from app.training.schemas import (
+    CostEstimate,
+    CostEstimateRequest,
+    EventRead,
+    JobActions,
+    MetricPoint,
+    ModelDownload,
+    TrainingJobCreate,
+    TrainingJobList,
+    TrainingJobRead,
+)
+from app.training.service import RESOURCE, TrainingService, job_read
+
+router = APIRouter(prefix="/api", tags=["training"])
+
+
+def training_service(session: SessionDep, settings: SettingsDep, store: StoreDep, backends: BackendsDep,
+                     user: CurrentUser) -> TrainingService:
+    return TrainingService(session, settings, store, backends, user)
+
+
+ServiceDep = Annotated[TrainingService, Depends(training_service)]
+
+
+@router.get("/base-models")
+async def base_models(settings: SettingsDep, _: CurrentUser) -> dict[str, Any]:
+    """The base-model catalogue."""
+    models = [{k: v for k, v in m.items() if k != "source"} for m in catalog.base_models(settings)]
+    return {"data": models}
+
+
+@router.get("/instance-types")
+async def instance_types(settings: SettingsDep, _: CurrentUser) -> dict[str, Any]:
+    """Instance types with training and inference prices per hour (USD)."""
+    data = [{"name": k, "accelerator": v["accelerator"], "gpus": v["gpus"], "gpu_memory_gib": v["gpu_memory_gib"],
+             "training_price_per_hour": v.get("training"), "inference_price_per_hour": v.get("inference"),
+             "backends": v["backends"], "available": settings.backend in v["backends"]}
+            for k, v in catalog.instance_types(settings).items()]
+    return {"data": data, "currency": "USD", "backend": settings.backend}
+
+
+@router.post("/cost-estimate", response_model=CostEstimate)
+async def cost_estimate(req: CostEstimateRequest, svc: ServiceDep) -> dict[str, Any]:
+    """Estimate a job's tokens, duration and cost before starting it."""
+    return svc.estimate(req)
+
+
+@router.post("/training-job", status_code=201, response_model=TrainingJobRead)
+async def create_job(req: TrainingJobCreate, svc: ServiceDep, idem: IdempotencyKey = None) -> JSONResponse:
+    """Start a fine-tuning job."""
+    status, body = await run_in_threadpool(svc.create, req, idem)
+    return JSONResponse(body, status_code=status)
+
+
+@router.get("/training-jobs", response_model=TrainingJobList)
+async def list_jobs(svc: ServiceDep, limit: int = Query(20, ge=1, le=100), after: str | None = None,
+                    status: str | None = Query(None, pattern="^(InProgress|Completed|Failed|Stopping|Stopped)$"),
+                    ) -> TrainingJobList:
+    """The caller's jobs, newest first."""
+    jobs, more, nxt = svc.list(limit, after, status)
+    return TrainingJobList(data=[job_read(svc.session, j) for j in jobs], has_more=more, next_cursor=nxt)
+
+
+@router.get("/training-job/{job_name}", response_model=TrainingJobRead)
+async def get_job(job_name: str, svc: ServiceDep) -> TrainingJobRead:
+    """One job: status, metrics, cost, progress, error."""
+    return job_read(svc.session, svc.owned(job_name))  # type: ignore[no-any-return]
+
+
+@router.post("/training-job/{job_name}/stop", status_code=202, response_model=TrainingJobRead)
+async def stop_job(job_name: str, svc: ServiceDep) -> TrainingJobRead:
+    """Stop a running job (Stopping, then Stopped)."""
+    job = await run_in_threadpool(svc.stop, job_name)
+    return job_read(svc.session, job)  # type: ignore[no-any-return]
+
+
+@router.get("/training-job/{job_name}/events", response_model=list[EventRead])
+async def job_events(job_name: str, svc: ServiceDep) -> list[Any]:
+    """Status changes, epochs, evaluations, checkpoints and errors."""
+    return events.list_for(svc.session, RESOURCE, svc.owned(job_name).id)
+
+
+@router.get("/training-job/{job_name}/metrics", response_model=list[MetricPoint])
+async def job_metrics(job_name: str, svc: ServiceDep, metric_name: str | None = None) -> list[Any]:
+    """Metric time series (train_loss, eval_loss, learning_rate, tokens_per_second, grad_norm)."""
+    return svc.metrics(svc.owned(job_name), metric_name)
+
+
+@router.get("/training-job-actions/{job_name}", response_model=JobActions)
+async def job_actions(job_name: str, svc: ServiceDep) -> JobActions:
+    """Which of download / deploy / evaluate / register / stop apply now."""
+    return actions.for_job(svc.owned(job_name))
+
+
+@router.get("/model-download/{job_name}", response_model=ModelDownload)
+async def model_download(job_name: str, svc: ServiceDep, request: Request) -> dict[str, Any]:
+    """A link to model.tar.gz that works without a token for an hour."""
+    return await run_in_threadpool(svc.download, job_name)

@@ -1,0 +1,25 @@
+"""What a user can do with a job now (seed 001 "New API Endpoints for Post-Training")."""
+
+from __future__ import annotations
+
+from app.training.models import TrainingJob
+from app.training.schemas import Action, JobActions
+
+
+def for_job(job: TrainingJob) -> JobActions:
+    done = job.status == "Completed" and bool(job.model_artifacts_uri)
+    running = job.status in ("InProgress", "Stopping")
+    why = None if done else f"the job is {job.status}; this needs a Completed job"
+    name = job.job_name
+    return JobActions(job_name=name, status=job.status, actions=[
+        Action(name="download", available=done, method="GET", path=f"/api/model-download/{name}", reason=why),
+        Action(name="deploy", available=done, method="POST", path="/api/deploy-model", reason=why,
+               body={"job_name": name, "model_name": "my-model", "instance_type": "ml.g5.xlarge"}),
+        Action(name="evaluate", available=done, method="POST", path="/api/evaluations", reason=why,
+               body={"model": name, "compare_with_base": True}),
+        Action(name="register", available=done, method="POST", path="/api/models", reason=why,
+               body={"job_name": name, "model_name": "my-model", "description": "", "tags": []}),
+        Action(name="stop", available=job.status == "InProgress", method="POST",
+               path=f"/api/training-job/{name}/stop",
+               reason=None if job.status == "InProgress" else ("already stopping" if running else "job has ended")),
+    ])

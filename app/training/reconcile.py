@@ -1,0 +1,133 @@
+"""Worker pass for training jobs: submit queued jobs, follow running ones, record what happens."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app import events
+from app.backends.base import JOB_ACTIVE, BackendJobStatus
+from app.db import utcnow
+from app.errors import AppError
+from app.training import cost, logparse
+from app.training.models import JobMetric, TrainingJob
+from app.training.service import RESOURCE, submit
+
+log = logging.getLogger("llmtuner.worker.training")
+
+
+def reconcile(ctx: Any) -> None:
+    with ctx.sessionmaker() as session:
+        jobs = list(session.scalars(select(TrainingJob).where(TrainingJob.status.in_(JOB_ACTIVE))
+                                    .order_by(TrainingJob.created_at)))
+        for job in jobs:
+            try:
+                if not job.backend_handle:
+                    _maybe_submit(session, ctx, job)
+                else:
+                    follow(session, ctx, job)
+            except Exception as e:  # noqa: BLE001 - one job's trouble must not stop the others
+                session.rollback()
+                log.exception("job %s: reconcile failed", job.job_name)
+                if isinstance(e, AppError) and not job.backend_handle:
+                    _end(session, job, "Failed", e.code, e.message)
+                    session.commit()
+
+
+def _maybe_submit(session: Session, ctx: Any, job: TrainingJob) -> None:
+    if job.stop_requested:
+        _end(session, job, "Stopped", None, None)
+        session.commit()
+        return
+    running = sum(1 for j in session.scalars(select(TrainingJob).where(
+        TrainingJob.backend == "local", TrainingJob.status.in_(JOB_ACTIVE))) if j.backend_handle)
+    if ctx.backends.name == "local" and running >= ctx.settings.worker.max_concurrent_local_jobs:
+        return
+    submit(session, ctx.settings, ctx.store, ctx.backends, job)
+
+
+def follow(session: Session, ctx: Any, job: TrainingJob) -> None:
+    st: BackendJobStatus = ctx.backends.training.describe(job.backend_handle)
+    job.backend_handle = {**job.backend_handle, **st.handle_update}
+    _ingest(session, job, st.log_lines)
+    for tr in st.status_transitions:
+        events.record(session, user_id=job.user_id, resource_type=RESOURCE, resource_id=job.id,
+                      type="secondary_status", message=f"{tr.get('Status')}: {tr.get('StatusMessage', '')}",
+                      data={k: str(v) for k, v in tr.items()})
+    if st.billable_seconds is not None:
+        job.billable_seconds = int(st.billable_seconds)
+    if st.secondary_status and st.secondary_status != job.secondary_status and st.status not in \
+            ("Completed", "Failed", "Stopped"):
+        events.record(session, user_id=job.user_id, resource_type=RESOURCE, resource_id=job.id, type="status",
+                      message=f"{job.secondary_status} -> {st.secondary_status}",
+                      data={"secondary_status": st.secondary_status})
+        job.secondary_status = st.secondary_status
+    if st.status == "Stopping" and job.status == "InProgress":
+        job.status = "Stopping"
+    if st.status in ("Completed", "Failed", "Stopped"):
+        code, message = _split_reason(st.failure_reason) if st.status == "Failed" else (None, None)
+        if st.artifact_uri:
+            job.model_artifacts_uri = st.artifact_uri
+        _end(session, job, st.status, code, message)
+    session.commit()
+
+
+def _split_reason(reason: str | None) -> tuple[str, str]:
+    reason = (reason or "The training job failed without a reason").strip()
+    head, sep, rest = reason.partition(":")
+    if sep and head and head.replace("_", "").isalnum() and head.islower():
+        return head, rest.strip()
+    return "training_failed", reason
+
+
+def _ingest(session: Session, job: TrainingJob, lines: list[str]) -> None:
+    progress = dict(job.progress or {})
+    final = dict(job.final_metrics or {})
+    for line in lines:
+        obj = logparse.parse(line)
+        if obj is None:
+            continue
+        now = utcnow()
+        step, epoch = obj.get("step"), obj.get("epoch")
+        for name, value in logparse.metrics_of(obj):
+            session.add(JobMetric(job_id=job.id, metric_name=name, step=step if isinstance(step, int) else None,
+                                  epoch=float(epoch) if isinstance(epoch, int | float) else None, value=value,
+                                  timestamp=now))
+        if obj["event"] == "start":
+            progress.update(total_steps=obj.get("total_steps"), epochs=obj.get("epochs"), step=0, epoch=0.0)
+            job.data = {**job.data, "truncated_examples": obj.get("truncated_examples", 0)}
+        if isinstance(step, int):
+            progress["step"] = step
+        if isinstance(epoch, int | float):
+            progress["epoch"] = float(epoch)
+        if obj["event"] in ("end", "final"):
+            final.update({k: v for k, v in logparse.metrics_of({**obj, "event": "log"})})
+        described = logparse.describe_event(obj)
+        if described:
+            typ, level, msg = described
+            events.record(session, user_id=job.user_id, resource_type=RESOURCE, resource_id=job.id,
+                          type=typ, level=level, message=msg, data=obj)
+    total = progress.get("total_steps")
+    if total:
+        progress["percent"] = round(100 * min(1.0, (progress.get("step") or 0) / total), 1)
+    job.progress = progress
+    job.final_metrics = final
+
+
+def _end(session: Session, job: TrainingJob, status: str, code: str | None, message: str | None) -> None:
+    previous = job.status
+    job.status, job.secondary_status = status, status
+    job.ended_at = utcnow()
+    job.error_code, job.error_message = code, message
+    job.actual_cost = cost.actual(job.billable_seconds, job.price_per_hour)
+    if status == "Completed" and job.progress.get("total_steps"):
+        job.progress = {**job.progress, "percent": 100.0}
+    events.record(session, user_id=job.user_id, resource_type=RESOURCE, resource_id=job.id, type="status",
+                  level="error" if status == "Failed" else "info",
+                  message=f"{previous} -> {status}" + (f": {code}: {message}" if code else "")
+                  + f"; cost ${job.actual_cost:.4f} for {job.billable_seconds} billable seconds",
+                  data={"status": status, "error": {"code": code, "message": message} if code else None,
+                        "actual_cost": job.actual_cost})

@@ -1,0 +1,268 @@
+"""Training jobs: create (validated, split, estimated, budget-checked, submitted), read, stop."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app import catalog, events, idempotency
+from app.auth.models import User
+from app.backends.base import JOB_ACTIVE, TrainingSpec
+from app.config import Settings
+from app.datasets.models import Dataset
+from app.db import utcnow
+from app.errors import AppError, Conflict, NotFound, ValidationFailed
+from app.pagination import paginate
+from app.storage import model_key
+from app.training import cost, naming
+from app.training.models import JobMetric, TrainingJob
+from app.training.schemas import CostEstimateRequest, Hyperparameters, TrainingJobCreate
+
+RESOURCE = "training_job"
+ENDED = ("Completed", "Failed", "Stopped")
+
+
+def iter_lines(stream: Any, chunk: int = 1 << 20) -> Iterator[bytes]:
+    buf = b""
+    while data := stream.read(chunk):
+        buf += data
+        *lines, buf = buf.split(b"\n")
+        yield from lines
+    if buf:
+        yield buf
+
+
+class TrainingService:
+    def __init__(self, session: Session, settings: Settings, store: Any, backends: Any, user: User) -> None:
+        self.session, self.settings, self.store, self.backends, self.user = session, settings, store, backends, user
+
+    # Lookups --------------------------------------------------------------------------------
+    def owned(self, job_name: str) -> TrainingJob:
+        job = self.session.scalar(select(TrainingJob).where(TrainingJob.job_name == job_name))
+        if job is None or job.user_id != self.user.id:
+            raise NotFound(f"No training job {job_name!r}", param="job_name", code="job_not_found")
+        return job
+
+    def owned_dataset(self, dataset_id: str) -> Dataset:
+        ds = self.session.get(Dataset, dataset_id)
+        if ds is None or ds.user_id != self.user.id:
+            raise NotFound(f"No dataset {dataset_id!r}", param="dataset_id", code="dataset_not_found")
+        if ds.status != "ready" or not ds.canonical_key:
+            raise Conflict(f"Dataset {dataset_id!r} ({ds.name}) is invalid: fix the issues in its validation "
+                           "report and upload it again", param="dataset_id", code="dataset_invalid",
+                           details=(ds.report.get("issues") or [])[:10])
+        return ds
+
+    def _defaults(self, base_model: str | None, instance_type: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+        local = self.settings.backend == "local"
+        model = catalog.base_model(self.settings, base_model or ("llmtuner/tiny-llama" if local else "gpt2"))
+        inst = catalog.instance_type(self.settings, instance_type or ("local" if local else "ml.g5.xlarge"),
+                                     "training")
+        return model, inst
+
+    def _check(self, model: dict[str, Any], hp: Hyperparameters) -> None:
+        if hp.max_length > int(model["max_length"]):
+            raise ValidationFailed(f"max_length {hp.max_length} exceeds {model['id']}'s limit of "
+                                   f"{model['max_length']} tokens", param="hyperparameters.max_length")
+        if hp.load_in_4bit and self.settings.backend == "local" and not shutil.which("nvidia-smi"):
+            raise ValidationFailed("load_in_4bit (QLoRA) needs a CUDA GPU and this machine has none; set it "
+                                   "to false or use the sagemaker backend", param="hyperparameters.load_in_4bit",
+                                   code="qlora_requires_gpu")
+
+    # Estimate -----------------------------------------------------------------------------
+    def estimate(self, req: CostEstimateRequest | TrainingJobCreate) -> dict[str, Any]:
+        ds = self.owned_dataset(req.dataset_id)
+        model, inst = self._defaults(req.base_model, req.instance_type)
+        self._check(model, req.hyperparameters)
+        price = float(inst["training"])
+        return cost.estimate(ds.report, model, req.hyperparameters, inst, price, req.validation_split)
+
+    # Create -------------------------------------------------------------------------------
+    def create(self, req: TrainingJobCreate, idem_key: str | None) -> tuple[int, dict[str, Any]]:
+        route, body_hash = "POST /api/training-job", idempotency.body_hash(req.model_dump(mode="json"))
+        if idem_key:
+            prior = idempotency.lookup(self.session, self.user.id, route, idem_key, body_hash)
+            if prior is not None:
+                return prior.status_code, prior.response
+        ds = self.owned_dataset(req.dataset_id)
+        model, inst = self._defaults(req.base_model, req.instance_type)
+        self._check(model, req.hyperparameters)
+        est = cost.estimate(ds.report, model, req.hyperparameters, inst, float(inst["training"]),
+                            req.validation_split)
+        from app.usage.service import check_budget
+
+        check_budget(self.session, self.user, est["estimated_cost"])
+        name = req.name or self._unique_name(model["id"])
+        if self.session.scalar(select(TrainingJob.id).where(TrainingJob.job_name == name)):
+            raise Conflict(f"A training job named {name!r} already exists", param="name", code="job_exists")
+        job = TrainingJob(
+            job_name=name, user_id=self.user.id, dataset_id=ds.id, base_model=model["id"],
+            hyperparameters=req.hyperparameters.model_dump(), instance_type=inst["name"],
+            validation_split=req.validation_split, backend=self.backends.name, status="InProgress",
+            secondary_status="Pending", price_per_hour=float(inst["training"]),
+            estimated_cost=est["estimated_cost"], data={"estimate": est},
+        )
+        self.session.add(job)
+        self.session.flush()
+        self._split(job, ds)
+        events.record(self.session, user_id=self.user.id, resource_type=RESOURCE, resource_id=job.id,
+                      type="created", message=f"Job created on the {job.backend} backend ({job.instance_type}); "
+                      f"estimated cost ${job.estimated_cost:.2f}", data={"estimate": est})
+        self.session.commit()
+        if active_local_jobs(self.session) <= self.settings.worker.max_concurrent_local_jobs \
+                or self.backends.name != "local":
+            try:
+                submit(self.session, self.settings, self.store, self.backends, job)
+            except AppError:
+                self.session.delete(job)
+                self.session.commit()
+                raise
+        body = job_read(self.session, job).model_dump(mode="json")
+        if idem_key:
+            idempotency.remember(self.session, self.user.id, route, idem_key, body_hash, 201, body)
+            self.session.commit()
+        return 201, body
+
+    def _unique_name(self, model_id: str) -> str:
+        now = utcnow()
+        for i in range(100):
+            name = naming.job_name(self.user.username, model_id, now, suffix=str(i + 1) if i else "")
+            if not self.session.scalar(select(TrainingJob.id).where(TrainingJob.job_name == name)):
+                return name
+        raise Conflict("Could not find a free job name; try again in a second", code="job_exists")
+
+    def _split(self, job: TrainingJob, ds: Dataset) -> None:
+        """Seeded, reproducible train/validation split of the canonical file (seed 002: default 20%)."""
+        assert ds.canonical_key
+        seed = int(job.hyperparameters.get("seed", 42))
+        with self.store.open(ds.canonical_key) as f:
+            n = sum(1 for line in iter_lines(f) if line.strip())
+        k = round(n * job.validation_split)
+        if job.validation_split > 0 and n >= 2:
+            k = min(max(k, 1), n - 1)
+        else:
+            k = 0
+        val_idx = set(random.Random(seed).sample(range(n), k))
+        train_key = model_key(job.user_id, job.job_name, "input/train/train.jsonl")
+        val_key = model_key(job.user_id, job.job_name, "input/validation/validation.jsonl") if k else None
+        tmp = Path(tempfile.mkdtemp(prefix="split-"))
+        try:
+            with self.store.open(ds.canonical_key) as f, open(tmp / "t", "wb") as t, open(tmp / "v", "wb") as v:
+                i = 0
+                for line in iter_lines(f):
+                    if line.strip():
+                        (v if i in val_idx else t).write(line + b"\n")
+                        i += 1
+            self.store.put_file(train_key, tmp / "t")
+            if val_key:
+                self.store.put_file(val_key, tmp / "v")
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        job.data = {**job.data, "train_key": train_key, "validation_key": val_key,
+                    "train_examples": n - k, "validation_examples": k, "dataset_sha256": ds.sha256}
+
+    # Reads --------------------------------------------------------------------------------
+    def list(self, limit: int, after: str | None, status: str | None) -> tuple[list[TrainingJob], bool, str | None]:
+        q = select(TrainingJob).where(TrainingJob.user_id == self.user.id)
+        if status:
+            q = q.where(TrainingJob.status == status)
+        return paginate(self.session, q, TrainingJob, limit, after)
+
+    def metrics(self, job: TrainingJob, name: str | None) -> list[JobMetric]:
+        q = select(JobMetric).where(JobMetric.job_id == job.id)
+        if name:
+            q = q.where(JobMetric.metric_name == name)
+        return list(self.session.scalars(q.order_by(JobMetric.id)))
+
+    # Stop ---------------------------------------------------------------------------------
+    def stop(self, job_name: str) -> TrainingJob:
+        job = self.owned(job_name)
+        if job.status in ENDED:
+            raise Conflict(f"Job {job_name!r} has already ended ({job.status})", code="job_not_running",
+                           param="job_name")
+        if job.status == "Stopping":
+            return job
+        job.stop_requested = True
+        previous = job.status
+        if not job.backend_handle:  # never started: nothing to stop
+            job.status, job.secondary_status, job.ended_at = "Stopped", "Stopped", utcnow()
+            job.actual_cost = 0.0
+        else:
+            self.backends.training.stop(job.backend_handle)
+            job.backend_handle = {**job.backend_handle, "stopping": True}
+            job.status, job.secondary_status = "Stopping", "Stopping"
+        events.record(self.session, user_id=job.user_id, resource_type=RESOURCE, resource_id=job.id,
+                      type="status", message=f"{previous} -> {job.status} (stop requested)",
+                      data={"status": job.status})
+        self.session.commit()
+        return job
+
+    # Download -----------------------------------------------------------------------------
+    def download(self, job_name: str, expires_in: int = 3600) -> dict[str, Any]:
+        job = self.owned(job_name)
+        if job.status != "Completed" or not job.model_artifacts_uri:
+            raise Conflict(f"Job {job_name!r} has no model to download yet (status {job.status})",
+                           code="job_not_completed", param="job_name")
+        key = self.store.key_from_uri(job.model_artifacts_uri)
+        if key is None or not self.store.exists(key):
+            raise NotFound(f"The model artifacts of {job_name!r} are no longer in storage",
+                           code="artifact_missing")
+        return {"download_url": self.store.signed_url(key, expires_in), "model_s3_uri": job.model_artifacts_uri,
+                "job_name": job.job_name, "expires_in": expires_in}
+
+
+def active_local_jobs(session: Session) -> int:
+    q = select(TrainingJob).where(TrainingJob.backend == "local", TrainingJob.status.in_(JOB_ACTIVE))
+    return sum(1 for j in session.scalars(q) if j.backend_handle or j.secondary_status == "Pending")
+
+
+def submit(session: Session, settings: Settings, store: Any, backends: Any, job: TrainingJob) -> None:
+    """Hand a Pending job to the backend and record its handle (API on create, worker when a slot frees)."""
+    if not job.data.get("train_key") or not store.exists(job.data["train_key"]):
+        raise NotFound("The job's training data is no longer in storage (was the dataset deleted?)",
+                       code="dataset_missing")
+    entry = catalog.base_model(settings, job.base_model)
+    spec = TrainingSpec(
+        job_name=job.job_name, user_id=job.user_id, base_model=job.base_model,
+        base_model_source=catalog.resolve_source(settings, entry),
+        hyperparameters={**job.hyperparameters, "task": entry["task"]}, instance_type=job.instance_type,
+        train_key=job.data["train_key"], validation_key=job.data.get("validation_key"),
+        output_key=model_key(job.user_id, job.job_name, "output/model.tar.gz"),
+        checkpoint_prefix=model_key(job.user_id, job.job_name, "checkpoints") + "/",
+        max_runtime_seconds=settings.aws.max_runtime_seconds,
+    )
+    handle = backends.training.submit(spec)
+    job.backend_handle = handle
+    job.secondary_status, job.started_at = "Starting", utcnow()
+    events.record(session, user_id=job.user_id, resource_type=RESOURCE, resource_id=job.id, type="status",
+                  message=f"Submitted to the {backends.name} backend: Pending -> Starting",
+                  data={"secondary_status": "Starting"})
+    session.commit()
+
+
+def job_read(session: Session, job: TrainingJob) -> Any:
+    from app.training.schemas import JobError, MetricValue, TrainingJobRead
+
+    latest: dict[str, float] = dict(job.final_metrics or {})
+    if not latest:
+        for m in session.scalars(select(JobMetric).where(JobMetric.job_id == job.id).order_by(JobMetric.id)):
+            latest[m.metric_name] = m.value
+    return TrainingJobRead(
+        job_name=job.job_name, status=job.status, secondary_status=job.secondary_status,
+        model_artifacts_s3_uri=job.model_artifacts_uri,
+        training_metrics=[MetricValue(metric_name=k, value=v) for k, v in latest.items()],
+        estimated_cost=job.estimated_cost, actual_cost=job.actual_cost, billable_seconds=job.billable_seconds,
+        base_model=job.base_model, dataset_id=job.dataset_id, hyperparameters=job.hyperparameters,
+        instance_type=job.instance_type, backend=job.backend, validation_split=job.validation_split,
+        created_at=job.created_at, started_at=job.started_at, ended_at=job.ended_at, progress=job.progress,
+        error=JobError(code=job.error_code, message=job.error_message or "") if job.error_code else None,
+    )
+
+
