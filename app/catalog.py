@@ -26,7 +26,7 @@ def _packaged_instances() -> dict[str, dict[str, Any]]:
 def base_models(settings: Settings) -> list[dict[str, Any]]:
     out = [dict(m) for m in _packaged_models()]
     for extra in settings.extra_base_models:
-        entry = {"family": "custom", "parameters": None, "task": "causal_lm", "max_length": 2048,
+        entry: dict[str, Any] = {"family": "custom", "parameters": None, "task": "causal_lm", "max_length": 2048,
                  "default_target_modules": None, "recommended_instance_types": ["ml.g5.xlarge"],
                  "offline": str(extra.get("source", "")).startswith(("/", "s3://")), "description": ""}
         entry.update(extra)

@@ -18,7 +18,9 @@ from app.config import Settings
 log = logging.getLogger("llmtuner.worker")
 
 # Each module exposes `reconcile(ctx: WorkerContext) -> None`.
-RECONCILERS = ["app.training.reconcile", "app.deployments.reconcile", "app.evaluation.reconcile"]
+RECONCILERS = [
+    "app.training.reconcile", "app.deployments.reconcile", "app.evaluation.reconcile", "app.usage.service",
+]
 
 
 @dataclass

@@ -41,7 +41,7 @@ async def upload(
 async def list_datasets(svc: ServiceDep, limit: int = Query(20, ge=1, le=100), after: str | None = None
                         ) -> DatasetList:
     """The caller's datasets, newest first."""
-    rows, more, nxt = svc.list(limit, after)
+    rows, more, nxt = svc.list_datasets(limit, after)
     return DatasetList(data=[DatasetRead.model_validate(r) for r in rows], has_more=more, next_cursor=nxt)
 
 

@@ -121,7 +121,7 @@ class DatasetService:
             ds.report = {**ds.report, "token_stats": cache[key]}
         return ds
 
-    def list(self, limit: int, after: str | None) -> tuple[list[Dataset], bool, str | None]:
+    def list_datasets(self, limit: int, after: str | None) -> tuple[list[Dataset], bool, str | None]:
         return paginate(self.session, select(Dataset).where(Dataset.user_id == self.user.id), Dataset, limit, after)
 
     def preview(self, ds: Dataset, limit: int) -> list[dict[str, Any]]:

@@ -14,7 +14,7 @@ from app.db import utcnow
 from app.errors import AppError
 from app.training import cost, logparse
 from app.training.models import JobMetric, TrainingJob
-from app.training.service import RESOURCE, submit
+from app.training.service import RESOURCE, note_submit_failure, submit
 
 log = logging.getLogger("llmtuner.worker.training")
 
@@ -29,12 +29,16 @@ def reconcile(ctx: Any) -> None:
                     _maybe_submit(session, ctx, job)
                 else:
                     follow(session, ctx, job)
-            except Exception as e:  # noqa: BLE001 - one job's trouble must not stop the others
+            except AppError as e:
                 session.rollback()
-                log.exception("job %s: reconcile failed", job.job_name)
-                if isinstance(e, AppError) and not job.backend_handle:
+                if not job.backend_handle and note_submit_failure(session, job, e):
                     _end(session, job, "Failed", e.code, e.message)
                     session.commit()
+                elif job.backend_handle:
+                    log.warning("job %s: backend call failed: %s", job.job_name, e.message)
+            except Exception:  # one job's trouble must not stop the others
+                session.rollback()
+                log.exception("job %s: reconcile failed", job.job_name)
 
 
 def _maybe_submit(session: Session, ctx: Any, job: TrainingJob) -> None:

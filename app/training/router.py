@@ -68,7 +68,7 @@ async def list_jobs(svc: ServiceDep, limit: int = Query(20, ge=1, le=100), after
                     status: str | None = Query(None, pattern="^(InProgress|Completed|Failed|Stopping|Stopped)$"),
                     ) -> TrainingJobList:
     """The caller's jobs, newest first."""
-    jobs, more, nxt = svc.list(limit, after, status)
+    jobs, more, nxt = svc.list_jobs(limit, after, status)
     return TrainingJobList(data=[job_read(svc.session, j) for j in jobs], has_more=more, next_cursor=nxt)
 
 

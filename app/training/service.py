@@ -120,10 +120,15 @@ class TrainingService:
                 or self.backends.name != "local":
             try:
                 submit(self.session, self.settings, self.store, self.backends, job)
-            except AppError:
-                self.session.delete(job)
-                self.session.commit()
-                raise
+            except AppError as e:
+                self.session.rollback()
+                if e.status_code < 500:  # refused (quota, validation): no job was created
+                    self.session.delete(job)
+                    self.session.commit()
+                    raise
+                # The backend failed or was unreachable: the job may exist there; the worker retries
+                # the submission (idempotent by job name) and reconciles.
+                note_submit_failure(self.session, job, e)
         body = job_read(self.session, job).model_dump(mode="json")
         if idem_key:
             idempotency.remember(self.session, self.user.id, route, idem_key, body_hash, 201, body)
@@ -169,7 +174,7 @@ class TrainingService:
                     "train_examples": n - k, "validation_examples": k, "dataset_sha256": ds.sha256}
 
     # Reads --------------------------------------------------------------------------------
-    def list(self, limit: int, after: str | None, status: str | None) -> tuple[list[TrainingJob], bool, str | None]:
+    def list_jobs(self, limit: int, after: str | None, status: str | None) -> tuple[list[TrainingJob], bool, str | None]:
         q = select(TrainingJob).where(TrainingJob.user_id == self.user.id)
         if status:
             q = q.where(TrainingJob.status == status)
@@ -245,6 +250,23 @@ def submit(session: Session, settings: Settings, store: Any, backends: Any, job:
                   message=f"Submitted to the {backends.name} backend: Pending -> Starting",
                   data={"secondary_status": "Starting"})
     session.commit()
+
+
+MAX_SUBMIT_ATTEMPTS = 5
+
+
+def note_submit_failure(session: Session, job: TrainingJob, e: AppError) -> bool:
+    """Record a failed submission; True when the job should be given up (Failed)."""
+    attempts = int(job.data.get("submit_attempts", 0)) + 1
+    job.data = {**job.data, "submit_attempts": attempts}
+    give_up = e.status_code < 500 or attempts >= MAX_SUBMIT_ATTEMPTS
+    events.record(session, user_id=job.user_id, resource_type=RESOURCE, resource_id=job.id, type="warning",
+                  level="error" if give_up else "warning",
+                  message=f"Submission to the backend failed ({e.code}: {e.message})"
+                  + ("" if give_up else f"; retrying (attempt {attempts} of {MAX_SUBMIT_ATTEMPTS})"),
+                  data={"code": e.code, "details": e.details})
+    session.commit()
+    return give_up
 
 
 def job_read(session: Session, job: TrainingJob) -> Any:

@@ -75,7 +75,7 @@ def build_tiny_model(path: str | Path, family: str = "llama", seed: int = 0) -> 
     elif family == "t5":
         cfg5 = T5Config(
             d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=4,
-            decoder_start_token_id=tokenizer.pad_token_id, **common,
+            decoder_start_token_id=tokenizer.pad_token_id, **common,  # type: ignore[call-arg]
         )
         model = T5ForConditionalGeneration(cfg5)
     else:

@@ -1,0 +1,143 @@
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+
+from app.auth.models import User
+from app.db import utcnow
+from app.deployments.models import Endpoint
+from app.errors import AppError
+from app.events import Event
+from app.training.models import TrainingJob
+from app.usage.service import check_budget, endpoint_month_cost, month_start
+
+
+@pytest.fixture
+def alice(client, register):
+    headers = register("alice")
+    return headers, client.get("/api/auth/me", headers=headers).json()["id"]
+
+
+def add_job(s, uid, name, status="Completed", billable=3600, price=1.21, actual=None, created=None):
+    job = TrainingJob(job_name=name, user_id=uid, base_model="llmtuner/tiny-llama", hyperparameters={},
+                      instance_type="ml.g5.xlarge", backend="sagemaker", backend_handle={}, status=status,
+                      secondary_status=status, billable_seconds=billable, price_per_hour=price,
+                      estimated_cost=1.0, actual_cost=actual, created_at=created or utcnow())
+    s.add(job)
+    return job
+
+
+def add_endpoint(s, uid, name, status="Deleted", seconds=7200.0, price=1.21, running_for=None, created=None):
+    now = utcnow()
+    ep = Endpoint(endpoint_name=name, user_id=uid, model_name=name, model_uri="local://x", instance_type="ml.g5.xlarge",
+                  backend="sagemaker", backend_handle={}, status=status, price_per_hour=price, accrued_seconds=seconds,
+                  accrual_started_at=now - running_for if running_for else None, created_at=created or now,
+                  deleted_at=now if status == "Deleted" else None)
+    s.add(ep)
+    return ep
+
+
+def set_budget(session_factory, uid, budget):
+    with session_factory() as s:
+        s.get(User, uid).monthly_budget = budget
+        s.commit()
+
+
+class TestUsage:
+    def test_sums_match_recorded_costs(self, client, alice, session_factory):
+        headers, uid = alice
+        with session_factory() as s:
+            add_job(s, uid, "job-done", actual=1.5)                       # ended: its actual cost
+            add_job(s, uid, "job-running", status="InProgress", billable=1800, price=2.0)  # running: 1800 s x $2/h
+            add_job(s, uid, "job-failed", status="Failed", actual=0.25)
+            add_endpoint(s, uid, "ep-gone", seconds=7200.0, price=1.21)  # 2 h at $1.21
+            s.commit()
+        u = client.get("/api/usage", headers=headers).json()
+        assert u["currency"] == "USD"
+        costs = {j["job_name"]: j["cost"] for j in u["training"]["jobs"]}
+        assert costs == {"job-done": 1.5, "job-running": 1.0, "job-failed": 0.25}
+        assert u["training"]["total"] == pytest.approx(2.75) and u["training"]["this_month"] == pytest.approx(2.75)
+        [ep] = u["inference"]["endpoints"]
+        assert ep["endpoint_name"] == "ep-gone" and ep["accrued_cost"] == pytest.approx(2.42)
+        assert u["inference"]["total"] == pytest.approx(2.42)
+        assert u["total"] == pytest.approx(2.75 + 2.42)
+        assert u["budget"] is None and u["warnings"] == []
+
+    def test_running_endpoint_accrues(self, client, alice, session_factory):
+        headers, uid = alice
+        with session_factory() as s:
+            add_endpoint(s, uid, "ep-live", status="InService", seconds=3600.0, price=1.0,
+                         running_for=timedelta(hours=1))
+            s.commit()
+        [ep] = client.get("/api/usage", headers=headers).json()["inference"]["endpoints"]
+        assert ep["accrued_cost"] == pytest.approx(2.0, abs=0.01)
+
+    def test_old_jobs_are_not_this_month(self, client, alice, session_factory):
+        headers, uid = alice
+        old = month_start(utcnow()) - timedelta(days=3)
+        with session_factory() as s:
+            add_job(s, uid, "job-old", actual=4.0, created=old)
+            add_job(s, uid, "job-new", actual=1.0)
+            s.commit()
+        u = client.get("/api/usage", headers=headers).json()
+        assert u["training"]["total"] == 5.0 and u["training"]["this_month"] == 1.0
+
+    def test_another_users_costs_are_not_shown(self, client, alice, register, session_factory):
+        _, uid = alice
+        with session_factory() as s:
+            add_job(s, uid, "job-a", actual=3.0)
+            s.commit()
+        bob = register("bob")
+        u = client.get("/api/usage", headers=bob).json()
+        assert u["training"]["jobs"] == [] and u["total"] == 0
+
+
+class TestEndpointMonthCost:
+    def test_capped_by_hours_this_month(self):
+        now = utcnow()
+        ep = Endpoint(price_per_hour=1.0, created_at=month_start(now) - timedelta(days=40), deleted_at=None)
+        hours = (now - month_start(now)).total_seconds() / 3600
+        assert endpoint_month_cost(ep, 10_000.0, now) == pytest.approx(hours, rel=1e-6)
+        assert endpoint_month_cost(ep, 0.5, now) == pytest.approx(min(0.5, hours))
+
+
+class TestBudget:
+    def test_no_budget_no_limit(self, alice, session_factory):
+        _, uid = alice
+        with session_factory() as s:
+            check_budget(s, s.get(User, uid), 1e9)
+
+    def test_refused_when_estimate_exceeds_remaining(self, alice, session_factory):
+        _, uid = alice
+        set_budget(session_factory, uid, 10.0)
+        with session_factory() as s:
+            add_job(s, uid, "job-spent", actual=7.0)
+            s.commit()
+            user = s.get(User, uid)
+            check_budget(s, user, 2.99)
+            with pytest.raises(AppError) as e:
+                check_budget(s, user, 3.5)
+        err = e.value
+        assert err.status_code == 429 and err.code == "budget_exceeded"
+        assert err.details == [{"estimated_cost": 3.5, "remaining": 3.0, "monthly_budget": 10.0}]
+
+    def test_budget_in_usage_and_endpoint_flagged_once(self, client, alice, session_factory):
+        headers, uid = alice
+        set_budget(session_factory, uid, 1.0)
+        with session_factory() as s:
+            add_job(s, uid, "job-big", actual=2.0)
+            ep = add_endpoint(s, uid, "ep-live", status="InService", seconds=0.0, price=1.0,
+                              running_for=timedelta(minutes=1))
+            s.commit()
+            ep_id = ep.id
+        u = client.get("/api/usage", headers=headers).json()
+        assert u["budget"]["exceeded"] and u["budget"]["remaining"] == 0 and u["budget"]["monthly_budget"] == 1.0
+        codes = [w["code"] for w in u["warnings"]]
+        assert "budget_exceeded" in codes and "endpoint_over_budget" in codes
+        client.get("/api/usage", headers=headers)
+        with session_factory() as s:
+            flagged = list(s.scalars(select(Event).where(Event.resource_id == ep_id, Event.type == "budget_exceeded")))
+            assert len(flagged) == 1 and flagged[0].resource_type == "endpoint"
+            assert s.get(Endpoint, ep_id).status == "InService"  # never stopped for the budget
