@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import socket
 import tarfile
 import time
@@ -16,7 +17,7 @@ import httpx
 from app.backends import process
 from app.backends.base import BackendEndpointStatus, BackendJobStatus, Backends, EndpointSpec, TrainingSpec
 from app.config import Settings
-from app.errors import BackendError, GatewayTimeout, ValidationFailed
+from app.errors import BackendError, GatewayTimeout, ServiceUnavailable, ValidationFailed
 
 
 class LocalTrainingBackend:
@@ -106,6 +107,9 @@ class LocalTrainingBackend:
         process.terminate(handle)
 
 
+DELETE_GRACE_SECONDS = 15.0  # SIGTERM, then SIGKILL for a server that has not exited
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -127,9 +131,9 @@ class LocalEndpointBackend:
         port = _free_port()
         args = [str(process.SCRIPTS / "serve.py"), "--model-dir", str(tar), "--host", "127.0.0.1",
                 "--port", str(port), "--timeout", str(self.settings.invoke_timeout_seconds)]
-        env = {"HF_HUB_OFFLINE": "1"}
-        if spec.base_model_source:
-            env["LLMTUNER_BASE_MODEL"] = spec.base_model_source
+        # Always set: an empty value keeps a LLMTUNER_BASE_MODEL of the API's own environment out of
+        # the server, which then reads the base model recorded in the artifact.
+        env = {"HF_HUB_OFFLINE": "1", "LLMTUNER_BASE_MODEL": spec.base_model_source or ""}
         handle = process.spawn(args, workdir, env, "serve")
         handle.update(port=port, started=time.time(), spec={
             "endpoint_name": spec.endpoint_name, "model_key": spec.model_key,
@@ -138,12 +142,14 @@ class LocalEndpointBackend:
 
     def describe(self, handle: dict[str, Any]) -> BackendEndpointStatus:
         if handle.get("deleting"):
-            return BackendEndpointStatus("Deleting" if process.alive(handle) else "Deleted")
+            if not process.alive(handle):
+                Path(handle["dir"], "model.tar.gz").unlink(missing_ok=True)  # the copy can be large
+                return BackendEndpointStatus("Deleted")
+            if time.time() - float(handle["deleting"]) > DELETE_GRACE_SECONDS:
+                process.terminate(handle, signal.SIGKILL)  # it ignored SIGTERM
+            return BackendEndpointStatus("Deleting")
         if not process.alive(handle):
-            log = process.tail(handle)
-            reason = next((ln.split("LOAD_ERROR:", 1)[1].strip() for ln in reversed(log.splitlines())
-                           if "LOAD_ERROR:" in ln), None)
-            return BackendEndpointStatus("Failed", reason or f"The model server exited: {log[-500:]}")
+            return BackendEndpointStatus("Failed", self._failure(handle))
         try:
             r = httpx.get(f"http://127.0.0.1:{handle['port']}/ping", timeout=2)
             if r.status_code == 200:
@@ -164,11 +170,14 @@ class LocalEndpointBackend:
         except httpx.HTTPError as e:
             raise BackendError(f"The endpoint's model server did not answer: {e}", code="endpoint_unreachable") from e
         if r.status_code in (400, 422):
-            err = r.json().get("error", {})
-            raise ValidationFailed(err.get("message", r.text), code=err.get("code", "invalid_parameters"),
+            err = _error_body(r)
+            raise ValidationFailed(err.get("message") or r.text[:1000], code=err.get("code") or "invalid_parameters",
                                    param=err.get("param"), details=err.get("details"))
         if r.status_code == 504:
             raise GatewayTimeout("Generation timed out on the endpoint", code="generation_timeout")
+        if r.status_code == 503:
+            raise ServiceUnavailable("The endpoint's model server is not ready", code="endpoint_not_ready",
+                                     details=[_error_body(r).get("message") or r.text[:1000]])
         if r.status_code != 200:
             raise BackendError(f"The model server answered {r.status_code}", code="endpoint_error",
                                details=[r.text[:1000]])
@@ -176,8 +185,30 @@ class LocalEndpointBackend:
         return out if isinstance(out, list) else [out]
 
     def delete(self, handle: dict[str, Any]) -> None:
-        handle["deleting"] = True
+        handle["deleting"] = time.time()  # the caller stores the handle; describe escalates after a grace
         process.terminate(handle)
+
+    def _failure(self, handle: dict[str, Any]) -> str:
+        log = process.tail(handle)
+        reason = next((ln.split("LOAD_ERROR:", 1)[1].strip() for ln in reversed(log.splitlines())
+                       if "LOAD_ERROR:" in ln), None)
+        if reason:  # the server's own folder means nothing to the user
+            return reason.replace(f"{handle['dir']}/", "")
+        code = process.exit_code(handle)
+        if code is None:
+            return ("The model server process vanished (the machine or the API restarted while it ran, or it "
+                    "was killed)")
+        if code in (-9, 137):
+            return "The model server was killed (out of memory?); try a larger instance type"
+        return f"The model server exited with code {code}: {log[-500:]}"
+
+
+def _error_body(r: httpx.Response) -> dict[str, Any]:
+    try:
+        err = r.json().get("error")
+    except (ValueError, AttributeError):
+        return {}
+    return err if isinstance(err, dict) else {}
 
 
 def build_local_backends(settings: Settings, store: Any) -> Backends:

@@ -1,3 +1,81 @@
-from fastapi import APIRouter
+"""Deployment and inference routes (seed 000 Method 1, seed 001, seed 002 "Use via API")."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Query
+
+from app.deployments.schemas import (
+    DeployRequest,
+    DeployResponse,
+    EndpointList,
+    EndpointRead,
+    EventRead,
+    GenerateRequest,
+    GenerateResponse,
+    InvokeRequest,
+    InvokeResponse,
+)
+from app.deployments.service import EndpointService
+from app.deps import BackendsDep, CurrentUser, IdempotencyKey, SessionDep, SettingsDep, StoreDep
+from app.events import Event
 
 router = APIRouter(tags=["deployments"])
+
+StatusFilter = Literal["Creating", "InService", "Updating", "Failed", "Deleting", "OutOfService", "Deleted"]
+
+
+def endpoint_service(session: SessionDep, settings: SettingsDep, store: StoreDep,
+                     backends: BackendsDep) -> EndpointService:
+    return EndpointService(session, settings, store, backends)
+
+
+EndpointServiceDep = Annotated[EndpointService, Depends(endpoint_service)]
+
+
+@router.post("/api/deploy-model", status_code=202, response_model=DeployResponse)
+async def deploy_model(data: DeployRequest, user: CurrentUser, svc: EndpointServiceDep,
+                       idempotency_key: IdempotencyKey = None) -> DeployResponse:
+    """Deploy a trained model to an endpoint named `{model_name}-endpoint` (answers at once: Creating)."""
+    return await svc.deploy(user, data, idempotency_key)
+
+
+@router.get("/api/endpoint-status/{endpoint_name}", response_model=EndpointRead)
+async def endpoint_status(endpoint_name: str, user: CurrentUser, svc: EndpointServiceDep) -> EndpointRead:
+    """One endpoint's status, failure reason and cost so far."""
+    return svc.read(svc.owned(user, endpoint_name))
+
+
+@router.get("/api/endpoints", response_model=EndpointList)
+async def list_endpoints(
+    user: CurrentUser, svc: EndpointServiceDep,
+    status: StatusFilter | None = None, include_deleted: bool = False,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20, after: str | None = None,
+) -> EndpointList:
+    """The caller's endpoints, newest first (deleted ones only with include_deleted=true)."""
+    return svc.list_for(user, status, include_deleted, limit, after)
+
+
+@router.delete("/api/endpoint/{endpoint_name}", status_code=202, response_model=EndpointRead)
+async def delete_endpoint(endpoint_name: str, user: CurrentUser, svc: EndpointServiceDep) -> EndpointRead:
+    """Start deleting an endpoint; its cost stops accruing now."""
+    return svc.delete(user, endpoint_name)
+
+
+@router.get("/api/endpoint/{endpoint_name}/events", response_model=list[EventRead])
+async def endpoint_events(endpoint_name: str, user: CurrentUser, svc: EndpointServiceDep) -> list[Event]:
+    """An endpoint's status changes and errors, oldest first."""
+    return svc.events(user, endpoint_name)
+
+
+@router.post("/api/invoke-model", response_model=InvokeResponse)
+async def invoke_model(data: InvokeRequest, user: CurrentUser, svc: EndpointServiceDep) -> InvokeResponse:
+    """Generate text with an InService endpoint."""
+    return await svc.invoke(user, data)
+
+
+@router.post("/api/v1/generate", response_model=GenerateResponse)
+async def generate(data: GenerateRequest, user: CurrentUser, svc: EndpointServiceDep) -> GenerateResponse:
+    """Generate with a deployed model named by endpoint, registered model id or name; returns the completion."""
+    return await svc.generate(user, data)
