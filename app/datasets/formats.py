@@ -13,6 +13,7 @@ from __future__ import annotations
 import codecs
 import io
 import json
+import os
 import re
 from collections.abc import Iterator
 from typing import Any, BinaryIO
@@ -108,12 +109,29 @@ class Sniffed:
     __slots__ = ("container", "encoding", "line_ending", "head_text", "reader")
 
     def __init__(self, container: str, encoding: str, line_ending: str, head_text: str,
-                 reader: io.BufferedReader) -> None:
+                 reader: Any) -> None:
         self.container = container
         self.encoding = encoding
         self.line_ending = line_ending
         self.head_text = head_text
         self.reader = reader
+
+
+def remaining_bytes(src: Any) -> int | None:
+    """How many bytes `src` has left, when it can say (a real file or a seekable stream)."""
+    try:
+        return os.fstat(src.fileno()).st_size - src.tell()
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        pass
+    try:
+        if src.seekable():
+            here = src.tell()
+            end = src.seek(0, os.SEEK_END)
+            src.seek(here)
+            return int(end - here)
+    except (AttributeError, OSError, ValueError):
+        pass
+    return None
 
 
 def _decode_head(head: bytes) -> str:
@@ -176,7 +194,7 @@ def _guess_container(text: str, name: str) -> str:
     header = stripped.split("\n", 1)[0].rstrip("\r")
     for delim, kind in (("\t", "tsv"), (",", "csv")):
         if delim in header:
-            cols = next(iter(_csv_reader([header], delim)), [])
+            cols: list[str] = next(iter(_csv_reader([header], delim)), [])
             if guess_columns(cols) is not None:
                 return kind
     return "txt"
@@ -244,10 +262,11 @@ def iter_json_array(reader: io.BufferedReader, chunk_size: int = 1 << 20,
                 value, end = decoder.raw_decode(buf, pos)
                 break
             except json.JSONDecodeError as e:
-                if len(buf) - pos < max_element_chars and more():
-                    continue
                 err_line = line + buf.count("\n", pos, e.pos)
-                yield err_line, err_line, None, f"Invalid JSON: {e.msg} (column {e.colno})."
+                err = f"Invalid JSON: {e.msg} (column {e.colno})."
+                if len(buf) - pos < max_element_chars and more():  # maybe only cut by the chunk end
+                    continue
+                yield err_line, err_line, None, err
                 return
         start = line
         line += buf.count("\n", pos, end)

@@ -1,0 +1,228 @@
+"""The validation report, and the collector that builds it while a file streams past."""
+
+from __future__ import annotations
+
+import dataclasses
+from array import array
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+import orjson
+
+from app.datasets.shapes import Problem
+
+WARNING_CAP_PER_CODE = 10  # warnings repeat on every record; keep room in the list for errors
+_WS = b" \t\n\r\x0b\x0c"
+_DUMP_OPT = orjson.OPT_APPEND_NEWLINE
+
+
+@dataclass
+class Issue:
+    """One problem, located in the uploaded file (1-based `line`; `record` counts records)."""
+
+    line: int | None
+    field: str | None
+    code: str
+    message: str
+    severity: str = "error"  # "error" (the record is left out) | "warning" (it is kept)
+    record: int | None = None
+
+
+@dataclass
+class Report:
+    """What `validate_and_convert` found. `is_valid`: at least one valid example and no errors."""
+
+    is_valid: bool
+    format: str
+    container: str
+    total_examples: int
+    valid_examples: int
+    avg_prompt_length: float
+    avg_response_length: float
+    max_prompt_length: int
+    max_response_length: int
+    duplicates: int
+    issues: list[Issue]
+    issues_truncated: int
+    errors_count: int
+    warnings_count: int
+    issue_counts: dict[str, int]
+    encoding: str
+    line_ending: str
+    columns: dict[str, str] | None = None
+    token_stats: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class DedupTable:
+    """Set of 64-bit fingerprints in an open-addressing array: ~16-32 bytes per distinct example.
+
+    Grows to `max_slots` (32 MiB at the default); past that, new fingerprints are no longer
+    stored, so `duplicates` becomes a lower bound (only after ~2 million distinct examples).
+    """
+
+    __slots__ = ("table", "mask", "used", "max_slots")
+
+    def __init__(self, slots: int = 1 << 16, max_slots: int = 1 << 22) -> None:
+        self.table = array("q", bytes(8 * slots))
+        self.mask = slots - 1
+        self.used = 0
+        self.max_slots = max_slots
+
+    def seen(self, h: int) -> bool:
+        """True when `h` was added before; adds it otherwise."""
+        h = h or 1
+        table, mask = self.table, self.mask
+        i = h & mask
+        while True:
+            v = table[i]
+            if v == h:
+                return True
+            if v == 0:
+                break
+            i = (i + 1) & mask
+        if 2 * self.used < mask:
+            table[i] = h
+            self.used += 1
+        elif mask + 1 < self.max_slots:
+            self._grow()
+            self.seen(h)
+        return False
+
+    def _grow(self) -> None:
+        old = self.table
+        self.table = array("q", bytes(16 * len(old)))
+        self.mask = 2 * len(old) - 1
+        self.used = 0
+        for v in old:
+            if v:
+                self.seen(v)
+
+
+class HashLog(array):  # type: ignore[type-arg]
+    """Stands in for DedupTable in a worker process: records fingerprints for the parent to check."""
+
+    def seen(self, h: int) -> bool:
+        self.append(h)
+        return False
+
+
+class Collector:
+    """Accumulates counts, issues and duplicates; writes valid canonical records to `out`."""
+
+    def __init__(self, out: BinaryIO | None, max_example_chars: int, max_issues: int) -> None:
+        self.write = out.write if out is not None else None
+        self.out_buf: list[bytes] = []
+        self.out_size = 0
+        self.max_chars = max_example_chars
+        self.max_issues = max_issues
+        self.issues: list[Issue] = []
+        self.issue_counts: dict[str, int] = {}
+        self.truncated = self.errors = self.warnings = 0
+        self.total = self.valid = self.duplicates = 0
+        self.prompt_sum = self.response_sum = self.prompt_max = self.response_max = 0
+        self.dedup: DedupTable | HashLog = DedupTable()
+
+    def issue(self, line: int | None, record: int | None, field: str | None, code: str, message: str,
+              severity: str = "error") -> None:
+        n = self.issue_counts.get(code, 0) + 1
+        self.issue_counts[code] = n
+        if severity == "error":
+            self.errors += 1
+        else:
+            self.warnings += 1
+        if len(self.issues) >= self.max_issues or (severity != "error" and n > WARNING_CAP_PER_CODE):
+            self.truncated += 1
+        else:
+            self.issues.append(Issue(line, field, code, message, severity, record))
+
+    def emit(self, line: int, record: int, canon: dict[str, Any] | None, plen: int, rlen: int, key: str,
+             problems: list[Problem] | None, source: Any = None) -> None:
+        """Count one record; write it when it has no error."""
+        if problems is not None:
+            bad = canon is None
+            for field_, code, message, severity in problems:
+                self.issue(line, record, field_, code, message, severity)
+                bad = bad or severity == "error"
+            if bad:
+                return
+        if plen + rlen > self.max_chars:
+            self.issue(line, record, longest_field(source), "too_long", (
+                f"The example has {plen + rlen:,} characters (prompt {plen:,}, response {rlen:,}); "
+                f"the limit is {self.max_chars:,}. Shorten or split it."))
+            return
+        try:
+            data = orjson.dumps(canon, option=_DUMP_OPT)
+        except orjson.JSONEncodeError:
+            self.issue(line, record, None, "invalid_encoding",
+                       "The record contains text that is not valid Unicode (a lone surrogate escape).")
+            return
+        if self.dedup.seen(hash(key.encode("utf-8", "surrogatepass").translate(None, _WS))):
+            self.duplicates += 1
+        self.valid += 1
+        self.prompt_sum += plen
+        self.response_sum += rlen
+        if plen > self.prompt_max:
+            self.prompt_max = plen
+        if rlen > self.response_max:
+            self.response_max = rlen
+        if self.write is not None:  # one write per MiB: fewer system calls than per record
+            self.out_buf.append(data)
+            self.out_size += len(data)
+            if self.out_size >= 1 << 20:
+                self.flush()
+
+    def flush(self) -> None:
+        if self.write is not None and self.out_buf:
+            self.write(b"".join(self.out_buf))
+        self.out_buf.clear()
+        self.out_size = 0
+
+    def report(self, fmt: str, container: str, encoding: str, line_ending: str,
+               columns: dict[str, str] | None = None) -> Report:
+        if self.total == 0 and self.errors == 0:
+            self.issue(None, None, None, "empty_file",
+                       "The file has no examples. Upload a file with at least one record.")
+        self.flush()
+        v = self.valid
+        return Report(
+            is_valid=v > 0 and self.errors == 0, format=fmt, container=container,
+            total_examples=self.total, valid_examples=v,
+            avg_prompt_length=round(self.prompt_sum / v, 1) if v else 0.0,
+            avg_response_length=round(self.response_sum / v, 1) if v else 0.0,
+            max_prompt_length=self.prompt_max, max_response_length=self.response_max,
+            duplicates=self.duplicates,
+            issues=sorted(self.issues, key=lambda i: (i.line or 0, i.record or 0)),
+            issues_truncated=self.truncated, errors_count=self.errors, warnings_count=self.warnings,
+            issue_counts=self.issue_counts, encoding=encoding, line_ending=line_ending, columns=columns,
+        )
+
+
+def longest_field(obj: Any, path: str = "", depth: int = 0) -> str | None:
+    """The path (e.g. ``messages[2].content``) of the longest string in a parsed record."""
+    best: tuple[int, str | None] = (-1, None)
+    items: Any = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
+    for k, v in items:
+        p = f"{path}[{k}]" if isinstance(k, int) else (f"{path}.{k}" if path else str(k))
+        if isinstance(v, str):
+            cand: tuple[int, str | None] = (len(v), p)
+        elif depth < 3 and isinstance(v, dict | list):
+            sub = longest_field(v, p, depth + 1)
+            cand = (_len_at(v, p, sub), sub)
+        else:
+            continue
+        if cand[0] > best[0]:
+            best = cand
+    return best[1]
+
+
+def _len_at(obj: Any, base: str, path: str | None) -> int:
+    if path is None:
+        return -1
+    cur = obj
+    for part in path[len(base):].replace("]", "").replace("[", ".").split("."):
+        if part:
+            cur = cur[int(part)] if isinstance(cur, list) else cur[part]
+    return len(cur) if isinstance(cur, str) else -1
