@@ -50,6 +50,7 @@ import tarfile
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -427,25 +428,11 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[:400]}"
 
 
-def load_model(
-    model_dir_or_tar: str | Path, base_model: str | None = None, device: str | None = None
-) -> Loaded:
-    """Load a trained model for inference (see the module docstring). Raises ModelLoadError."""
-    t0 = time.monotonic()
-    try:
-        import torch  # noqa: F401
-        from transformers import AutoTokenizer
-    except ImportError as e:
-        raise ModelLoadError(f"torch/transformers not installed: {e}") from e
+def _load(model_dir: Path, merged: Path, summary: dict[str, Any], adapter_cfg: dict[str, Any],
+          base_model: str | None, dtype: Any) -> tuple[Any, Any, bool, str, str | None]:
+    from transformers import AutoTokenizer
 
-    model_dir = resolve_model_dir(model_dir_or_tar)
-    summary = _read_json(model_dir / "training_summary.json")
-    adapter_cfg = _read_json(model_dir / "adapter_config.json")
-    dev = _pick_device(device)
-    dtype = _pick_dtype(dev)
     base: str | None = summary.get("base_model") if isinstance(summary.get("base_model"), str) else None
-
-    merged = model_dir / "merged"
     try:
         if (merged / "config.json").exists():
             kind = "merged"
@@ -480,6 +467,32 @@ def load_model(
         raise
     except Exception as e:  # noqa: BLE001
         raise ModelLoadError(f"cannot load model from {model_dir}: {_one_line(e)}") from e
+
+    return model, tokenizer, is_s2s, kind, base
+
+
+def load_model(
+    model_dir_or_tar: str | Path, base_model: str | None = None, device: str | None = None
+) -> Loaded:
+    """Load a trained model for inference (see the module docstring). Raises ModelLoadError."""
+    t0 = time.monotonic()
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as e:
+        raise ModelLoadError(f"torch/transformers not installed: {e}") from e
+
+    model_dir = resolve_model_dir(model_dir_or_tar)
+    summary = _read_json(model_dir / "training_summary.json")
+    adapter_cfg = _read_json(model_dir / "adapter_config.json")
+    dev = _pick_device(device)
+    dtype = _pick_dtype(dev)
+
+    merged = model_dir / "merged"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        loaded = _load(model_dir, merged, summary, adapter_cfg, base_model, dtype)
+    model, tokenizer, is_s2s, kind, base = loaded
 
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,6 +16,18 @@ sys.path.insert(0, str(SCRIPTS))
 
 import inference  # noqa: E402
 import modeling  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread() -> Any:
+    """The tiny model gains nothing from intra-op threads, and on a busy shared CPU extra
+    threads spin and make every step several times slower. Restored after this module."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

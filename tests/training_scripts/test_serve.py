@@ -64,6 +64,18 @@ def make_trained_adapter(root: Path) -> tuple[Path, Path]:
     return base, model_dir
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread() -> Any:
+    """The tiny model gains nothing from intra-op threads, and on a busy shared CPU extra
+    threads spin and make every step several times slower. Restored after this module."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return make_trained_adapter(tmp_path_factory.mktemp("serve-model"))
@@ -139,6 +151,37 @@ def test_tar_with_parent_path_rejected(tmp_path: Path, monkeypatch: pytest.Monke
 def test_missing_model_dir_is_a_load_error(tmp_path: Path) -> None:
     with pytest.raises(modeling.ModelLoadError, match="does not exist"):
         modeling.load_model(tmp_path / "nope")
+
+
+def test_merged_and_seq2seq_dirs(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    import shutil
+
+    from app.training.tiny_model import build_tiny_model
+
+    d = tmp_path / "with-merged"
+    shutil.copytree(trained[1], d)
+    shutil.copytree(trained[0], d / "merged")
+    m = modeling.load_model(d)
+    assert m.kind == "merged" and m.apply_template
+
+    t5 = modeling.load_model(build_tiny_model(tmp_path / "t5", family="t5"))
+    assert t5.kind == "full" and t5.is_seq2seq and not t5.apply_template and t5.task == "seq2seq_lm"
+    p = greedy(6)
+    assert modeling.generate_batch(t5, PROMPTS[:3], [p] * 3) == [
+        modeling.generate_batch(t5, [t], [p])[0] for t in PROMPTS[:3]]
+
+
+def test_base_model_resolution(trained: tuple[Path, Path], tmp_path: Path,
+                               monkeypatch: pytest.MonkeyPatch) -> None:
+    base = str(trained[0])
+    monkeypatch.delenv("LLMTUNER_BASE_MODEL", raising=False)
+    pick = modeling._pick_base
+    summary = {"base_model": "llmtuner/tiny-llama", "base_model_source": base}
+    assert pick(tmp_path, None, summary, {"base_model_name_or_path": "llmtuner/tiny-llama"}) == base
+    assert pick(tmp_path, None, {}, {"base_model_name_or_path": "org/hub-id"}) == "org/hub-id"
+    assert pick(tmp_path, "/explicit", summary, {}) == "/explicit"
+    monkeypatch.setenv("LLMTUNER_BASE_MODEL", "/from-env")
+    assert pick(tmp_path, None, summary, {}) == "/from-env"
 
 
 # ------------------------------------------------------------------ parameters
@@ -258,13 +301,15 @@ def start_server(model_dir: Path, log: Path, *extra: str) -> tuple[subprocess.Po
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("SM_MODEL_DIR", None)
     proc = subprocess.Popen(
-        [sys.executable, str(SCRIPTS / "serve.py"), "--model-dir", str(model_dir), "--port", str(port), *extra],
+        # one torch thread: on a shared, busy CPU more threads spin and slow start-up several times over
+        [sys.executable, str(SCRIPTS / "serve.py"), "--model-dir", str(model_dir), "--port", str(port),
+         "--threads", "1", *extra],
         stdout=subprocess.DEVNULL, stderr=log.open("wb"), env=env, cwd=str(ROOT),
     )
     return proc, f"http://127.0.0.1:{port}"
 
 
-def wait_ready(proc: subprocess.Popen[bytes], url: str, log: Path, deadline_s: float = 45) -> list[int]:
+def wait_ready(proc: subprocess.Popen[bytes], url: str, log: Path, deadline_s: float = 180) -> list[int]:
     seen: list[int] = []
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
@@ -377,10 +422,43 @@ def test_missing_model_dir_exits_with_load_error(tmp_path: Path) -> None:
     log = tmp_path / "serve.log"
     proc, url = start_server(tmp_path / "does-not-exist", log)
     try:
-        rc = proc.wait(60)
+        rc = proc.wait(180)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert rc != 0
     lines = [ln for ln in log.read_text().splitlines() if ln.startswith("LOAD_ERROR:")]
     assert len(lines) == 1 and "does-not-exist" in lines[0], log.read_text()
+
+
+def test_not_ready_answers_503(trained: tuple[Path, Path]) -> None:
+    import serve
+    from fastapi.testclient import TestClient
+
+    state = serve.State(args=serve.parse_args(["--model-dir", str(trained[1])]))
+    client = TestClient(serve.create_app(state))  # no lifespan: the model never starts loading
+    assert client.get("/ping").status_code == 503
+    assert client.get("/health").json()["status"] == "loading"
+    r = client.post("/invocations", json={"inputs": "hi"})
+    assert r.status_code == 503 and r.json()["error"]["code"] == "model_not_ready"
+
+
+def test_generation_timeout_answers_504_and_frees_the_worker(trained: tuple[Path, Path]) -> None:
+    import serve
+    from fastapi.testclient import TestClient
+
+    state = serve.State(args=serve.parse_args(["--model-dir", str(trained[1]), "--timeout", "1"]))
+    with TestClient(serve.create_app(state)) as client:
+        deadline = time.monotonic() + 30
+        while client.get("/ping").status_code != 200:
+            assert state.status != "failed" and time.monotonic() < deadline, state.error
+            time.sleep(0.05)
+        t0 = time.monotonic()
+        r = client.post("/invocations", json={"inputs": "hi", "parameters": {"max_new_tokens": 4096,
+                                                                            "ignore_eos": True}})
+        assert r.status_code == 504 and r.json()["error"]["code"] == "generation_timeout", r.text[:300]
+        assert time.monotonic() - t0 < 5
+        r = client.post("/invocations", json={"inputs": "hi", "parameters": {"max_new_tokens": 2}})
+        assert r.status_code == 200, r.text  # the long generation was cancelled, not left running
+        info = client.get("/info").json()
+        assert info["requests_failed"] == 1 and info["requests_served"] == 1
