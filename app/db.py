@@ -74,8 +74,11 @@ def make_engine(url: str, pool_size: int = 20) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://"):]
-    # Sized for the API's concurrency so no request opens a connection of its own.
-    return create_engine(url, pool_size=pool_size, max_overflow=10, pool_pre_ping=True)
+    # Sized for the API's concurrency so no request opens a connection of its own. No pre-ping: it
+    # costs round trips on every checkout (bench/api_load.py); a connection the server dropped fails
+    # once and invalidates the pool (current_user retries that once), and pool_recycle retires
+    # connections before typical idle timeouts.
+    return create_engine(url, pool_size=pool_size, max_overflow=10, pool_recycle=1800)
 
 
 def make_sessionmaker(bind: Any) -> sessionmaker[Any]:

@@ -43,6 +43,10 @@ class Tokens:
             self._verify_key: str = j.public_key
         else:
             self._sign_key = self._verify_key = j.secret.get_secret_value()
+        # Tokens already verified with this key: token -> (sub, exp). A hit still needs `exp` in the
+        # future, and callers still load the user on every request; this only skips re-checking the
+        # signature of the exact same string (GET /api/auth/me hot path, bench/api_load.py).
+        self._verified: dict[str, tuple[str, int]] = {}
 
     def issue(self, user_id: str) -> str:
         now = int(time.time())
@@ -50,6 +54,9 @@ class Tokens:
         return str(jwt.encode(claims, self._sign_key, algorithm=self.algorithm))
 
     def subject(self, token: str) -> str:
+        hit = self._verified.get(token)
+        if hit is not None and time.time() <= hit[1]:
+            return hit[0]
         try:
             claims: dict[str, Any] = jwt.decode(
                 token, self._verify_key, algorithms=[self.algorithm], audience=self.audience,
@@ -63,4 +70,7 @@ class Tokens:
         sub = claims.get("sub")
         if not isinstance(sub, str) or not sub:
             raise Unauthorized("Invalid token", code="invalid_token")
+        if len(self._verified) >= 10_000:
+            self._verified.clear()
+        self._verified[token] = (sub, int(claims["exp"]))
         return sub

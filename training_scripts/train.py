@@ -310,7 +310,8 @@ class Events:
         self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - lives for the whole run
 
     def emit(self, event: str, **fields: Any) -> None:
-        line = json.dumps({"event": event, **fields})
+        clean = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in fields.items()}
+        line = json.dumps({"event": event, **clean})
         _METRIC_STDOUT.write(line + "\n")
         _METRIC_STDOUT.flush()
         self._file.write(line + "\n")
@@ -493,7 +494,7 @@ def default_target_modules(model_type: str) -> list[str] | str:
     return FAMILY_TARGET_MODULES.get(model_type, "all-linear")
 
 
-def apply_lora(model: Any, cfg: TrainConfig, task: str, rt: Runtime) -> Any:
+def apply_lora(model: Any, cfg: TrainConfig, task: str) -> Any:
     from peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
 
     if cfg.load_in_4bit:
@@ -525,9 +526,10 @@ def make_callback(events: Events, cfg: TrainConfig, counts: dict[str, int], rt: 
             self.step_started = 0.0
             self.last_eval_step = -1
             self.resumed_from: int | None = None
+            self.tokens_at_start = 0
 
         def on_train_begin(self, args, state, control, **kw):  # type: ignore[no-untyped-def]
-            self.tokens_at_log = state.num_input_tokens_seen
+            self.tokens_at_log = self.tokens_at_start = state.num_input_tokens_seen
             events.emit("start", total_steps=state.max_steps, **counts, epochs=cfg.epochs, device=rt.device)
             if state.global_step > 0:
                 self.resumed_from = state.global_step
@@ -735,7 +737,7 @@ def prepare(env: dict[str, str], events_holder: list[Events]) -> Run:
     tokenizer, model, task = load_tokenizer_and_model(source, cfg, rt)
     data, counts = tokenize_splits(train_records, val_records, tokenizer, cfg, task)
     if cfg.use_lora:
-        model = apply_lora(model, cfg, task, rt)
+        model = apply_lora(model, cfg, task)
     return Run(cfg, paths, events, rt, source, tokenizer, model, task, data, counts,
                {"train": train_files, "validation": val_files})
 
@@ -748,7 +750,9 @@ def tokenize_splits(train_records: list, val_records: list, tokenizer: Any, cfg:
         raise TrainError("no_training_data", f"no training example has response tokens left after truncation "
                          f"to max_length={cfg.max_length}: increase max_length or shorten the prompts")
     if not val_records:
-        log("no validation data: no evaluation and no early stopping")
+        log("no validation data: no evaluation, no early stopping, eval_steps ignored; the last model is saved")
+    elif cfg.save_steps and not cfg.eval_steps:
+        log(f"save_steps={cfg.save_steps} without eval_steps: evaluating at every checkpoint to keep the best")
     counts = {"num_train_examples": len(train.examples), "num_validation_examples": len(val.examples),
               "truncated_examples": train.truncated + val.truncated}
     if train.truncated + val.truncated:
@@ -808,9 +812,17 @@ def finish(run: Run, output: Any, run_seconds: float, eval_loss: float | None) -
         "base_model": cfg.base_model or run.source, "base_model_source": run.source, "task": run.task,
         "use_lora": cfg.use_lora, "total_steps": state.max_steps, "final_step": state.global_step,
         "best_checkpoint_step": best_step, "stopped_early": stopped_early,
-        "resumed_from_step": run.callback.resumed_from,
+        "resumed_from_step": run.callback.resumed_from, "throughput": throughput(run.callback, state),
     }
     (run.paths.model_dir / "training_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+
+
+def throughput(callback: Any, state: Any) -> dict[str, float]:
+    """Non-padding tokens per second of optimizer-step time in this session (eval and saving excluded)."""
+    tokens = state.num_input_tokens_seen - callback.tokens_at_start
+    secs = callback.train_seconds
+    return {"non_padding_tokens": tokens, "train_step_seconds": round(secs, 3),
+            "tokens_per_second": round(tokens / secs, 1) if secs > 0 else 0.0}
 
 
 def classify(exc: BaseException) -> TrainError:

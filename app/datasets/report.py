@@ -12,8 +12,25 @@ import orjson
 from app.datasets.shapes import Problem
 
 WARNING_CAP_PER_CODE = 10  # warnings repeat on every record; keep room in the list for errors
-_WS = b" \t\n\r\x0b\x0c"
+_WS = b" \t\n\r\x0b\x0c"  # the whitespace that duplicate detection ignores
 _DUMP_OPT = orjson.OPT_APPEND_NEWLINE
+
+
+def fingerprint(texts: list[str]) -> int:
+    """The duplicate fingerprint of a record's texts (message contents in order, or its text).
+
+    Exact after removing whitespace: texts that differ only in whitespace collide, any other
+    difference does not (up to 64-bit hash collisions). `hash` is salted per process, so only
+    fingerprints made by one process are compared. The JSONL hot loop (validation.py) inlines
+    this for prompt/response pairs; tests check that both agree.
+    """
+    return hash(tuple([t.encode("utf-8", "surrogatepass").translate(None, _WS) for t in texts]))
+
+
+def canonical_texts(canon: dict[str, Any]) -> list[str]:
+    """The texts of a canonical record, as `fingerprint` takes them."""
+    msgs = canon.get("messages")
+    return [m["content"] for m in msgs] if msgs is not None else [canon["text"]]
 
 
 @dataclass
@@ -138,9 +155,13 @@ class Collector:
         else:
             self.issues.append(Issue(line, field, code, message, severity, record))
 
-    def emit(self, line: int, record: int, canon: dict[str, Any] | None, plen: int, rlen: int, key: str,
-             problems: list[Problem] | None, source: Any = None) -> None:
-        """Count one record; write it when it has no error."""
+    def emit(self, line: int, record: int, canon: dict[str, Any] | None, plen: int, rlen: int,
+             problems: list[Problem] | None, source: Any = None, key: str | None = None) -> None:
+        """Count one record; write it when it has no error.
+
+        Duplicates are found by the `fingerprint` of the record's texts, or of `key` when given
+        (a plain-text block, whose prompt/response split depends on its whitespace).
+        """
         if problems is not None:
             bad = canon is None
             for field_, code, message, severity in problems:
@@ -159,7 +180,7 @@ class Collector:
             self.issue(line, record, None, "invalid_encoding",
                        "The record contains text that is not valid Unicode (a lone surrogate escape).")
             return
-        if self.dedup.seen(hash(key.encode("utf-8", "surrogatepass").translate(None, _WS))):
+        if self.dedup.seen(fingerprint(canonical_texts(canon) if key is None else [key])):
             self.duplicates += 1
         self.valid += 1
         self.prompt_sum += plen

@@ -4,11 +4,11 @@ Canonical records (what training_scripts/prompting.py reads):
 ``{"messages": [{"role": "system"|"user"|"assistant"|"tool", "content": str}, ...]}`` or
 ``{"text": str}``.
 
-A converter returns ``(record, prompt_chars, response_chars, dedup_key, problems)``:
-``record`` is None when an error was found; ``problems`` is None or a list of
-``(field, code, message, severity)``. Converters are on the hot path: no objects per
-record beyond the canonical dict, and cheap one-character ``in`` prechecks before any
-pattern search.
+A converter returns ``(record, prompt_chars, response_chars, problems)``: ``record`` is
+None when an error was found; ``problems`` is None or a list of ``(field, code, message,
+severity)``. Duplicates are found from the record's canonical bytes (report.fingerprint).
+Converters are on the hot path: no objects per record beyond the canonical dict, and cheap
+one-character ``in`` prechecks before any pattern search.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 Problem = tuple[str | None, str, str, str]
-Converted = tuple[dict[str, Any] | None, int, int, str, list[Problem] | None]
+Converted = tuple[dict[str, Any] | None, int, int, list[Problem] | None]
 
 EOT_MARKERS = ("<|endoftext|>", "</s>", "<|im_end|>", "<|eot_id|>", "<|end_of_text|>")
 _SLOT = re.compile(r"\{\{\s*[^{}\n]{1,80}?\s*\}\}")
@@ -92,18 +92,19 @@ def convert_pair(obj: dict[str, Any], pk: str, rk: str) -> Converted:
             warn_text(r, rk, True, problems)
         if "system" not in obj:
             return ({"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": r}]},
-                    len(p), len(r), p + "\x00" + r, problems)
+                    len(p), len(r), problems)
         problems = problems or []
         system = _system(obj, problems)
         msgs = [{"role": "user", "content": p}, {"role": "assistant", "content": r}]
+        plen = len(p)
         if system is not None:
             msgs.insert(0, {"role": "system", "content": system})
-            p = system + "\x00" + p
-        return {"messages": msgs}, len(p), len(r), p + "\x00" + r, problems or None
+            plen += len(system) + 1  # as counted before (system, separator, prompt)
+        return {"messages": msgs}, plen, len(r), problems or None
     problems = []
     _field_problem(obj, pk, pk, problems)
     _field_problem(obj, rk, rk, problems)
-    return None, 0, 0, "", problems
+    return None, 0, 0, problems
 
 
 def convert_prompt_response(obj: dict[str, Any]) -> Converted:
@@ -130,7 +131,7 @@ def convert_alpaca(obj: dict[str, Any]) -> Converted:
             "'history' must be a list of [instruction, response] string pairs."), "error"))
         history = []
     if problems:
-        return None, 0, 0, "", problems
+        return None, 0, 0, problems
     instruction, inp, output = obj["instruction"], obj.get("input") or "", obj[out_key]
     user = instruction + "\n\n" + inp if inp else instruction
     msgs: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
@@ -145,8 +146,7 @@ def convert_alpaca(obj: dict[str, Any]) -> Converted:
         warn_text(output, out_key, True, problems)
     rlen = len(output) + sum(len(a) for _, a in history)
     plen = sum(len(m["content"]) for m in msgs) - rlen
-    key = "\x00".join([m["content"] for m in msgs])
-    return {"messages": msgs}, plen, rlen, key, problems or None
+    return {"messages": msgs}, plen, rlen, problems or None
 
 
 def _tool_call_text(m: dict[str, Any]) -> str | None:
@@ -171,7 +171,7 @@ def convert_chat(obj: dict[str, Any], lkey: str, rkey: str, ckey: str,
     turns = obj.get(lkey)
     if type(turns) is not list:
         code = "missing_field" if turns is None else "wrong_type"
-        return None, 0, 0, "", [(lkey, code, f"'{lkey}' must be a list of turns.", "error")]
+        return None, 0, 0, [(lkey, code, f"'{lkey}' must be a list of turns.", "error")]
     problems: list[Problem] = []
     msgs: list[dict[str, str]] = []
     system = _system(obj, problems) if lkey == "conversations" else None
@@ -226,11 +226,10 @@ def convert_chat(obj: dict[str, Any], lkey: str, rkey: str, ckey: str,
         problems.append((lkey, "no_assistant_turn", "The conversation has no assistant turn, so there "
                          "is nothing to train on; add the reply.", "error"))
     if any(p[3] == "error" for p in problems):
-        return None, 0, 0, "", problems
+        return None, 0, 0, problems
     if system:
         plen += len(system)
-    key = "\x00".join([m["content"] for m in msgs])
-    return {"messages": msgs}, plen, rlen, key, problems or None
+    return {"messages": msgs}, plen, rlen, problems or None
 
 
 def convert_openai(obj: dict[str, Any]) -> Converted:
@@ -249,10 +248,10 @@ def convert_text(obj: dict[str, Any]) -> Converted:
         if "{" in t or "<" in t:
             problems = []
             warn_text(t, "text", True, problems)
-        return {"text": t}, 0, len(t), t, problems or None
+        return {"text": t}, 0, len(t), problems or None
     problems = []
     _field_problem(obj, "text", "text", problems)
-    return None, 0, 0, "", problems
+    return None, 0, 0, problems
 
 
 CONVERTERS: dict[str, Callable[[dict[str, Any]], Converted]] = {

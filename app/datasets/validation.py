@@ -33,7 +33,7 @@ from app.datasets.formats import (
     sniff,
     sniff_txt_blocks,
 )
-from app.datasets.report import _DUMP_OPT, _WS, Collector, Issue, Report
+from app.datasets.report import _DUMP_OPT, _WS, Collector, Issue, Report, canonical_texts, fingerprint
 from app.datasets.shapes import CONVERTERS, EXPECTED_FIELDS, TXT_PROMPT_CHARS, shape_of, txt_record, warn_text
 
 __all__ = [
@@ -111,7 +111,7 @@ class _JsonlRecords:
     """
 
     def __init__(self, reader: io.BufferedReader, col: Collector, limit: int) -> None:
-        self.readline, self.col, self.limit = reader.readline, col, limit
+        self.reader, self.readline, self.col, self.limit = reader, reader.readline, col, limit
         self.lineno = 0
 
     def _next_line(self) -> bytes | None:
@@ -155,80 +155,88 @@ class _JsonlRecords:
             else:
                 self._not_object(obj)
 
+    def _line_failed(self, lineno: int, total: int, line: bytes, terminated: bool) -> int:
+        """Report a line of the hot loop that is not a JSON object; returns the new record count."""
+        self.lineno, self.col.total = lineno, total
+        if len(line) >= self.limit:
+            self.col.total += 1
+            self.col.issue(lineno, self.col.total, None, "too_long",
+                           f"The line is longer than {self.limit:,} bytes; shorten or split the record.")
+            return self.col.total
+        line += b"\n" if terminated else b""  # as readline returns it: same error text as __iter__
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError as e:
+            self._parse_failed(line, e)
+            return self.col.total
+        self.col.total += 1
+        self._not_object(obj)
+        return self.col.total
+
     def convert_rest(self, convert: Any, slow: Any, pair: tuple[str, str] | None = None) -> None:
-        col, limit, readline = self.col, self.limit, self.readline
+        """Convert every remaining line: read in ~1 MiB batches, pairs spliced, fingerprint inlined."""
+        col, limit = self.col, self.limit
         pk, rk = pair or ("", "")
-        join = b"".join
-        loads, dumps, decode_error, encode_error = (orjson.loads, orjson.dumps, orjson.JSONDecodeError,
-                                                    orjson.JSONEncodeError)
-        dedup, max_chars, ws = col.dedup, col.max_chars, _WS
-        write, out, out_size = col.write, col.out_buf, 0
-        append = out.append
+        join, loads, dumps = b"".join, orjson.loads, orjson.dumps
+        decode_error, encode_error = orjson.JSONDecodeError, orjson.JSONEncodeError
+        seen, max_chars, ws = col.dedup.seen, col.max_chars, _WS
+        write, out_size, append = col.write, 0, col.out_buf.append
         lineno, total = self.lineno, col.total
         valid = psum = rsum = pmax = rmax = dups = 0
-        while True:
-            line = readline(limit)
-            if not line:
-                break
-            lineno += 1
-            if len(line) == limit and not line.endswith(b"\n"):
-                while line and not line.endswith(b"\n"):
-                    line = readline(limit)
-                total += 1
-                col.issue(lineno, total, None, "too_long",
-                          f"The line is longer than {limit:,} bytes; shorten or split the record.")
-                continue
-            try:
-                obj = loads(line)
-            except decode_error as e:
-                self.lineno, col.total = lineno, total
-                self._parse_failed(line, e)
-                total = col.total
-                continue
-            total += 1
-            if type(obj) is not dict:
-                self.lineno, col.total = lineno, total
-                self._not_object(obj)
-                continue
-            data = None
-            if pair is not None:  # prompt/response records: no dict building, output bytes spliced
-                p, r = obj.get(pk), obj.get(rk)
-                if (type(p) is str and type(r) is str and p and r and len(p) + len(r) <= max_chars
-                        and not p.isspace() and not r.isspace() and "{" not in p and "{" not in r
-                        and "<" not in r and "system" not in obj):
-                    try:
-                        data = join((_USER, dumps(p), _ASSISTANT, dumps(r), _END))
-                        h = hash((p + "\x00" + r).encode().translate(None, ws))
-                        plen, rlen = len(p), len(r)
-                    except (encode_error, UnicodeEncodeError):
-                        data = None
-            if data is None:
-                converted = convert(obj)
-                canon, plen, rlen, key, problems = converted
-                if problems is not None or plen + rlen > max_chars:
-                    slow(lineno, total, obj, converted)
-                    continue
+        for lines, terminated in _line_batches(self.reader, limit):
+            for line in lines:
+                lineno += 1
                 try:
-                    data = dumps(canon, option=_DUMP_OPT)
-                    h = hash(key.encode().translate(None, ws))
-                except (encode_error, UnicodeEncodeError):
-                    slow(lineno, total, obj, converted)
+                    if len(line) >= limit:
+                        raise decode_error("too long", "", 0)
+                    obj = loads(line)
+                except decode_error:
+                    total = self._line_failed(lineno, total, line, terminated)
                     continue
-            if dedup.seen(h):
-                dups += 1
-            valid += 1
-            psum += plen
-            rsum += rlen
-            if plen > pmax:
-                pmax = plen
-            if rlen > rmax:
-                rmax = rlen
-            if write is not None:
-                append(data)
-                out_size += len(data)
-                if out_size >= 1 << 20:
-                    col.flush()
-                    out_size = 0
+                total += 1
+                if type(obj) is not dict:
+                    total = self._line_failed(lineno, total - 1, line, terminated)
+                    continue
+                data = None
+                if pair is not None:  # prompt/response records: no dict building, output bytes spliced
+                    p, r = obj.get(pk), obj.get(rk)
+                    if (type(p) is str and type(r) is str and p and r and len(p) + len(r) <= max_chars
+                            and not p.isspace() and not r.isspace() and "{" not in p and "{" not in r
+                            and "<" not in r and "system" not in obj):
+                        try:
+                            data = join((_USER, dumps(p), _ASSISTANT, dumps(r), _END))
+                        except encode_error:
+                            data = None
+                        else:  # report.fingerprint([p, r]), inlined
+                            h = hash((p.encode().translate(None, ws), r.encode().translate(None, ws)))
+                            plen, rlen = len(p), len(r)
+                if data is None:
+                    converted = convert(obj)
+                    canon, plen, rlen, problems = converted
+                    if problems is not None or plen + rlen > max_chars:
+                        slow(lineno, total, obj, converted)
+                        continue
+                    try:
+                        data = dumps(canon, option=_DUMP_OPT)
+                    except encode_error:
+                        slow(lineno, total, obj, converted)
+                        continue
+                    h = fingerprint(canonical_texts(canon))
+                if seen(h):
+                    dups += 1
+                valid += 1
+                psum += plen
+                rsum += rlen
+                if plen > pmax:
+                    pmax = plen
+                if rlen > rmax:
+                    rmax = rlen
+                if write is not None:
+                    append(data)
+                    out_size += len(data)
+                    if out_size >= 1 << 20:
+                        col.flush()
+                        out_size = 0
         self.lineno, col.total = lineno, total
         col.valid += valid
         col.duplicates += dups
@@ -236,6 +244,24 @@ class _JsonlRecords:
         col.response_sum += rsum
         col.prompt_max = max(col.prompt_max, pmax)
         col.response_max = max(col.response_max, rmax)
+
+
+def _line_batches(reader: io.BufferedReader, limit: int, size: int = 1 << 20) -> Any:
+    """Yield (lines, terminated) for the rest of `reader`: the lines of each ~`size` bytes, without
+    their "\\n" (`terminated`: False for a last line that has none). A line of `limit` bytes or
+    more is cut to `limit` bytes, its rest skipped, so memory stays under `size` + `limit`."""
+    tail = b""
+    while chunk := reader.read(size):
+        lines = (tail + chunk if tail else chunk).split(b"\n")
+        tail = lines.pop()
+        if len(tail) >= limit:
+            while (rest := reader.readline(limit)) and not rest.endswith(b"\n"):
+                pass
+            lines.append(tail[:limit])
+            tail = b""
+        yield lines, True
+    if tail:
+        yield [tail], False
 
 
 def _bad_json_line(col: Collector, lineno: int, line: bytes, err: str) -> None:
@@ -281,7 +307,7 @@ def _run_json(records: Any, col: Collector, shape: str | None) -> str:
     convert = CONVERTERS[shape]
 
     def emit(line: int, no: int, obj: dict[str, Any], converted: Any) -> None:
-        canon, plen, rlen, key, problems = converted
+        canon, plen, rlen, problems = converted
         if canon is None:
             other = shape_of(obj)
             if other is not None and other != shape:
@@ -291,7 +317,7 @@ def _run_json(records: Any, col: Collector, shape: str | None) -> str:
             elif other is None and shape_of(obj, loose=True) is None:
                 _unrecognized(col, line, no, obj, shape)
                 return
-        col.emit(line, no, canon, plen, rlen, key, problems, obj)
+        col.emit(line, no, canon, plen, rlen, problems, obj)
 
     if isinstance(records, _JsonlRecords):
         for line, no, obj in pending:
@@ -369,7 +395,7 @@ def _run_csv(sn: Sniffed, col: Collector, prompt_col: str | None, response_col: 
         p, r = row[pi], row[ri]
         problems: list[Any] | None = None
         if not p.strip() or not r.strip():
-            emit(start, col.total, None, 0, 0, "", [
+            emit(start, col.total, None, 0, 0, [
                 (name, "empty_field", f"The '{name}' column is empty in this row; fill it in.", "error")
                 for name, v in ((pname, p), (rname, r)) if not v.strip()])
             continue
@@ -378,8 +404,7 @@ def _run_csv(sn: Sniffed, col: Collector, prompt_col: str | None, response_col: 
             warn_text(p, pname, False, problems)
             warn_text(r, rname, True, problems)
         canon = {"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": r}]}
-        emit(start, col.total, canon, len(p), len(r), p + "\x00" + r, problems or None,
-             {pname: p, rname: r})
+        emit(start, col.total, canon, len(p), len(r), problems or None, {pname: p, rname: r})
     return {"prompt": pname, "response": rname}
 
 
@@ -467,4 +492,4 @@ def _txt_block(col: Collector, line: int, text: str, bad: bool, overlong: bool) 
         if "{" in text or "<" in text:
             warn_text(text[:TXT_PROMPT_CHARS], None, False, problems)
             warn_text(text[TXT_PROMPT_CHARS:], None, True, problems)
-        col.emit(line, col.total, canon, plen, rlen, key, problems or None)
+        col.emit(line, col.total, canon, plen, rlen, problems or None, key=key)
