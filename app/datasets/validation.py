@@ -33,7 +33,7 @@ from app.datasets.formats import (
     sniff,
     sniff_txt_blocks,
 )
-from app.datasets.report import _DUMP_OPT, _WS, Collector, Issue, Report, canonical_texts, fingerprint
+from app.datasets.report import _DUMP_OPT, _WS, Collector, DedupTable, Issue, Report, canonical_texts, fingerprint
 from app.datasets.shapes import CONVERTERS, EXPECTED_FIELDS, TXT_PROMPT_CHARS, shape_of, txt_record, warn_text
 
 __all__ = [
@@ -155,15 +155,14 @@ class _JsonlRecords:
             else:
                 self._not_object(obj)
 
-    def _line_failed(self, lineno: int, total: int, line: bytes, terminated: bool) -> int:
-        """Report a line of the hot loop that is not a JSON object; returns the new record count."""
+    def _line_failed(self, lineno: int, total: int, line: bytes) -> int:
+        """Report a hot-loop line that is too long or not a JSON object; returns the record count."""
         self.lineno, self.col.total = lineno, total
-        if len(line) >= self.limit:
+        if len(line) > self.limit:
             self.col.total += 1
             self.col.issue(lineno, self.col.total, None, "too_long",
                            f"The line is longer than {self.limit:,} bytes; shorten or split the record.")
             return self.col.total
-        line += b"\n" if terminated else b""  # as readline returns it: same error text as __iter__
         try:
             obj = orjson.loads(line)
         except orjson.JSONDecodeError as e:
@@ -174,56 +173,63 @@ class _JsonlRecords:
         return self.col.total
 
     def convert_rest(self, convert: Any, slow: Any, pair: tuple[str, str] | None = None) -> None:
-        """Convert every remaining line: read in ~1 MiB batches, pairs spliced, fingerprint inlined."""
+        """Convert every remaining line (the hot path): ~1 MiB batches, one inlined loop per kind.
+
+        Prompt/response pairs without anything to warn about are spliced into the canonical
+        bytes (no dict built) and fingerprinted inline (report.fingerprint); the duplicate
+        table is probed inline too. Anything else goes through `convert`, and records with a
+        problem through `slow` (the same path as the first records).
+        """
         col, limit = self.col, self.limit
         pk, rk = pair or ("", "")
         join, loads, dumps = b"".join, orjson.loads, orjson.dumps
         decode_error, encode_error = orjson.JSONDecodeError, orjson.JSONEncodeError
-        seen, max_chars, ws = col.dedup.seen, col.max_chars, _WS
+        max_chars, ws, dedup = col.max_chars, _WS, col.dedup
+        seen, probe = dedup.seen, type(dedup) is DedupTable  # else a worker's HashLog
+        table, mask, used = (dedup.table, dedup.mask, dedup.used) if probe else (None, 0, 0)
+        cap = (mask + 1) >> 1
         write, out_size, append = col.write, 0, col.out_buf.append
         lineno, total = self.lineno, col.total
         valid = psum = rsum = pmax = rmax = dups = 0
-        for lines, terminated in _line_batches(self.reader, limit):
+        for lines in _line_batches(self.reader, limit):
             for line in lines:
                 lineno += 1
                 try:
-                    if len(line) >= limit:
-                        raise decode_error("too long", "", 0)
                     obj = loads(line)
                 except decode_error:
-                    total = self._line_failed(lineno, total, line, terminated)
+                    total = self._line_failed(lineno, total, line)
                     continue
                 total += 1
-                if type(obj) is not dict:
-                    total = self._line_failed(lineno, total - 1, line, terminated)
+                if type(obj) is not dict or len(line) > limit:
+                    total = self._line_failed(lineno, total - 1, line)
                     continue
-                data = None
-                if pair is not None:  # prompt/response records: no dict building, output bytes spliced
-                    p, r = obj.get(pk), obj.get(rk)
-                    if (type(p) is str and type(r) is str and p and r and len(p) + len(r) <= max_chars
-                            and not p.isspace() and not r.isspace() and "{" not in p and "{" not in r
-                            and "<" not in r and "system" not in obj):
-                        try:
-                            data = join((_USER, dumps(p), _ASSISTANT, dumps(r), _END))
-                        except encode_error:
-                            data = None
-                        else:  # report.fingerprint([p, r]), inlined
-                            h = hash((p.encode().translate(None, ws), r.encode().translate(None, ws)))
-                            plen, rlen = len(p), len(r)
-                if data is None:
-                    converted = convert(obj)
-                    canon, plen, rlen, problems = converted
-                    if problems is not None or plen + rlen > max_chars:
-                        slow(lineno, total, obj, converted)
-                        continue
+                p, r, data = obj.get(pk), obj.get(rk), None
+                if (type(p) is str and type(r) is str and p and r and len(p) + len(r) <= max_chars
+                        and not p.isspace() and not r.isspace() and "{" not in p and "{" not in r
+                        and "<" not in r and "system" not in obj):
                     try:
-                        data = dumps(canon, option=_DUMP_OPT)
+                        data = join((_USER, dumps(p), _ASSISTANT, dumps(r), _END))
                     except encode_error:
-                        slow(lineno, total, obj, converted)
+                        pass
+                if data is None:
+                    data, h, plen, rlen = self._convert_one(lineno, total, obj, convert, slow)
+                    if data is None:
                         continue
-                    h = fingerprint(canonical_texts(canon))
-                if seen(h):
+                else:  # report.fingerprint([p, r]), inlined
+                    h = hash((p.encode().translate(None, ws), r.encode().translate(None, ws))) or 1
+                    plen, rlen = len(p), len(r)
+                if not probe:
+                    dups += seen(h)
+                elif (v := table[h & mask]) == h:
                     dups += 1
+                elif not v and used < cap:
+                    table[h & mask] = h
+                    used += 1
+                else:  # a collision, or time to grow: the table's own method
+                    dedup.used = used
+                    dups += seen(h)
+                    table, mask, used = dedup.table, dedup.mask, dedup.used
+                    cap = (mask + 1) >> 1
                 valid += 1
                 psum += plen
                 rsum += rlen
@@ -237,6 +243,8 @@ class _JsonlRecords:
                     if out_size >= 1 << 20:
                         col.flush()
                         out_size = 0
+        if probe:
+            dedup.used = used
         self.lineno, col.total = lineno, total
         col.valid += valid
         col.duplicates += dups
@@ -245,23 +253,39 @@ class _JsonlRecords:
         col.prompt_max = max(col.prompt_max, pmax)
         col.response_max = max(col.response_max, rmax)
 
+    def _convert_one(self, lineno: int, total: int, obj: dict[str, Any], convert: Any, slow: Any
+                     ) -> tuple[bytes | None, int, int, int]:
+        """(canonical bytes, fingerprint, prompt chars, response chars), or None when `slow` took it."""
+        converted = convert(obj)
+        canon, plen, rlen, problems = converted
+        if problems is None and plen + rlen <= self.col.max_chars:
+            try:
+                return orjson.dumps(canon, option=_DUMP_OPT), fingerprint(canonical_texts(canon)) or 1, plen, rlen
+            except orjson.JSONEncodeError:
+                pass
+        slow(lineno, total, obj, converted)
+        return None, 0, 0, 0
+
 
 def _line_batches(reader: io.BufferedReader, limit: int, size: int = 1 << 20) -> Any:
-    """Yield (lines, terminated) for the rest of `reader`: the lines of each ~`size` bytes, without
-    their "\\n" (`terminated`: False for a last line that has none). A line of `limit` bytes or
-    more is cut to `limit` bytes, its rest skipped, so memory stays under `size` + `limit`."""
-    tail = b""
+    """Yield iterables over the lines (as readline returns them) of each ~`size` bytes of `reader`.
+
+    Memory stays under `size` + `limit`: a line of `limit` bytes or more (not counting its
+    "\\n") comes cut to `limit` + 1 bytes, the rest skipped; shorter lines come whole.
+    """
     while chunk := reader.read(size):
-        lines = (tail + chunk if tail else chunk).split(b"\n")
-        tail = lines.pop()
-        if len(tail) >= limit:
-            while (rest := reader.readline(limit)) and not rest.endswith(b"\n"):
-                pass
-            lines.append(tail[:limit])
-            tail = b""
-        yield lines, True
-    if tail:
-        yield [tail], False
+        end = chunk.rfind(b"\n") + 1
+        if end:
+            yield io.BytesIO(chunk[:end])
+        if end < len(chunk):  # the chunk ends inside a line: read up to its end, or `limit` bytes
+            tail = chunk[end:]
+            if len(tail) < limit:
+                tail += reader.readline(limit - len(tail))
+            if len(tail) >= limit and not tail.endswith(b"\n"):  # too long: skip the rest
+                while (rest := reader.readline(limit)) and not rest.endswith(b"\n"):
+                    pass
+                tail = tail[:limit] + b"\x00"
+            yield (tail,)
 
 
 def _bad_json_line(col: Collector, lineno: int, line: bytes, err: str) -> None:

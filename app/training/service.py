@@ -174,7 +174,8 @@ class TrainingService:
                     "train_examples": n - k, "validation_examples": k, "dataset_sha256": ds.sha256}
 
     # Reads --------------------------------------------------------------------------------
-    def list_jobs(self, limit: int, after: str | None, status: str | None) -> tuple[list[TrainingJob], bool, str | None]:
+    def list_jobs(self, limit: int, after: str | None,
+                  status: str | None) -> tuple[list[TrainingJob], bool, str | None]:
         q = select(TrainingJob).where(TrainingJob.user_id == self.user.id)
         if status:
             q = q.where(TrainingJob.status == status)

@@ -19,7 +19,8 @@ app = create_app(s)
 with TestClient(app) as c:
     if sys.argv[1] == "register":
         c.post("/api/auth/register", json={"username": "first", "email": "f@x.io", "password": "long enough pw"})
-        print(c.post("/api/auth/token", data={"username": "first", "password": "long enough pw"}).json()["access_token"])
+        tok = c.post("/api/auth/token", data={"username": "first", "password": "long enough pw"})
+        print(tok.json()["access_token"])
     else:
         r = c.get("/api/auth/me", headers={"Authorization": "Bearer " + sys.argv[2]})
         print(r.status_code, r.json().get("username"))
