@@ -180,7 +180,7 @@ class Collector:
             self.issue(line, record, None, "invalid_encoding",
                        "The record contains text that is not valid Unicode (a lone surrogate escape).")
             return
-        if self.dedup.seen(fingerprint(canonical_texts(canon) if key is None else [key])):
+        if self.dedup.seen(fingerprint([key or ""] if key is not None or canon is None else canonical_texts(canon))):
             self.duplicates += 1
         self.valid += 1
         self.prompt_sum += plen

@@ -184,7 +184,9 @@ class _JsonlRecords:
         pk, rk = pair or ("", "")
         join, loads, dumps = b"".join, orjson.loads, orjson.dumps
         decode_error, encode_error = orjson.JSONDecodeError, orjson.JSONEncodeError
-        max_chars, ws, dedup = col.max_chars, _WS, col.dedup
+        max_chars, ws = col.max_chars, _WS
+        dedup: Any = col.dedup
+        table: Any
         seen, probe = dedup.seen, type(dedup) is DedupTable  # else a worker's HashLog
         table, mask, used = (dedup.table, dedup.mask, dedup.used) if probe else (None, 0, 0)
         cap = (mask + 1) >> 1
@@ -203,7 +205,9 @@ class _JsonlRecords:
                 if type(obj) is not dict or len(line) > limit:
                     total = self._line_failed(lineno, total - 1, line)
                     continue
-                p, r, data = obj.get(pk), obj.get(rk), None
+                p: Any = obj.get(pk)
+                r: Any = obj.get(rk)
+                data: Any = None
                 if (type(p) is str and type(r) is str and p and r and len(p) + len(r) <= max_chars
                         and not p.isspace() and not r.isspace() and "{" not in p and "{" not in r
                         and "<" not in r and "system" not in obj):
