@@ -1,0 +1,226 @@
+#!/usr/bin/env python
+"""Training throughput: training_scripts/train.py against TRL's SFTTrainer defaults.
+
+Same randomly initialised Llama-style model (hidden 512, 8 layers, 8 heads, intermediate 1408,
+8k byte-level BPE trained on the data), same real data (../shared/data/lf_alpaca_en_demo.json),
+same LoRA (r16 on q/k/v/o), batch size and max length; run one after the other in this
+invocation. Prints non-padding tokens/s of each, the ratio, and model-FLOPs utilisation against
+the fp32 matmul peak measured here (2048^3 matmuls).
+
+MFU counts useful FLOPs only (PERF-NOTES.md): tokens x (4*N + 6*N_lora) + causal attention,
+N = matmul parameters including the output head (frozen weights: forward 2N + input-gradient 2N).
+
+    .venv/bin/python bench/train_throughput.py [--steps 20] [--max-length 512] [--batch-size 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("LLMTUNER_SHARED_DATA", ROOT.parent / "shared" / "data")) / "lf_alpaca_en_demo.json"
+if not DATA.exists():
+    DATA = Path("/work/shared/data/lf_alpaca_en_demo.json")
+sys.path.insert(0, str(ROOT / "training_scripts"))
+
+
+def alpaca_to_messages(rows: list[dict]) -> list[dict]:
+    out = []
+    for r in rows:
+        user = r["instruction"] + (f"\n\n{r['input']}" if r.get("input") else "")
+        out.append({"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": r["output"]}]})
+    return out
+
+
+def build_model(path: Path, records: list[dict]) -> None:
+    """An 8k byte-level BPE trained on the data and a random Llama (~33M params)."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    special = {"pad_token": "<pad>", "eos_token": "</s>", "bos_token": "<s>", "unk_token": "<unk>"}
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=8192, special_tokens=list(special.values()),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator((m["content"] for r in records for m in r["messages"]), trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=2048, **special)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8,
+                      num_key_value_heads=8, vocab_size=len(fast), max_position_embeddings=2048,
+                      pad_token_id=fast.pad_token_id, eos_token_id=fast.eos_token_id,
+                      bos_token_id=fast.bos_token_id, tie_word_embeddings=False)
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    fast.save_pretrained(path)
+
+
+def matmul_peak(n: int = 2048, reps: int = 5) -> float:
+    """Best fp32 GFLOP/s of n^3 matmuls (after a warm-up)."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / min(times) / 1e9
+
+
+def flops_per_token(model_dir: Path, lengths: list[int], rank: int = 16) -> tuple[float, dict]:
+    from transformers import AutoConfig
+
+    c = AutoConfig.from_pretrained(model_dir)
+    d, f, layers, v = c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.vocab_size
+    n_matmul = layers * (4 * d * d + 3 * d * f) + d * v  # q,k,v,o + gate,up,down + output head
+    n_lora = layers * 4 * rank * (d + d)
+    # causal attention, fwd+bwd: 6*L^2*d per layer and sequence -> per token 6*d*E[L^2]/E[L]
+    attn = 6 * d * layers * sum(n * n for n in lengths) / sum(lengths)
+    return 4 * n_matmul + 6 * n_lora + attn, {"N": n_matmul, "N_lora": n_lora, "attention_per_token": attn}
+
+
+def run_train_py(model_dir: Path, records: list[dict], work: Path, args: argparse.Namespace) -> dict:
+    train_dir = work / "train"
+    train_dir.mkdir(parents=True, exist_ok=True)
+    with open(train_dir / "data.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+    hps = {"base_model": str(model_dir), "epochs": 1, "batch_size": args.batch_size, "max_length": args.max_length,
+           "max_steps": args.steps, "logging_steps": 5, "lora_rank": 16, "lora_alpha": 32,
+           "learning_rate": 2e-4, "resume_from_checkpoint": False, "save_total_limit": 1}
+    env = os.environ | {"SM_HPS": json.dumps(hps), "SM_CHANNEL_TRAIN": str(train_dir),
+                        "SM_MODEL_DIR": str(work / "model"), "SM_OUTPUT_DATA_DIR": str(work / "out" / "data"),
+                        "SM_CHECKPOINT_DIR": str(work / "ckpt")}
+    env.pop("SM_CHANNEL_VALIDATION", None)
+    proc = subprocess.run([sys.executable, str(ROOT / "training_scripts" / "train.py")], env=env,
+                          capture_output=True, text=True)
+    if proc.returncode:
+        sys.exit(f"train.py failed:\n{proc.stderr[-3000:]}\n{proc.stdout[-2000:]}")
+    summary = json.loads((work / "model" / "training_summary.json").read_text())
+    return summary["throughput"]
+
+
+def run_trl(model_dir: Path, records: list[dict], work: Path, args: argparse.Namespace) -> dict:
+    """SFTTrainer with its defaults, plus use_cpu=True (required on a CPU) and the shared settings."""
+    import prompting
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    rows = []
+    for r in records:  # the same text train.py trains on, as prompt/completion (loss on the completion)
+        pieces = prompting.segments(r, tok)
+        rows.append({"prompt": pieces[0][0], "completion": pieces[1][0]})
+    timer = StepTimer()
+    cfg = SFTConfig(output_dir=str(work / "trl"), use_cpu=True, max_steps=args.trl_steps or args.steps,
+                    max_length=args.max_length,
+                    per_device_train_batch_size=args.batch_size, learning_rate=2e-4, report_to="none",
+                    save_strategy="no", disable_tqdm=True, include_num_input_tokens_seen="non_padding",
+                    logging_steps=5)
+    peft_cfg = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=["q_proj", "k_proj", "v_proj",
+                                                                                   "o_proj"], task_type="CAUSAL_LM")
+    trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(model_dir), args=cfg, processing_class=tok,
+                         train_dataset=Dataset.from_list(rows), peft_config=peft_cfg, callbacks=[timer])
+    assert isinstance(timer, TrainerCallback)
+    trainer.train()
+    tokens = trainer.state.num_input_tokens_seen
+    return {"non_padding_tokens": tokens, "train_step_seconds": round(timer.seconds, 3),
+            "tokens_per_second": round(tokens / timer.seconds, 1), "bf16": cfg.bf16,
+            "gradient_checkpointing": cfg.gradient_checkpointing}
+
+
+def _step_timer_class():  # type: ignore[no-untyped-def]
+    from transformers import TrainerCallback
+
+    class _StepTimer(TrainerCallback):
+        """Optimizer-step time only, measured the same way train.py measures itself."""
+
+        def __init__(self) -> None:
+            self.seconds, self._t = 0.0, 0.0
+
+        def on_step_begin(self, args, state, control, **kw):  # type: ignore[no-untyped-def]
+            self._t = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):  # type: ignore[no-untyped-def]
+            self.seconds += time.perf_counter() - self._t
+
+    return _StepTimer
+
+
+def StepTimer():  # noqa: N802 - a factory so transformers is imported lazily
+    return _step_timer_class()()
+
+
+def other_cpu_load() -> str:
+    try:
+        return "load average " + " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "load average unknown"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--trl-steps", type=int, default=None,
+                   help="steps for the TRL run (default: --steps); TRL's defaults are slow on a CPU")
+    p.add_argument("--skip-trl", action="store_true", help="measure train.py only")
+    args = p.parse_args()
+    if not DATA.exists():
+        print(f"SKIP: {DATA} not found (the shared Alpaca demo data set)")
+        return
+    import torch
+
+    records = alpaca_to_messages(json.loads(DATA.read_text()))
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
+        work = Path(tmp)
+        build_model(work / "base", records)
+        fpt, parts = flops_per_token(work / "base", _lengths(work / "base", records, args.max_length))
+        print(f"model: N={parts['N'] / 1e6:.1f}M matmul params, N_lora={parts['N_lora'] / 1e6:.2f}M, "
+              f"{fpt / 1e6:.1f} MFLOP/token useful; torch threads {torch.get_num_threads()}; {other_cpu_load()}")
+        peaks = [matmul_peak()]
+        ours = run_train_py(work / "base", records, work / "ours", args)
+        peaks.append(matmul_peak())
+        trl = None if args.skip_trl else run_trl(work / "base", records, work, args)
+        peaks.append(matmul_peak())
+    report(ours, trl, fpt, peaks, args)
+
+
+def _lengths(model_dir: Path, records: list[dict], max_length: int) -> list[int]:
+    import prompting
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    return [len(prompting.tokenize_record(r, tok, max_length)[0]) for r in records]
+
+
+def report(ours: dict, trl: dict | None, fpt: float, peaks: list[float], args: argparse.Namespace) -> None:
+    peak = statistics.median(peaks)
+    print(f"fp32 matmul peak (2048^3): {peak:.1f} GFLOP/s (median of {', '.join(f'{x:.0f}' for x in peaks)}); "
+          f"{other_cpu_load()}")
+    print(f"steps {args.steps} (TRL {args.trl_steps or args.steps}), batch size {args.batch_size}, "
+          f"max length {args.max_length}, LoRA r16 q/k/v/o")
+    rows = [("train.py", ours)] + ([("TRL SFTTrainer defaults", trl)] if trl else [])
+    for name, r in rows:
+        mfu = r["tokens_per_second"] * fpt / (peak * 1e9)
+        print(f"{name:<26} {r['tokens_per_second']:>9.1f} non-padding tokens/s  MFU {mfu:6.1%}  "
+              f"({r['non_padding_tokens']} tokens in {r['train_step_seconds']:.1f} s)")
+    if trl:
+        print(f"ratio train.py / TRL SFTTrainer defaults: {ours['tokens_per_second'] / trl['tokens_per_second']:.2f}x"
+              f"  (TRL bf16={trl['bf16']}, gradient_checkpointing={trl['gradient_checkpointing']})")
+
+
+if __name__ == "__main__":
+    main()
