@@ -652,7 +652,26 @@ def save_outputs(trainer: Any, tokenizer: Any, cfg: TrainConfig, source: str, ta
     (paths.model_dir / "training_args.bin").unlink(missing_ok=True)
     if cfg.use_lora and cfg.merge_adapter:
         save_merged(source, task, paths.model_dir, tokenizer)
+    if cfg.use_lora:
+        bundle_base_model(source, paths.model_dir / "base_model")
     copy_inference_code(paths.model_dir / "code")
+
+
+BUNDLE_BASE_MAX_BYTES = 256 * 2**20
+
+
+def bundle_base_model(source: str, dest: Path) -> None:
+    """A small base model loaded from a directory (not a hub id) travels in the output as
+    base_model/, so the tarball loads and deploys anywhere: the adapter alone names a path that
+    exists only where it was trained. Hub ids stay out: users load those from the hub."""
+    src = Path(source)
+    if not src.is_dir():
+        return
+    files = [p for p in src.rglob("*") if p.is_file()]
+    if sum(p.stat().st_size for p in files) > BUNDLE_BASE_MAX_BYTES:
+        log(f"base model at {source} is over {BUNDLE_BASE_MAX_BYTES >> 20} MiB: not bundled in the output")
+        return
+    shutil.copytree(src, dest, dirs_exist_ok=True)
 
 
 def save_merged(source: str, task: str, model_dir: Path, tokenizer: Any) -> None:

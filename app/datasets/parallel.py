@@ -36,12 +36,12 @@ def _peak_rss_kib() -> int:
 
 
 def worker_batch(blob: bytes, line0: int, shape: str, max_chars: int, max_issues: int,
-                 limit: int) -> tuple[Any, ...]:
+                 limit: int, long_chars: int | None = None) -> tuple[Any, ...]:
     """Convert one blob of whole JSONL lines (in a worker process)."""
     from app.datasets.validation import _JsonlRecords, _run_json
 
     out = io.BytesIO()
-    col = Collector(out, max_chars, max_issues)
+    col = Collector(out, max_chars, max_issues, long_chars)
     col.dedup = HashLog("q")
     records = _JsonlRecords(io.BufferedReader(io.BytesIO(blob)), col, limit)
     records.lineno = line0
@@ -95,7 +95,7 @@ def run_jsonl(reader: io.BufferedReader, col: Collector, shape: str, limit: int,
                     blob += tail
             if blob:
                 in_flight.append(pool.submit(worker_batch, blob, line0, shape, col.max_chars,
-                                             col.max_issues, limit))
+                                             col.max_issues, limit, col.long_chars))
                 line0 += blob.count(b"\n")
             if overlong:
                 in_flight.append((overlong, limit))

@@ -129,8 +129,11 @@ class HashLog(array):  # type: ignore[type-arg]
 class Collector:
     """Accumulates counts, issues and duplicates; writes valid canonical records to `out`."""
 
-    def __init__(self, out: BinaryIO | None, max_example_chars: int, max_issues: int) -> None:
+    def __init__(self, out: BinaryIO | None, max_example_chars: int, max_issues: int,
+                 long_example_chars: int | None = None) -> None:
         self.write = out.write if out is not None else None
+        # Above this an example is kept with a `long_example` warning (training truncates it).
+        self.long_chars = min(long_example_chars or max_example_chars, max_example_chars)
         self.out_buf: list[bytes] = []
         self.out_size = 0
         self.max_chars = max_example_chars
@@ -174,6 +177,11 @@ class Collector:
                 f"The example has {plen + rlen:,} characters (prompt {plen:,}, response {rlen:,}); "
                 f"the limit is {self.max_chars:,}. Shorten or split it."))
             return
+        if plen + rlen > self.long_chars:
+            self.issue(line, record, longest_field(source), "long_example", (
+                f"The example has {plen + rlen:,} characters (about {(plen + rlen) // 4:,} tokens); training "
+                "truncates examples to max_length tokens (counted, never dropped). Shorten or split it if "
+                "its end matters."), "warning")
         try:
             data = orjson.dumps(canon, option=_DUMP_OPT)
         except orjson.JSONEncodeError:

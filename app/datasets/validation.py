@@ -53,7 +53,8 @@ DETECT_BYTES = 8 << 20
 
 def validate_and_convert(src: BinaryIO, out: BinaryIO | None, *, filename: str | None,
                          format: str | None = None, prompt_column: str | None = None,
-                         response_column: str | None = None, max_example_chars: int = 100_000,
+                         response_column: str | None = None, max_example_chars: int = 1_000_000,
+                         long_example_chars: int = 16_000,
                          max_issues: int = 100, workers: int = 1,
                          parallel_min_bytes: int = PARALLEL_MIN_BYTES) -> Report:
     """Read `src` (binary), write valid examples to `out` as canonical JSONL, return the report.
@@ -67,7 +68,7 @@ def validate_and_convert(src: BinaryIO, out: BinaryIO | None, *, filename: str |
     """
     forced_container, forced_shape = parse_format(format)
     sn = sniff(src, filename, forced_container)
-    col = Collector(out, max_example_chars, max_issues)
+    col = Collector(out, max_example_chars, max_issues, long_example_chars)
     line_limit = max(1 << 20, 16 * max_example_chars)
     columns = None
     if sn.container in ("csv", "tsv"):
@@ -184,7 +185,7 @@ class _JsonlRecords:
         pk, rk = pair or ("", "")
         join, loads, dumps = b"".join, orjson.loads, orjson.dumps
         decode_error, encode_error = orjson.JSONDecodeError, orjson.JSONEncodeError
-        max_chars, ws = col.max_chars, _WS
+        max_chars, ws = col.long_chars, _WS
         dedup: Any = col.dedup
         table: Any
         seen, probe = dedup.seen, type(dedup) is DedupTable  # else a worker's HashLog
@@ -262,7 +263,7 @@ class _JsonlRecords:
         """(canonical bytes, fingerprint, prompt chars, response chars), or None when `slow` took it."""
         converted = convert(obj)
         canon, plen, rlen, problems = converted
-        if problems is None and plen + rlen <= self.col.max_chars:
+        if problems is None and plen + rlen <= self.col.long_chars:
             try:
                 return orjson.dumps(canon, option=_DUMP_OPT), fingerprint(canonical_texts(canon)) or 1, plen, rlen
             except orjson.JSONEncodeError:

@@ -70,6 +70,15 @@ def test_flawed_openai_sample_reports_broken_records_by_line() -> None:
     assert report.valid_examples == 3 and not report.is_valid
 
 
+def test_flawed_openai_sample_with_the_upload_defaults() -> None:
+    """As an upload sees it: the record without a user turn is an error, the 26,000-character reply
+    a warning (kept; training truncates it to max_length and counts it)."""
+    report, _ = validate("openai_toy_chat_fine_tuning.jsonl")
+    got = [(i.line, i.field, i.code, i.severity) for i in report.issues]
+    assert got == [(4, "messages", "no_user_turn", "error"), (5, "messages[2].content", "long_example", "warning")]
+    assert report.valid_examples == 4 and not report.is_valid
+
+
 def test_t0_files_warn_about_end_of_text_markers() -> None:
     for name in [n for n in EXPECTED if n.startswith("t0_")]:
         report, _ = validate(name)
@@ -101,9 +110,16 @@ def test_glaive_tool_turns_are_kept() -> None:
     assert first["messages"][0]["content"].startswith("You have access to the following tools:")
 
 
-def test_wiki_text_over_the_default_limit_is_reported() -> None:
+def test_long_wiki_articles_are_kept_with_warnings() -> None:
     report, _ = validate("lf_wiki_demo.txt")
-    assert report.total_examples == 30 and report.issue_counts == {"too_long": 1}
+    assert report.total_examples == report.valid_examples == 30 and report.is_valid
+    assert set(report.issue_counts) == {"long_example"} and report.issue_counts["long_example"] >= 17
+    assert all(i.severity == "warning" for i in report.issues)
+
+
+def test_an_article_over_the_hard_limit_is_an_error() -> None:
+    report, _ = validate("lf_wiki_demo.txt", max_example_chars=100_000)
+    assert report.issue_counts["too_long"] == 1 and not report.is_valid
 
 
 def test_evaluation_only_files_get_a_clear_report() -> None:

@@ -66,11 +66,13 @@ def test_train_download_and_load(client, dataset, wait_for, tmp_path):
     with tarfile.open(fileobj=io.BytesIO(blob.content)) as tar:
         tar.extractall(tmp_path / "model", filter="data")
     assert (tmp_path / "model" / "adapter_model.safetensors").is_file()
+    assert (tmp_path / "model" / "base_model" / "config.json").is_file()  # the built-in base travels along
+    assert (tmp_path / "model" / "code" / "inference.py").is_file()
     # Seed 000 "Load Model Locally": base model + PeftModel.from_pretrained, in a fresh process.
     code = (
         "import json,sys,torch; from transformers import AutoModelForCausalLM, AutoTokenizer;"
-        "from peft import PeftModel; d=sys.argv[1]; s=json.load(open(d+'/training_summary.json'));"
-        "base=AutoModelForCausalLM.from_pretrained(s['base_model']); m=PeftModel.from_pretrained(base, d);"
+        "from peft import PeftModel; d=sys.argv[1];"
+        "base=AutoModelForCausalLM.from_pretrained(d+'/base_model'); m=PeftModel.from_pretrained(base, d);"
         "t=AutoTokenizer.from_pretrained(d); ids=t('### User:\\nHow do I reset my password?\\n\\n### Assistant:\\n',"
         "return_tensors='pt').input_ids; out=m.generate(ids, max_new_tokens=8, do_sample=False);"
         "print('GENERATED', out.shape[1] > ids.shape[1])"
