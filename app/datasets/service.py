@@ -42,6 +42,18 @@ class _Hashing:
         return b
 
 
+def ready_dataset(session: Session, user_id: str, dataset_id: str) -> Dataset:
+    """The caller's dataset, valid and converted: 404 when not theirs, 409 naming it when invalid."""
+    ds = session.get(Dataset, dataset_id)
+    if ds is None or ds.user_id != user_id:
+        raise NotFound(f"No dataset {dataset_id!r}", param="dataset_id", code="dataset_not_found")
+    if ds.status != "ready" or not ds.canonical_key:
+        raise Conflict(f"Dataset {dataset_id!r} ({ds.name}) is invalid: fix the issues in its validation "
+                       "report and upload it again", param="dataset_id", code="dataset_invalid",
+                       details=(ds.report.get("issues") or [])[:10])
+    return ds
+
+
 class DatasetService:
     def __init__(self, session: Session, settings: Settings, store: Any, user: User) -> None:
         self.session, self.settings, self.store, self.user = session, settings, store, user

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from app import catalog, events, idempotency
 from app.auth.models import User
 from app.config import Settings
-from app.datasets.models import Dataset
+from app.datasets.service import ready_dataset
 from app.errors import Conflict, NotFound, ValidationFailed
 from app.evaluation.models import Evaluation
 from app.evaluation.schemas import ALL_METRICS, EvaluationCreate, EvaluationRead
@@ -120,13 +120,8 @@ class EvaluationService:
     def _data(self, job: TrainingJob, dataset_id: str | None) -> tuple[str, str]:
         """The canonical JSONL to evaluate on: a dataset of the caller's, or the job's validation split."""
         if dataset_id:
-            ds = self.session.get(Dataset, dataset_id)
-            if ds is None or ds.user_id != self.user.id:
-                raise NotFound(f"No dataset {dataset_id!r}", param="dataset_id", code="dataset_not_found")
-            if ds.status != "ready" or not ds.canonical_key:
-                raise Conflict(f"Dataset {dataset_id!r} ({ds.name}) is invalid: fix the issues in its validation "
-                               "report and upload it again", param="dataset_id", code="dataset_invalid",
-                               details=(ds.report.get("issues") or [])[:10])
+            ds = ready_dataset(self.session, self.user.id, dataset_id)
+            assert ds.canonical_key
             return ds.canonical_key, "dataset"
         key = (job.data or {}).get("validation_key")
         if not key:

@@ -17,6 +17,7 @@ from app.auth.models import User
 from app.backends.base import JOB_ACTIVE, TrainingSpec
 from app.config import Settings
 from app.datasets.models import Dataset
+from app.datasets.service import ready_dataset
 from app.db import utcnow
 from app.errors import AppError, Conflict, NotFound, ValidationFailed
 from app.pagination import paginate
@@ -51,14 +52,7 @@ class TrainingService:
         return job
 
     def owned_dataset(self, dataset_id: str) -> Dataset:
-        ds = self.session.get(Dataset, dataset_id)
-        if ds is None or ds.user_id != self.user.id:
-            raise NotFound(f"No dataset {dataset_id!r}", param="dataset_id", code="dataset_not_found")
-        if ds.status != "ready" or not ds.canonical_key:
-            raise Conflict(f"Dataset {dataset_id!r} ({ds.name}) is invalid: fix the issues in its validation "
-                           "report and upload it again", param="dataset_id", code="dataset_invalid",
-                           details=(ds.report.get("issues") or [])[:10])
-        return ds
+        return ready_dataset(self.session, self.user.id, dataset_id)
 
     def _defaults(self, base_model: str | None, instance_type: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
         local = self.settings.backend == "local"
