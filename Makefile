@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 export LLMTUNER_DATA_DIR ?= ./data
+# Signed download links of the local store point back at this server.
+export LLMTUNER_PUBLIC_BASE_URL ?= http://$(HOST):$(PORT)
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
 .PHONY: run test lint typecheck migrate install-run install-dev clean bench
