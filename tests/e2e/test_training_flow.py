@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import time
 from urllib.parse import urlsplit
 
 from app.backends import process
@@ -147,3 +148,22 @@ def test_bad_requests(client, dataset):
     bad = client.post("/api/datasets", headers=h, files={"file": ("b.jsonl", b'{"prompt": 1}\n')}).json()
     assert_error(client.post("/api/training-job", headers=h, json={"dataset_id": bad["id"]}), 409,
                  "dataset_invalid", "dataset_id")
+
+
+def test_restart_reattaches_to_a_running_job(client, dataset, app, settings, session_factory):
+    """The API restarts while a local job trains: the new worker finds the process by pid and start
+    time, follows it to the end, and the job completes."""
+    h, ds = dataset
+    name = client.post("/api/training-job", headers=h,
+                       json={"dataset_id": ds, "hyperparameters": {**FAST, "epochs": 3}}).json()["job_name"]
+    process._children.clear()  # a new API process holds no Popen objects of the old one
+    fresh = Worker(session_factory, app.state.store, app.state.backends, settings)
+    fresh.tick()
+    assert job_state(client, h, name)["status"] == "InProgress"
+    deadline, done = time.monotonic() + 180, None
+    while done is None and time.monotonic() < deadline:
+        fresh.tick()
+        done = ended(client, h, name)
+        time.sleep(0.2)
+    assert done is not None and done["status"] == "Completed", done
+    assert done["model_artifacts_s3_uri"]
