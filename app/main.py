@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import importlib
 import logging
@@ -76,6 +77,11 @@ def create_app(
             app.state.store = build_store(settings)
         if app.state.backends is None:
             app.state.backends = (backends_factory or build_backends)(settings, app.state.store)
+        # Move everything allocated at start-up out of the collector's reach: full collections then
+        # scan only request garbage, which keeps them from stalling the event loop (tail latency).
+        if settings.env != "test":  # (a test process starts many apps; their garbage must stay collectable)
+            gc.collect()
+            gc.freeze()
         stop = threading.Event()
         thread = None
         if settings.worker.enabled:
