@@ -97,7 +97,8 @@ def test_seed_000_journey_against_a_moto_server(monkeypatch, tmp_path, session_f
                 {"metric_name": p["metric_name"], "value": p["value"]} for p in points]
 
             artifact_key = f"users/{uid}/models/{name}/output/model.tar.gz"
-            s3.put_object(Bucket=BUCKET, Key=artifact_key, Body=_model_tarball())
+            tarball = _model_tarball()  # (gzip headers carry the time: build it once)
+            s3.put_object(Bucket=BUCKET, Key=artifact_key, Body=tarball)
             moto_sm.set_training_job(name, status="Completed", billable_seconds=3600,
                                      artifacts=f"s3://{BUCKET}/{artifact_key}", final_metrics={"train_loss": 0.245})
             worker.tick()
@@ -111,7 +112,7 @@ def test_seed_000_journey_against_a_moto_server(monkeypatch, tmp_path, session_f
             # Method 2: download through a presigned URL, fetched by a real HTTP client.
             dl = client.get(f"/api/model-download/{name}", headers=h).json()
             assert dl["model_s3_uri"] == done["model_artifacts_s3_uri"] and dl["expires_in"] == 3600
-            assert httpx.get(dl["download_url"]).content == _model_tarball()
+            assert httpx.get(dl["download_url"]).content == tarball
 
             # Tenancy of s3:// URIs: another user's, another bucket's.
             for uri in (done["model_artifacts_s3_uri"], f"s3://other-bucket/{artifact_key}"):
