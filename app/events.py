@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict
 from sqlalchemy import ForeignKey, Integer, String, Text, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -23,6 +24,18 @@ class Event(Base):
     type: Mapped[str] = mapped_column(String(32))
     message: Mapped[str] = mapped_column(Text)
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class EventRead(BaseModel):
+    """How an event is shown: [{timestamp, level, type, message, data}]."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    timestamp: datetime
+    level: str
+    type: str
+    message: str
+    data: dict[str, Any]
 
 
 def record(

@@ -11,7 +11,6 @@ from app.deployments.schemas import (
     DeployResponse,
     EndpointList,
     EndpointRead,
-    EventRead,
     GenerateRequest,
     GenerateResponse,
     InvokeRequest,
@@ -19,7 +18,7 @@ from app.deployments.schemas import (
 )
 from app.deployments.service import EndpointService
 from app.deps import BackendsDep, CurrentUser, IdempotencyKey, SessionDep, SettingsDep, StoreDep
-from app.events import Event
+from app.events import Event, EventRead
 
 router = APIRouter(tags=["deployments"])
 

@@ -70,15 +70,6 @@ class EndpointList(BaseModel):
     next_cursor: str | None
 
 
-class EventRead(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    timestamp: datetime
-    level: str
-    type: str
-    message: str
-    data: dict[str, Any]
-
 
 class GenerationParameters(BaseModel):
     """Bounds match serve.py's, so a bad value is named here before any endpoint is called."""

@@ -8,11 +8,11 @@ from fastapi.responses import JSONResponse
 
 from app import catalog, events
 from app.deps import BackendsDep, CurrentUser, IdempotencyKey, SessionDep, SettingsDep, StoreDep
+from app.events import EventRead
 from app.training import actions
 from app.training.schemas import (
     CostEstimate,
     CostEstimateRequest,
-    EventRead,
     JobActions,
     MetricPoint,
     ModelDownload,

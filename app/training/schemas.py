@@ -125,15 +125,6 @@ class TrainingJobList(BaseModel):
     next_cursor: str | None
 
 
-class EventRead(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    timestamp: datetime
-    level: str
-    type: str
-    message: str
-    data: dict[str, Any]
-
 
 class MetricPoint(BaseModel):
     model_config = ConfigDict(from_attributes=True)
