@@ -39,6 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import eval_metrics  # noqa: E402
 import modeling  # noqa: E402
 import prompting  # noqa: E402
+import sm_contract  # noqa: E402
 
 PROBE_FILE = Path(__file__).resolve().parent / "general_probe.json"
 MAX_SAMPLES = 5
@@ -65,28 +66,7 @@ def emit(event: str, **fields: Any) -> None:
 
 
 def read_hyperparameters(env: dict[str, str]) -> dict[str, Any]:
-    if env.get("SM_HPS"):
-        text, where = env["SM_HPS"], "SM_HPS"
-    else:
-        path = Path(env.get("SM_INPUT_CONFIG_DIR", "/opt/ml/input/config")) / "hyperparameters.json"
-        text, where = (path.read_text() if path.exists() else "{}"), str(path)
-    try:
-        raw = json.loads(text)
-    except ValueError as e:
-        raise EvalError("invalid_hyperparameters", f"{where} is not valid JSON: {e}") from e
-    if not isinstance(raw, dict):
-        raise EvalError("invalid_hyperparameters", f"{where} must hold a JSON object")
-    out: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key.startswith("sagemaker_"):
-            continue
-        if isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except ValueError:
-                pass
-        out[key] = value
-    return out
+    return sm_contract.read_hyperparameters(env, lambda msg: EvalError("invalid_hyperparameters", msg))
 
 
 @dataclass

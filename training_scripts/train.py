@@ -33,6 +33,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import prompting  # noqa: E402
+import sm_contract  # noqa: E402
 
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
 FAMILY_TARGET_MODULES = {
@@ -240,32 +241,7 @@ def _bounds_text(name: str, lo: float | None, hi: float | None) -> str:
 
 def read_hyperparameters(env: dict[str, str]) -> dict[str, Any]:
     """SM_HPS or hyperparameters.json; each string value JSON-decoded when it parses."""
-    if env.get("SM_HPS"):
-        raw = _json_object(env["SM_HPS"], "SM_HPS")
-    else:
-        path = Path(env.get("SM_INPUT_CONFIG_DIR", "/opt/ml/input/config")) / "hyperparameters.json"
-        raw = _json_object(path.read_text(), str(path)) if path.exists() else {}
-    out = {}
-    for key, value in raw.items():
-        if key.startswith("sagemaker_"):
-            continue
-        if isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except ValueError:
-                pass
-        out[key] = value
-    return out
-
-
-def _json_object(text: str, where: str) -> dict[str, Any]:
-    try:
-        obj = json.loads(text)
-    except ValueError as exc:
-        raise TrainError("invalid_hyperparameters", f"{where} is not valid JSON: {exc}") from exc
-    if not isinstance(obj, dict):
-        raise TrainError("invalid_hyperparameters", f"{where} must hold a JSON object")
-    return obj
+    return sm_contract.read_hyperparameters(env, lambda msg: TrainError("invalid_hyperparameters", msg))
 
 
 # --------------------------------------------------------------------------- paths and events
