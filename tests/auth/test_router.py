@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from jose import jwt
 
 from app.config import DEV_JWT_SECRET
@@ -130,3 +131,50 @@ class TestBudget:
             s.commit()
         r = client.put("/api/auth/users/luke/budget", json={"monthly_budget": 5}, headers=admin)
         assert r.status_code == 200 and r.json()["monthly_budget"] == 5
+
+
+class TestAuthorizationHeader:
+    @pytest.mark.parametrize("value", ["Basic YTpi", "Bearer", "Token x.y.z", "bearer"])
+    def test_not_a_bearer_token_is_401_invalid_token(self, client, value):
+        r = client.get("/api/auth/me", headers={"Authorization": value})
+        assert_error(r, 401, "invalid_token")
+        assert r.headers["WWW-Authenticate"] == "Bearer"
+
+    def test_missing_on_any_authenticated_route(self, client):
+        for path in ("/api/auth/me", "/api/usage"):
+            r = client.get(path)
+            msg = "Missing Authorization header: send `Authorization: Bearer <token>`"
+            assert r.json() == {"error": {"code": "missing_token", "message": msg, "param": None, "details": None}}
+            assert r.status_code == 401 and r.headers["WWW-Authenticate"] == "Bearer"
+
+    def test_scheme_is_case_insensitive(self, client, register):
+        token = register("lena")["Authorization"].split()[1]
+        assert client.get("/api/auth/me", headers={"Authorization": f"bearer {token}"}).json()["username"] == "lena"
+
+
+def test_me_body_is_the_user_read_model(client, register, session_factory):
+    from app.auth.models import User
+    from app.auth.schemas import UserRead
+
+    r = client.get("/api/auth/me", headers=register("mia"))
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    with session_factory() as s:
+        user = s.query(User).filter_by(username="mia").one()
+        assert r.content == UserRead.model_validate(user).model_dump_json().encode()
+    assert set(r.json()) == {"id", "username", "email", "is_admin", "monthly_budget", "created_at"}
+    assert r.json()["created_at"].endswith("Z")
+
+
+def test_openapi_documents_bearer_auth(client):
+    spec = client.get("/openapi.json").json()
+    assert spec["components"]["securitySchemes"] == {"bearer": {
+        "type": "http", "scheme": "bearer", "bearerFormat": "JWT", "description": "A token from POST /api/auth/token"}}
+    me = spec["paths"]["/api/auth/me"]["get"]
+    assert me["security"] == [{"bearer": []}]
+    assert me["responses"]["200"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/UserRead"}
+    assert spec["paths"]["/api/usage"]["get"]["security"] == [{"bearer": []}]
+    assert "security" not in spec["paths"]["/api/auth/register"]["post"]
+    for path, ops in spec["paths"].items():
+        for op in ops.values():
+            names = [p["name"].lower() for p in op.get("parameters", [])]
+            assert "authorization" not in names, f"{path}: the token is a security scheme, not a parameter"
