@@ -3,6 +3,7 @@ each other, with the repository and with the settings names of app/config.py."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import shlex
@@ -251,6 +252,21 @@ def test_cmd_runs_migrations_then_uvicorn(runtime: Stage) -> None:
     assert "--host 0.0.0.0" in line
     exposed = {int(p.split("/")[0]) for e in runtime.all("EXPOSE") for p in e.split()}
     assert cmd_port(line) in exposed, "the CMD's port is EXPOSEd"
+
+
+def test_served_like_the_api_benchmark(runtime: Stage, api: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench/api_load.py measures the API as the image, compose and `make run` serve it: no uvicorn
+    access log line per request (uvicorn reads UVICORN_ACCESS_LOG for --[no-]access-log)."""
+    spec = importlib.util.spec_from_file_location("api_load", ROOT / "bench" / "api_load.py")
+    assert spec and spec.loader
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "api_load", bench)  # (its dataclasses look their module up)
+    spec.loader.exec_module(bench)
+    assert "--no-access-log" in bench.uvicorn_cmd("app.main:create_app", 8000, 1, ROOT)
+    assert image_env(runtime).get("UVICORN_ACCESS_LOG") == "false"
+    assert resolve(compose_env(api).get("UVICORN_ACCESS_LOG"), {}) == "false"
+    assert re.search(r"^export UVICORN_ACCESS_LOG \?= false$", (ROOT / "Makefile").read_text(), re.M)
+    assert "--access-log" not in command_line(exec_form(runtime.last("CMD") or ""))
 
 
 def test_healthcheck_probes_api_health(runtime: Stage) -> None:
