@@ -14,6 +14,12 @@ it used). The load generator shares the 2 cores with the server, as in PERF-NOTE
 Each round runs bare then /me back to back; the table gives the median of the rounds, the ratio
 to the bare route's median, and the CPU other processes used meanwhile (cores, from /proc).
 Target (issue 2, item 11): on PostgreSQL /me >= 25% of bare req/s and p99 < 50 ms.
+
+No access log: as `make run` and the Docker image serve (UVICORN_ACCESS_LOG=false there).
+
+`--inprocess N` also measures the CPU time per request of the ASGI apps called in-process (raw ASGI
+calls, no server, no sockets; medians of 7 runs of N calls), one request at a time and 32 at a time,
+in a child process per tree: steadier than req/s when other processes share the cores.
 """
 
 from __future__ import annotations
@@ -314,6 +320,75 @@ def login(base: str) -> dict[str, str]:
     return headers
 
 
+# --- in-process CPU per request ------------------------------------------------------------
+
+INPROCESS_CONCURRENCY = 32
+
+
+def inprocess_cpu(env: dict[str, str], headers: dict[str, str], calls: int) -> dict[str, float]:
+    """CPU µs per request of bare /ping and of /me, measured in a child process (its own app, the
+    tree `env` puts first on PYTHONPATH)."""
+    import json
+
+    r = subprocess.run([sys.executable, __file__, "--inprocess-child", str(calls)], env=env, cwd=ROOT,
+                       input=json.dumps(headers), capture_output=True, text=True, timeout=900)
+    if r.returncode != 0:
+        raise SystemExit(f"in-process measurement failed:\n{r.stderr[-3000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def _inprocess_child(calls: int) -> None:
+    import json
+
+    import uvloop
+
+    from app.main import create_app
+
+    headers = [(b"host", b"127.0.0.1"), (b"user-agent", b"bench")]
+    headers += [(k.lower().encode(), v.encode()) for k, v in json.loads(sys.stdin.read()).items()]
+
+    async def call(app: object, path: str) -> None:
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+                 "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+                 "headers": headers, "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000), "state": {}}
+        sent: list[dict[str, object]] = []
+
+        async def receive() -> dict[str, object]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, object]) -> None:
+            sent.append(message)
+
+        await app(scope, receive, send)  # type: ignore[operator]
+        assert sent[0]["status"] == 200, sent
+
+    async def per_request(app: object, path: str, together: int) -> float:
+        async def batch() -> None:
+            await asyncio.gather(*(call(app, path) for _ in range(together)))
+
+        for _ in range(max(1, 300 // together)):
+            await batch()
+        runs = []
+        for _ in range(7):
+            t0 = time.process_time()
+            for _ in range(max(1, calls // together)):
+                await batch()
+            runs.append((time.process_time() - t0) / (max(1, calls // together) * together) * 1e6)
+        return statistics.median(runs)
+
+    async def run() -> dict[str, float]:
+        app, bare = create_app(), bare_app()
+        async with app.router.lifespan_context(app):
+            return {"bare": await per_request(bare, "/ping", 1),
+                    "me": await per_request(app, "/api/auth/me", 1),
+                    "me_concurrent": await per_request(app, "/api/auth/me", INPROCESS_CONCURRENCY)}
+
+    import app
+
+    assert Path(app.__file__).resolve().parents[1] == Path(os.environ["PYTHONPATH"]).resolve(), app.__file__
+    print(json.dumps(uvloop.run(run())))
+
+
 # --- main -----------------------------------------------------------------------------------
 
 def main() -> int:
@@ -330,7 +405,13 @@ def main() -> int:
     ap.add_argument("--baseline-root", type=Path, default=None,
                     help="another checkout of the project (e.g. `git archive HEAD | tar -x -C DIR`): its /me is "
                          "served beside this tree's, same database, and measured in the same rounds")
+    ap.add_argument("--inprocess", type=int, default=0, metavar="N",
+                    help="also measure in-process CPU per request (N calls per run, e.g. 3000)")
+    ap.add_argument("--inprocess-child", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.inprocess_child:
+        _inprocess_child(args.inprocess_child)
+        return 0
 
     use_wrk = args.loadgen == "wrk" or (args.loadgen == "auto" and shutil.which("wrk"))
     if args.loadgen == "wrk" and not shutil.which("wrk"):
@@ -343,6 +424,7 @@ def main() -> int:
           f"{os.cpu_count()} CPUs on this machine, load generator on the same machine")
 
     rows: list[tuple[str, str, list[Result]]] = []
+    cpu_rows: list[tuple[str, str, dict[str, float]]] = []
     with tempfile.TemporaryDirectory(prefix="llmtuner-bench-") as t:
         tmp = Path(t)
         bare_env = {k: v for k, v in os.environ.items() if not k.startswith("LLMTUNER_")}
@@ -397,6 +479,17 @@ def main() -> int:
                                   + "\n    ".join(last[-6:]))
                     # The token still works against a live user afterwards (no stale state).
                     assert httpx.get(srv.base + "/api/auth/me", headers=headers).status_code == 200
+                    if args.inprocess:
+                        trees = [("this tree", env)]
+                        if args.baseline_root:
+                            trees.append(("baseline tree", app_env(url, tmp / f"{db}-data", secret,
+                                                                   args.baseline_root.resolve())))
+                        for tree, tree_env in trees:
+                            cpu = inprocess_cpu(tree_env, headers, args.inprocess)
+                            cpu_rows.append((db, tree, cpu))
+                            print(f"  {db:10} in-process ({tree}): bare {cpu['bare']:.0f} us/req, /me "
+                                  f"{cpu['me']:.0f} us/req one at a time, {cpu['me_concurrent']:.0f} us/req "
+                                  f"{INPROCESS_CONCURRENCY} at a time", flush=True)
                 finally:
                     srv.stop()
                     if base_srv:
@@ -435,6 +528,11 @@ def main() -> int:
     print("-" * 100)
     print("CPU/req: server CPU per request; others: cores used meanwhile by processes other than the servers, "
           "the load generator and postgres (median)")
+    if cpu_rows:
+        print(f"in-process CPU per request (no server; medians of 7 runs of {args.inprocess} calls):")
+        for db, tree, cpu in cpu_rows:
+            print(f"  {db:10} {tree:13}  bare /ping {cpu['bare']:5.0f} us   /me {cpu['me']:5.0f} us one at a time,"
+                  f" {cpu['me_concurrent']:5.0f} us {INPROCESS_CONCURRENCY} at a time")
     if verdict:
         print(verdict)
     print("\nPERF-NOTES anchors (2 workers): bare async ~13,041 req/s (p99 12 ms); naive JWT + two-row "
