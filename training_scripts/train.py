@@ -27,7 +27,7 @@ import shutil
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ CODE_FILES = ("inference.py", "prompting.py", "modeling.py")
 INFERENCE_REQUIREMENTS = "peft>=0.17\naccelerate>=1.0\nsafetensors>=0.4\nsentencepiece>=0.2\n"
 IGNORE_INDEX = -100
 _METRIC_STDOUT = sys.stdout  # stdout is reserved for metric lines; see main()
+_ALLOCATOR_TUNED = False  # set by main(): see speedups.tune_allocator
 
 
 class TrainError(Exception):
@@ -576,7 +577,7 @@ def plan_schedule(cfg: TrainConfig, n_train: int, has_validation: bool) -> dict[
 
 
 def build_trainer(model: Any, tokenizer: Any, cfg: TrainConfig, rt: Runtime, paths: Paths, data: dict,
-                  plan: dict[str, Any], callbacks: list[Any]) -> Any:
+                  plan: dict[str, Any], callbacks: list[Any], speedups: dict[str, Any] | None = None) -> Any:
     from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -595,7 +596,9 @@ def build_trainer(model: Any, tokenizer: Any, cfg: TrainConfig, rt: Runtime, pat
     )
     if data["validation"] and cfg.early_stopping_patience:
         callbacks = [*callbacks, EarlyStoppingCallback(cfg.early_stopping_patience, cfg.early_stopping_threshold)]
-    trainer = Trainer(
+    speedups = speedups or {}
+    trainer = (labelled_loss_trainer(model, speedups.get("batch_shards", 1))
+               if speedups.get("labelled_positions_loss") else Trainer)(
         model=model, args=args, train_dataset=data["train"], eval_dataset=data["validation"] or None,
         data_collator=PadCollator(tokenizer.pad_token_id, data["seq2seq"]), processing_class=tokenizer,
         callbacks=callbacks,
@@ -603,6 +606,34 @@ def build_trainer(model: Any, tokenizer: Any, cfg: TrainConfig, rt: Runtime, pat
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     return trainer
+
+
+def labelled_loss_trainer(model: Any, shards: int) -> type:
+    """A Trainer whose causal-LM loss runs the output head only where there are labels, and whose
+    training step runs the batch as `shards` shards on as many threads when shards > 1 (speedups.py)."""
+    import speedups
+    from transformers import Trainer
+
+    parts = speedups.causal_parts(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    sharded = speedups.ShardedBackward(parts, params, shards) if parts and shards > 1 else None
+
+    class LabelledLossTrainer(Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[no-untyped-def]
+            loss = speedups.labelled_loss(parts, inputs, num_items_in_batch)
+            return (loss, {"loss": loss}) if return_outputs else loss
+
+        def training_step(self, model, inputs, num_items_in_batch=None):  # type: ignore[no-untyped-def]
+            if sharded is None:
+                return super().training_step(model, inputs, num_items_in_batch)
+            model.train()
+            inputs = self._prepare_inputs(inputs)
+            if num_items_in_batch is None:  # a per-batch mean, then averaged over accumulation steps
+                labelled = (inputs["labels"][:, 1:] != IGNORE_INDEX).sum()
+                return sharded(inputs, labelled * self.current_gradient_accumulation_steps)
+            return sharded(inputs, num_items_in_batch)
+
+    return LabelledLossTrainer
 
 
 def find_resume_checkpoint(cfg: TrainConfig, paths: Paths) -> str | None:
@@ -711,6 +742,7 @@ class Run:
     trainer: Any = None
     callback: Any = None
     plan: dict[str, Any] | None = None
+    speedups: dict[str, Any] = field(default_factory=dict)
 
 
 def prepare(env: dict[str, str], events_holder: list[Events]) -> Run:
@@ -733,8 +765,25 @@ def prepare(env: dict[str, str], events_holder: list[Events]) -> Run:
     data, counts = tokenize_splits(train_records, val_records, tokenizer, cfg, task)
     if cfg.use_lora:
         model = apply_lora(model, cfg, task)
-    return Run(cfg, paths, events, rt, source, tokenizer, model, task, data, counts,
-               {"train": train_files, "validation": val_files})
+    run = Run(cfg, paths, events, rt, source, tokenizer, model, task, data, counts,
+              {"train": train_files, "validation": val_files})
+    run.speedups = choose_speedups(run)
+    return run
+
+
+def choose_speedups(run: Run) -> dict[str, Any]:
+    """The speed-ups of speedups.py that apply to this run (recorded in training_summary.json)."""
+    import speedups
+    import torch
+
+    labelled = speedups.causal_parts(run.model) is not None
+    chosen: dict[str, Any] = {"allocator_tuned": _ALLOCATOR_TUNED, "labelled_positions_loss": labelled}
+    if run.cfg.use_lora and run.rt.device == "cpu":
+        chosen["fast_lora_dropout_layers"] = speedups.use_fast_lora_dropout(run.model)
+        workers = min(torch.get_num_threads(), run.cfg.batch_size)
+        if labelled and workers > 1 and speedups.ShardedBackward.usable(run.model):
+            chosen["batch_shards"] = workers
+    return chosen
 
 
 def tokenize_splits(train_records: list, val_records: list, tokenizer: Any, cfg: TrainConfig,
@@ -762,7 +811,7 @@ def fit(run: Run) -> Any:
     run.plan = plan_schedule(cfg, len(run.data["train"]), bool(run.data["validation"]))
     run.callback = make_callback(run.events, cfg, run.counts, run.rt)
     run.trainer = build_trainer(run.model, run.tokenizer, cfg, run.rt, run.paths, run.data, run.plan,
-                                [run.callback])
+                                [run.callback], run.speedups)
     resume = find_resume_checkpoint(cfg, run.paths)
     if resume:
         log(f"resuming from {resume}")
@@ -808,6 +857,7 @@ def finish(run: Run, output: Any, run_seconds: float, eval_loss: float | None) -
         "use_lora": cfg.use_lora, "total_steps": state.max_steps, "final_step": state.global_step,
         "best_checkpoint_step": best_step, "stopped_early": stopped_early,
         "resumed_from_step": run.callback.resumed_from, "throughput": throughput(run.callback, state),
+        "speedups": run.speedups,
     }
     (run.paths.model_dir / "training_summary.json").write_text(json.dumps(summary, indent=2, default=str))
 
@@ -856,13 +906,16 @@ def quiet_libraries() -> None:
 
 
 def main() -> int:
-    global _METRIC_STDOUT
+    global _METRIC_STDOUT, _ALLOCATOR_TUNED
     _METRIC_STDOUT = sys.stdout
     sys.stdout = sys.stderr  # anything else that prints goes to stderr: stdout stays parseable
     env = dict(os.environ)
     events: list[Events] = []
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import speedups
+
+    _ALLOCATOR_TUNED = speedups.tune_allocator()
     try:
         run = prepare(env, events)
         output, run_seconds = fit(run)

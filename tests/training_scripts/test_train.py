@@ -313,6 +313,11 @@ def test_run_loss_falls_and_outputs_are_complete(runs: dict[str, Future[Any]]) -
     assert s["hyperparameters"]["lora_target_modules"] == ["q_proj", "k_proj", "v_proj", "o_proj"]
     assert s["total_steps"] == 24 and s["best_checkpoint_step"] in (8, 16, 24) and s["stopped_early"] is False
     assert s["metrics"]["train_loss"] is not None
+    assert s["speedups"]["labelled_positions_loss"] is True
+    assert s["speedups"]["fast_lora_dropout_layers"] == 8  # q/k/v/o on the tiny model's 2 layers
+    import torch
+
+    assert s["speedups"].get("batch_shards", 1) == min(torch.get_num_threads(), 4)  # a shard per core, batch 4
 
 
 def test_adapter_loads_and_generates(runs: dict[str, Future[Any]], tiny: dict[str, Path]) -> None:
@@ -364,6 +369,7 @@ def test_seq2seq_run_and_adapter(runs: dict[str, Future[Any]], tiny: dict[str, P
     r = ok(runs["seq2seq"].result())
     assert r.summary["task"] == "seq2seq_lm" and r.summary["hyperparameters"]["lora_target_modules"] == ["q", "v"]
     assert [e["step"] for e in r.of("log")] == [1, 2, 3]
+    assert r.summary["speedups"]["labelled_positions_loss"] is False  # seq2seq keeps the model's own loss
     model = PeftModel.from_pretrained(AutoModelForSeq2SeqLM.from_pretrained(tiny["t5"]), str(r.model_dir))
     tok = AutoTokenizer.from_pretrained(r.model_dir)
     with torch.no_grad():

@@ -1,0 +1,169 @@
+"""training_scripts/speedups.py: each speed-up keeps the maths of the plain recipe."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("peft")
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "training_scripts"))
+import speedups  # noqa: E402
+
+
+def tiny_causal_lm(family: str = "llama", **extra: Any) -> Any:
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    if family == "gpt2":
+        return GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=97, n_positions=64,
+                                          resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
+    cfg = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=4, vocab_size=97, max_position_embeddings=64, **extra)
+    return LlamaForCausalLM(cfg)
+
+
+def with_lora(model: Any, dropout: float = 0.0, targets: list[str] | None = None) -> Any:
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, task_type="CAUSAL_LM",
+                      target_modules=targets or ["q_proj", "k_proj", "v_proj", "o_proj"])
+    return get_peft_model(model, lora)
+
+
+def right_padded_batch() -> dict[str, Any]:
+    """Two examples, the second right-padded; the first positions of each are prompt (label -100)."""
+    ids = torch.randint(3, 97, (2, 12))
+    mask = torch.ones(2, 12, dtype=torch.long)
+    mask[1, 8:] = 0
+    ids[1, 8:] = 0
+    labels = ids.clone()
+    labels[:, :5] = -100
+    labels[1, 8:] = -100
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def grads(model: Any) -> list[Any]:
+    return [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize("num_items", [None, 7])
+def test_labelled_loss_equals_the_models_own_loss_and_gradients(family: str, num_items: int | None) -> None:
+    targets = ["c_attn", "c_proj"] if family == "gpt2" else None
+    model = with_lora(tiny_causal_lm(family), targets=targets)
+    model.train()
+    batch = right_padded_batch()
+    kwargs = {"num_items_in_batch": torch.tensor(num_items)} if num_items else {}
+    reference = model(**batch, **kwargs).loss
+    reference.backward()
+    expected = grads(model)
+    model.zero_grad()
+
+    parts = speedups.causal_parts(model)
+    assert parts is not None
+    ours = speedups.labelled_loss(parts, batch, kwargs.get("num_items_in_batch"))
+    ours.backward()
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
+    for got, want in zip(grads(model), expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_models_with_a_scaled_or_capped_head_keep_the_plain_loss() -> None:
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    t5 = T5ForConditionalGeneration(T5Config(d_model=16, d_ff=32, num_layers=1, num_heads=2, vocab_size=50,
+                                             d_kv=8))
+    assert speedups.causal_parts(t5) is None
+    capped = tiny_causal_lm()
+    capped.config.final_logit_softcapping = 30.0
+    assert speedups.causal_parts(capped) is None
+    assert speedups.causal_parts(tiny_causal_lm()) is not None
+
+
+def test_fast_dropout_drops_at_rate_p_and_scales_the_rest() -> None:
+    drop = speedups.FastDropout(0.1)
+    x = torch.ones(1_000_003, requires_grad=True)  # not a multiple of 4: the tail draw is cut
+    torch.manual_seed(1)
+    y = drop(x)
+    kept = y != 0
+    assert abs(1 - kept.float().mean().item() - 0.1) < 0.002
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / 0.9))
+    y.backward(torch.full_like(y, 2.0))
+    assert torch.equal(x.grad != 0, kept)  # the same mask in backward
+    torch.testing.assert_close(x.grad[kept], torch.full_like(y[kept], 2 / 0.9))
+    torch.manual_seed(1)
+    assert torch.equal(drop(x.detach()), y.detach())  # seeded like torch's own dropout
+
+
+def test_fast_dropout_is_the_identity_in_eval_and_at_p_zero() -> None:
+    x = torch.randn(4, 8)
+    drop = speedups.FastDropout(0.5).eval()
+    assert drop(x) is x
+    assert speedups.FastDropout(0.0).train()(x) is x
+    with pytest.raises(ValueError, match="dropout probability"):
+        speedups.FastDropout(1.0)
+
+
+def test_lora_dropouts_are_swapped_and_the_adapter_is_unchanged(tmp_path: Path) -> None:
+    model = with_lora(tiny_causal_lm(), dropout=0.05)
+    assert speedups.use_fast_lora_dropout(model) == 8  # 4 target modules x 2 layers
+    assert speedups.use_fast_lora_dropout(model) == 0  # already swapped
+    layers = [m for m in model.modules() if isinstance(m, speedups.FastDropout)]
+    assert len(layers) == 8 and all(m.p == 0.05 for m in layers)
+    model.train()
+    model(**right_padded_batch()).loss.backward()  # trains through the new dropout
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "adapter_model.safetensors").exists()
+    assert speedups.use_fast_lora_dropout(with_lora(tiny_causal_lm(), dropout=0.0)) == 0
+
+
+def test_tune_allocator_reports_whether_it_applied() -> None:
+    applied = speedups.tune_allocator()
+    assert applied is (sys.platform.startswith("linux") and applied)  # a bool; True on glibc Linux
+    if Path("/lib/x86_64-linux-gnu/libc.so.6").exists():
+        assert applied is True
+
+
+def sharded_grads(model: Any, batch: dict[str, Any], workers: int, seed: int = 0) -> tuple[Any, list[Any]]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    model.zero_grad()
+    torch.manual_seed(seed)
+    num_items = (batch["labels"][:, 1:] != -100).sum()
+    loss = speedups.ShardedBackward(speedups.causal_parts(model), params, workers)(batch, num_items)
+    return loss, grads(model)
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_sharded_backward_gives_the_batch_loss_and_gradients(workers: int) -> None:
+    model = with_lora(tiny_causal_lm())
+    model.train()
+    batch = right_padded_batch()
+    batch = {k: torch.cat([v, v.flip(0), v]) for k, v in batch.items()}  # 6 rows, padded ones among them
+    reference = speedups.labelled_loss(speedups.causal_parts(model), batch)
+    reference.backward()
+    expected = grads(model)
+    loss, got = sharded_grads(model, batch, workers)
+    torch.testing.assert_close(loss, reference, rtol=1e-5, atol=1e-6)
+    for g, want in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, want, rtol=1e-4, atol=1e-6)
+
+
+def test_sharded_backward_with_dropout_is_reproducible_from_the_seed() -> None:
+    model = with_lora(tiny_causal_lm(), dropout=0.2)
+    speedups.use_fast_lora_dropout(model)
+    model.train()
+    assert speedups.ShardedBackward.usable(model)
+    batch = {k: torch.cat([v, v]) for k, v in right_padded_batch().items()}
+    first, again, other = (sharded_grads(model, batch, 2, seed)[1] for seed in (5, 5, 6))
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(first, other, strict=True))
+
+
+def test_models_with_their_own_dropout_are_not_sharded() -> None:
+    assert not speedups.ShardedBackward.usable(with_lora(tiny_causal_lm(attention_dropout=0.1)))
+    assert not speedups.ShardedBackward.usable(with_lora(tiny_causal_lm(), dropout=0.1))  # torch's dropout
+    assert speedups.ShardedBackward.usable(with_lora(tiny_causal_lm(), dropout=0.0))
