@@ -26,6 +26,7 @@ async def register(data: UserCreate, svc: AuthDep, request: Request) -> User:
     """Create an account."""
     svc.check_password_rules(data)
     svc.ensure_free(data)
+    svc.session.close()  # hand the pooled connection back before waiting for a hashing slot (below)
     throttle = request.app.state.login_throttle
     async with throttle.slots:
         password_hash = await run_in_threadpool(svc.passwords.hash, data.password)
@@ -42,6 +43,10 @@ async def token(
     name = username.strip().lower()
     throttle.check(name)
     user = svc.find_for_login(name)
+    # Hand the pooled connection back (`user` keeps its loaded attributes) before waiting for a
+    # hashing slot and a thread: requests queued there must not hold connections, or a burst of
+    # logins empties the pool and the next checkout blocks the event loop until the pool timeout.
+    svc.session.close()
     async with throttle.slots:
         ok = await run_in_threadpool(svc.passwords.verify, user.password_hash if user else None, password)
     if not ok or user is None:

@@ -196,3 +196,36 @@ def test_served_app_refuses_a_deleted_users_token_at_once(live_engine: Any, db_u
             assert (await c.get("/api/usage", headers=headers[1])).status_code == 200
 
     asyncio.run(scenario())
+
+
+def test_logins_queued_for_hashing_hold_no_connection(db_url: str, tmp_path: Any) -> None:
+    """Requests waiting for a hashing slot (or its thread) must not hold pooled connections: with a
+    one-connection pool, concurrent logins and registrations all succeed."""
+    from sqlalchemy import create_engine
+
+    from app.db import make_sessionmaker
+
+    url = db_url.replace("postgresql://", "postgresql+psycopg://", 1)
+    engine = create_engine(url, pool_size=1, max_overflow=0, pool_timeout=3)
+    settings = Settings(env="test", data_dir=tmp_path / "data", database_url=db_url,
+                        worker=WorkerSettings(enabled=False), public_base_url="http://testserver",
+                        auth=AuthSettings(argon2_time_cost=1, argon2_memory_kib=8192, max_concurrent_logins=1))
+    app = create_app(settings, sessionmaker=make_sessionmaker(engine))
+    names = [PREFIX + uuid.uuid4().hex[:12] for _ in range(4)]
+
+    async def scenario() -> None:
+        async with app.router.lifespan_context(app), httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://testserver") as c:
+            replies = await asyncio.gather(*(c.post("/api/auth/register", json={
+                "username": n, "email": f"{n}@example.com", "password": "long password 1"}) for n in names))
+            assert [r.status_code for r in replies] == [201] * 4, [r.text for r in replies]
+            replies = await asyncio.gather(*(c.post("/api/auth/token", data={
+                "username": n, "password": "long password 1"}) for n in names * 2))
+            assert [r.status_code for r in replies] == [200] * 8, [r.text for r in replies]
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        with engine.begin() as conn:
+            conn.execute(delete(User).where(User.username.like(PREFIX + "%")))
+        engine.dispose()
