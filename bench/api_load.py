@@ -364,7 +364,10 @@ def _inprocess_child(calls: int) -> None:
 
     async def per_request(app: object, path: str, together: int) -> float:
         async def batch() -> None:
-            await asyncio.gather(*(call(app, path) for _ in range(together)))
+            if together == 1:
+                await call(app, path)
+            else:
+                await asyncio.gather(*(call(app, path) for _ in range(together)))
 
         for _ in range(max(1, 300 // together)):
             await batch()
