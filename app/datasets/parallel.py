@@ -118,11 +118,9 @@ def _merge(col: Collector, item: Future[tuple[Any, ...]] | tuple[int, int]) -> N
     worker_peak_rss_kib = max(worker_peak_rss_kib, rss)
     base = col.total
     total, valid, psum, rsum, pmax, rmax = stats
-    seen = col.dedup.seen
-    col.duplicates += sum(1 for h in array("q", hashes) if seen(h))
-    if col.write is not None and out:
-        col.flush()
-        col.write(out)
+    col.duplicates += col.dedup.count_seen(array("q", hashes).tolist())
+    if out:
+        col.output(out)
     col.total += total
     col.valid += valid
     col.prompt_sum += psum

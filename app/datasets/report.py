@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 from array import array
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any, BinaryIO
 
 import orjson
@@ -19,12 +21,19 @@ _DUMP_OPT = orjson.OPT_APPEND_NEWLINE
 def fingerprint(texts: list[str]) -> int:
     """The duplicate fingerprint of a record's texts (message contents in order, or its text).
 
-    Exact after removing whitespace: texts that differ only in whitespace collide, any other
-    difference does not (up to 64-bit hash collisions). `hash` is salted per process, so only
-    fingerprints made by one process are compared. The JSONL hot loop (validation.py) inlines
-    this for prompt/response pairs; tests check that both agree.
+    Exact after removing whitespace: texts that differ only in ASCII whitespace (spaces, tabs,
+    line breaks, CR, VT, FF; anywhere in the text, runs included) collide, any other
+    difference does not (up to 64-bit hash collisions). `hash` is salted per process, so
+    only fingerprints made by one process are compared. The JSONL hot path (validation.py)
+    computes this for whole batches of prompt/response pairs with `normalised`; tests check
+    that both agree.
     """
     return hash(tuple([t.encode("utf-8", "surrogatepass").translate(None, _WS) for t in texts]))
+
+
+def normalised(texts: Iterable[str]) -> Iterator[bytes]:
+    """Each text as `fingerprint` hashes it (UTF-8, ASCII whitespace removed), lazily, at C speed."""
+    return map(bytes.translate, map(str.encode, texts), repeat(None), repeat(_WS))
 
 
 def canonical_texts(canon: dict[str, Any]) -> list[str]:
@@ -74,22 +83,46 @@ class Report:
 
 
 class DedupTable:
-    """Set of 64-bit fingerprints in an open-addressing array: ~16-32 bytes per distinct example.
+    """The fingerprints seen so far, to count duplicates in bounded memory.
 
-    Grows to `max_slots` (32 MiB at the default); past that, new fingerprints are no longer
-    stored, so `duplicates` becomes a lower bound (only after ~2 million distinct examples).
+    A set while it holds at most `set_max` fingerprints (~60 bytes each; a batch is checked
+    at C speed), then an open-addressing array of 64-bit slots (~16-32 bytes each) that grows
+    to `max_slots` (32 MiB at the default); past that, new fingerprints are no longer stored,
+    so `duplicates` becomes a lower bound (only after ~2 million distinct examples).
     """
 
-    __slots__ = ("table", "mask", "used", "max_slots")
+    __slots__ = ("small", "set_max", "table", "mask", "used", "max_slots")
 
-    def __init__(self, slots: int = 1 << 16, max_slots: int = 1 << 22) -> None:
-        self.table = array("q", bytes(8 * slots))
+    def __init__(self, slots: int = 1 << 16, max_slots: int = 1 << 22, set_max: int = 1 << 18) -> None:
+        self.small: set[int] | None = set() if set_max > 0 else None
+        self.set_max = min(set_max, max_slots // 4)
+        self.table = array("q", bytes(8 * slots)) if self.small is None else array("q")
         self.mask = slots - 1
         self.used = 0
         self.max_slots = max_slots
 
+    def count_seen(self, hashes: list[int]) -> int:
+        """How many of `hashes` were added before (or earlier in the list); adds the others."""
+        small = self.small
+        if small is None:
+            return sum(map(self.seen, hashes))
+        size = len(small)
+        small.update(hashes)
+        new = len(small) - size
+        if len(small) > self.set_max:
+            self._to_table()
+        return len(hashes) - new
+
     def seen(self, h: int) -> bool:
         """True when `h` was added before; adds it otherwise."""
+        small = self.small
+        if small is not None:
+            if h in small:
+                return True
+            small.add(h)
+            if len(small) > self.set_max:
+                self._to_table()
+            return False
         h = h or 1
         table, mask = self.table, self.mask
         i = h & mask
@@ -108,6 +141,13 @@ class DedupTable:
             self.seen(h)
         return False
 
+    def _to_table(self) -> None:
+        small, self.small = self.small or set(), None
+        slots = min(self.max_slots, max(self.mask + 1, 1 << (4 * len(small)).bit_length()))
+        self.table, self.mask, self.used = array("q", bytes(8 * slots)), slots - 1, 0
+        for h in small:
+            self.seen(h)
+
     def _grow(self) -> None:
         old = self.table
         self.table = array("q", bytes(16 * len(old)))
@@ -124,6 +164,10 @@ class HashLog(array):  # type: ignore[type-arg]
     def seen(self, h: int) -> bool:
         self.append(h)
         return False
+
+    def count_seen(self, hashes: list[int]) -> int:
+        self.extend(hashes)
+        return 0
 
 
 class Collector:
@@ -190,6 +234,10 @@ class Collector:
             return
         if self.dedup.seen(fingerprint([key or ""] if key is not None or canon is None else canonical_texts(canon))):
             self.duplicates += 1
+        self.keep(data, plen, rlen)
+
+    def keep(self, data: bytes, plen: int, rlen: int) -> None:
+        """Count one valid example (its duplicate check done) and queue its canonical bytes."""
         self.valid += 1
         self.prompt_sum += plen
         self.response_sum += rlen
@@ -197,7 +245,11 @@ class Collector:
             self.prompt_max = plen
         if rlen > self.response_max:
             self.response_max = rlen
-        if self.write is not None:  # one write per MiB: fewer system calls than per record
+        self.output(data)
+
+    def output(self, data: bytes) -> None:
+        """Queue canonical bytes for `out`: one write per MiB, fewer system calls than per record."""
+        if self.write is not None:
             self.out_buf.append(data)
             self.out_size += len(data)
             if self.out_size >= 1 << 20:
