@@ -37,7 +37,7 @@ RUN pip install --upgrade pip \
 # --- runtime: the venv, the code, a non-root user ------------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
 
-# uvicorn reads UVICORN_* for its options: no access log line per request (it costs ~40% of the
+# uvicorn reads UVICORN_* for its options: no access log line per request (it costs ~25-30% of the
 # throughput of GET /api/auth/me, bench/api_load.py, which serves the same way); leave request logs to
 # the proxy or load balancer, or run with -e UVICORN_ACCESS_LOG=true.
 ENV PATH=/opt/venv/bin:$PATH \

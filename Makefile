@@ -7,7 +7,7 @@ PORT ?= 8000
 export LLMTUNER_DATA_DIR ?= ./data
 # Signed download links of the local store point back at this server.
 export LLMTUNER_PUBLIC_BASE_URL ?= http://$(HOST):$(PORT)
-# No uvicorn access log line per request, as in the image and bench/api_load.py (it costs ~40% of
+# No uvicorn access log line per request, as in the image and bench/api_load.py (it costs ~25-30% of
 # the hot route's throughput): `make run UVICORN_ACCESS_LOG=true` to see them.
 export UVICORN_ACCESS_LOG ?= false
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
