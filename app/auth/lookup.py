@@ -48,7 +48,7 @@ async def user_row(sessionmaker: Any, user_id: str) -> dict[str, Any] | None:
     if isinstance(bind, Engine):
         lookup = _lookup(bind)
         if lookup.batched:
-            return await lookup.batch().get(user_id)
+            return await lookup.fetch_batched(user_id)
         return lookup.fetch(user_id)
     if isinstance(bind, Connection):
         return _lookup(bind.engine).fetch_on(bind, user_id)
@@ -77,7 +77,8 @@ class _UserLookup:
         dialect = engine.dialect
         table = User.__table__
         one = select(table).where(table.c.id == bindparam("user_id")).compile(dialect=dialect)
-        self.engine = engine
+        # Weak: this object is the value of a WeakKeyDictionary keyed by the engine.
+        self._engine = weakref.ref(engine)
         self.sql = one.string
         self.positional = one.positional
         self.keys = [c.key for c in table.c]
@@ -95,12 +96,18 @@ class _UserLookup:
             self.pg_name = b"llmtuner_users_by_id"
             self.id_index = self.keys.index("id")
 
-    def batch(self) -> _Batch:
+    @property
+    def engine(self) -> Engine:
+        engine = self._engine()
+        assert engine is not None
+        return engine
+
+    async def fetch_batched(self, user_id: str) -> dict[str, Any] | None:
         loop = asyncio.get_running_loop()
         batch = self._batches.get(loop)
         if batch is None:
-            batch = self._batches[loop] = _Batch(self, loop)
-        return batch
+            batch = self._batches[loop] = _Batch(self)
+        return await batch.get(loop, user_id)
 
     # --- rows ---------------------------------------------------------------------------------
 
@@ -220,19 +227,18 @@ class _Batch:
     """Lookups pending on one event loop: the first schedules `_run` for the end of the loop's
     current pass; those arriving before it runs join the same query."""
 
-    def __init__(self, lookup: _UserLookup, loop: asyncio.AbstractEventLoop) -> None:
-        self.lookup = lookup
-        self.loop = loop
+    def __init__(self, lookup: _UserLookup) -> None:
+        self.lookup = lookup  # (no reference to the loop: this is the value of a dict keyed weakly by it)
         self.pending: dict[str, list[asyncio.Future[dict[str, Any] | None]]] = {}
 
-    def get(self, user_id: str) -> asyncio.Future[dict[str, Any] | None]:
-        future: asyncio.Future[dict[str, Any] | None] = self.loop.create_future()
+    def get(self, loop: asyncio.AbstractEventLoop, user_id: str) -> asyncio.Future[dict[str, Any] | None]:
+        future: asyncio.Future[dict[str, Any] | None] = loop.create_future()
         waiting = self.pending.get(user_id)
         if waiting is not None:
             waiting.append(future)
             return future
         if not self.pending:
-            self.loop.call_soon(self._run)
+            loop.call_soon(self._run)
         self.pending[user_id] = [future]
         return future
 

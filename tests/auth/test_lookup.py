@@ -6,7 +6,9 @@ test deletes what it created."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import uuid
+import weakref
 from collections.abc import Iterator
 from datetime import UTC
 from typing import Any
@@ -229,3 +231,19 @@ def test_logins_queued_for_hashing_hold_no_connection(db_url: str, tmp_path: Any
         with engine.begin() as conn:
             conn.execute(delete(User).where(User.username.like(PREFIX + "%")))
         engine.dispose()
+
+
+def test_lookups_keep_no_engine_or_event_loop_alive(db_url: str) -> None:
+    engine = make_engine(db_url, pool_size=1)
+    loops = []
+
+    async def look(sm: Any) -> dict[str, Any] | None:
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+        return await user_row(sm, "nobody")
+
+    assert asyncio.run(look(sessionmaker(bind=engine))) is None
+    engine_ref = weakref.ref(engine)
+    engine.dispose()
+    del engine
+    gc.collect()
+    assert engine_ref() is None and loops[0]() is None
