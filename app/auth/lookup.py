@@ -48,6 +48,8 @@ async def user_row(sessionmaker: Any, user_id: str) -> dict[str, Any] | None:
     if isinstance(bind, Engine):
         lookup = _lookup(bind)
         if lookup.batched:
+            if "\x00" in user_id:  # no such id can be stored; it must not fail the others' query
+                return None
             return await lookup.fetch_batched(user_id)
         return lookup.fetch(user_id)
     if isinstance(bind, Connection):
@@ -94,7 +96,6 @@ class _UserLookup:
             assert self.many_sql.count("%") == 1, self.many_sql
             self.pg_sql = self.many_sql.replace("%(ids)s", "$1").encode()
             self.pg_name = b"llmtuner_users_by_id"
-            self.id_index = self.keys.index("id")
 
     @property
     def engine(self) -> Engine:

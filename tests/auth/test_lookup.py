@@ -91,14 +91,14 @@ def test_concurrent_lookups(live_engine: Any) -> None:
     a, b = add_user(live_engine), add_user(live_engine, budget=1.0)
     checkouts = []
     event.listen(live_engine, "checkout", lambda *args: checkouts.append(1))
-    ids = [a["id"], b["id"], a["id"], "missing", b["id"], a["id"]]
+    ids = [a["id"], b["id"], a["id"], "missing", b["id"], a["id"], "no\x00such"]
 
     async def many() -> list[dict[str, Any] | None]:
         sm = sessionmaker(bind=live_engine)
         return list(await asyncio.gather(*(user_row(sm, i) for i in ids)))
 
     rows = asyncio.run(many())
-    assert rows == [a, b, a, None, b, a]
+    assert rows == [a, b, a, None, b, a, None]
     assert rows[0] is not rows[2] and rows[0] is not rows[5]  # each caller gets its own dict
     if is_postgres(live_engine):
         assert len(checkouts) == 1, "one query for the lookups pending together"
