@@ -130,7 +130,7 @@ def test_too_long_lines_in_the_hot_loop_keep_their_line_numbers() -> None:
 
 
 def _mixed_lines() -> str:
-    """Plain pairs with every kind of exception sprinkled in, across many 128 KiB batches: some
+    """Plain pairs with every kind of exception sprinkled in, across many 64 KiB batches: some
     only need a record looked at on its own (`soft`), some send their whole batch line by line."""
     rng = random.Random(7)
     soft = ['{"prompt": "p", "response": "a <b>tag</b>"}', '{"prompt": "{{name}}", "response": "r"}',
