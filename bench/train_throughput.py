@@ -9,6 +9,10 @@ the fp32 matmul peak measured here (2048^3 matmuls).
 
 MFU counts useful FLOPs only (PERF-NOTES.md): tokens x (4*N + 6*N_lora) + causal attention,
 N = matmul parameters including the output head (frozen weights: forward 2N + input-gradient 2N).
+train.py runs the head only where a label is (speedups.py), so it also prints its utilisation
+counting only the FLOPs it executes. On a CPU that multiplies bf16 natively train.py's defaults
+train with bf16 autocast (as TRL's do): that run's MFU is against the bf16 peak measured here, and
+train.py also runs with bf16=false for the fp32 MFU.
 
     .venv/bin/python bench/train_throughput.py [--steps 20] [--max-length 512] [--batch-size 8]
 """
@@ -63,11 +67,11 @@ def build_model(path: Path, records: list[dict]) -> None:
     fast.save_pretrained(path)
 
 
-def matmul_peak(n: int = 2048, reps: int = 5) -> float:
-    """Best fp32 GFLOP/s of n^3 matmuls (after a warm-up)."""
+def matmul_peak(n: int = 2048, reps: int = 5, dtype: str = "float32") -> float:
+    """Best GFLOP/s of n^3 matmuls in `dtype` (after a warm-up)."""
     import torch
 
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    a, b = torch.randn(n, n, dtype=getattr(torch, dtype)), torch.randn(n, n, dtype=getattr(torch, dtype))
     a @ b
     times = []
     for _ in range(reps):
@@ -86,17 +90,19 @@ def flops_per_token(model_dir: Path, lengths: list[int], rank: int = 16) -> tupl
     n_lora = layers * 4 * rank * (d + d)
     # causal attention, fwd+bwd: 6*L^2*d per layer and sequence -> per token 6*d*E[L^2]/E[L]
     attn = 6 * d * layers * sum(n * n for n in lengths) / sum(lengths)
-    return 4 * n_matmul + 6 * n_lora + attn, {"N": n_matmul, "N_lora": n_lora, "attention_per_token": attn}
+    return 4 * n_matmul + 6 * n_lora + attn, {"N": n_matmul, "N_lora": n_lora, "attention_per_token": attn,
+                                              "head": d * v}
 
 
-def run_train_py(model_dir: Path, records: list[dict], work: Path, args: argparse.Namespace) -> dict:
+def run_train_py(model_dir: Path, records: list[dict], work: Path, args: argparse.Namespace,
+                 **extra_hps: object) -> dict:
     train_dir = work / "train"
     train_dir.mkdir(parents=True, exist_ok=True)
     with open(train_dir / "data.jsonl", "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in records)
     hps = {"base_model": str(model_dir), "epochs": 1, "batch_size": args.batch_size, "max_length": args.max_length,
            "max_steps": args.steps, "logging_steps": 5, "lora_rank": 16, "lora_alpha": 32,
-           "learning_rate": 2e-4, "resume_from_checkpoint": False, "save_total_limit": 1}
+           "learning_rate": 2e-4, "resume_from_checkpoint": False, "save_total_limit": 1} | extra_hps
     env = os.environ | {"SM_HPS": json.dumps(hps), "SM_CHANNEL_TRAIN": str(train_dir),
                         "SM_MODEL_DIR": str(work / "model"), "SM_OUTPUT_DATA_DIR": str(work / "out" / "data"),
                         "SM_CHECKPOINT_DIR": str(work / "ckpt")}
@@ -106,7 +112,7 @@ def run_train_py(model_dir: Path, records: list[dict], work: Path, args: argpars
     if proc.returncode:
         sys.exit(f"train.py failed:\n{proc.stderr[-3000:]}\n{proc.stdout[-2000:]}")
     summary = json.loads((work / "model" / "training_summary.json").read_text())
-    return summary["throughput"]
+    return summary["throughput"] | {"speedups": summary.get("speedups"), "bf16": summary["bf16"]}
 
 
 def run_trl(model_dir: Path, records: list[dict], work: Path, args: argparse.Namespace) -> dict:
@@ -187,38 +193,53 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         work = Path(tmp)
         build_model(work / "base", records)
-        fpt, parts = flops_per_token(work / "base", _lengths(work / "base", records, args.max_length))
+        lengths, labelled = _lengths(work / "base", records, args.max_length)
+        fpt, parts = flops_per_token(work / "base", lengths)
+        # train.py runs the output head only where there is a label: what it executes is less than fpt
+        parts["executed_fraction"] = 1 - parts["head"] * 4 * (1 - labelled / sum(lengths)) / fpt
         print(f"model: N={parts['N'] / 1e6:.1f}M matmul params, N_lora={parts['N_lora'] / 1e6:.2f}M, "
               f"{fpt / 1e6:.1f} MFLOP/token useful; torch threads {torch.get_num_threads()}; {other_cpu_load()}")
-        peaks = [matmul_peak()]
-        ours = run_train_py(work / "base", records, work / "ours", args)
-        peaks.append(matmul_peak())
+        peaks = {"float32": [matmul_peak()], "bfloat16": [matmul_peak(dtype="bfloat16")]}
+        ours = run_train_py(work / "base", records, work / "ours", args)  # defaults: bf16 where native
+        fp32 = run_train_py(work / "base", records, work / "fp32", args, bf16=False) if ours["bf16"] else ours
+        peaks["float32"].append(matmul_peak())
         trl = None if args.skip_trl else run_trl(work / "base", records, work, args)
-        peaks.append(matmul_peak())
-    report(ours, trl, fpt, peaks, args)
+        peaks["float32"].append(matmul_peak())
+        peaks["bfloat16"].append(matmul_peak(dtype="bfloat16"))
+    report(ours, fp32, trl, fpt, peaks, args, parts["executed_fraction"])
 
 
-def _lengths(model_dir: Path, records: list[dict], max_length: int) -> list[int]:
+def _lengths(model_dir: Path, records: list[dict], max_length: int) -> tuple[list[int], int]:
+    """Tokens per example, and how many of all tokens carry a label (the response's)."""
     import prompting
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
-    return [len(prompting.tokenize_record(r, tok, max_length)[0]) for r in records]
+    pairs = [prompting.tokenize_record(r, tok, max_length)[:2] for r in records]
+    return [len(ids) for ids, _ in pairs], sum(sum(1 for x in labels if x != -100) for _, labels in pairs)
 
 
-def report(ours: dict, trl: dict | None, fpt: float, peaks: list[float], args: argparse.Namespace) -> None:
-    peak = statistics.median(peaks)
-    print(f"fp32 matmul peak (2048^3): {peak:.1f} GFLOP/s (median of {', '.join(f'{x:.0f}' for x in peaks)}); "
-          f"{other_cpu_load()}")
-    print(f"steps {args.steps} (TRL {args.trl_steps or args.steps}), batch size {args.batch_size}, "
-          f"max length {args.max_length}, LoRA r16 q/k/v/o")
-    rows = [("train.py", ours)] + ([("TRL SFTTrainer defaults", trl)] if trl else [])
+def report(ours: dict, fp32: dict, trl: dict | None, fpt: float, peaks: dict[str, list[float]],
+           args: argparse.Namespace, executed_fraction: float) -> None:
+    peak = {k: statistics.median(v) for k, v in peaks.items()}
+    for k, v in peaks.items():
+        print(f"{k} matmul peak (2048^3): {peak[k]:.1f} GFLOP/s (median of {', '.join(f'{x:.0f}' for x in v)})")
+    print(f"{other_cpu_load()}; steps {args.steps} (TRL {args.trl_steps or args.steps}), batch size "
+          f"{args.batch_size}, max length {args.max_length}, LoRA r16 q/k/v/o")
+    rows = [("train.py (defaults)", ours)] + ([("train.py bf16=false", fp32)] if fp32 is not ours else [])
+    rows += [("TRL SFTTrainer defaults", trl)] if trl else []
     for name, r in rows:
-        mfu = r["tokens_per_second"] * fpt / (peak * 1e9)
-        print(f"{name:<26} {r['tokens_per_second']:>9.1f} non-padding tokens/s  MFU {mfu:6.1%}  "
-              f"({r['non_padding_tokens']} tokens in {r['train_step_seconds']:.1f} s)")
+        precision = "bfloat16" if r["bf16"] else "float32"
+        mfu = r["tokens_per_second"] * fpt / (peak[precision] * 1e9)
+        print(f"{name:<26} {r['tokens_per_second']:>9.1f} non-padding tokens/s  MFU {mfu:6.1%} of the "
+              f"{precision} peak  ({r['non_padding_tokens']} tokens in {r['train_step_seconds']:.1f} s)")
+    fp32_mfu = fp32["tokens_per_second"] * fpt / (peak["float32"] * 1e9)
+    print(f"  train.py skips the output head at unlabelled (prompt) positions: it executes {executed_fraction:.1%} "
+          f"of the counted FLOPs; fp32 utilisation counting executed FLOPs only: {fp32_mfu * executed_fraction:.1%}")
+    print(f"  train.py speed-ups in this run: {ours.get('speedups')}; bf16 autocast: {ours['bf16']}")
     if trl:
         print(f"ratio train.py / TRL SFTTrainer defaults: {ours['tokens_per_second'] / trl['tokens_per_second']:.2f}x"
+              f" (bf16=false: {fp32['tokens_per_second'] / trl['tokens_per_second']:.2f}x)"
               f"  (TRL bf16={trl['bf16']}, gradient_checkpointing={trl['gradient_checkpointing']})")
 
 

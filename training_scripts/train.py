@@ -408,9 +408,15 @@ def pick_runtime(cfg: TrainConfig) -> Runtime:
         if cfg.load_in_4bit:
             raise TrainError("qlora_requires_gpu", "load_in_4bit (QLoRA) needs a CUDA GPU: choose a GPU "
                              "instance type or set load_in_4bit to false")
-        if cfg.bf16 or cfg.fp16:
-            log("fp16/bf16 ignored: mixed precision is not used on CPU (training runs in fp32)")
-        return Runtime("cpu", False, False)
+        import speedups
+
+        native = speedups.cpu_has_native_bf16()
+        if cfg.fp16:
+            log("fp16 ignored on CPU: CPUs have no fast fp16 matmul (bf16 autocast is used where native)")
+        if cfg.bf16 and not native:
+            log("bf16 ignored: this CPU has no native bfloat16 (AVX512-BF16/AMX); training runs in fp32")
+        # bf16 autocast where the CPU multiplies bf16 natively (~2.4x faster here), unless bf16 is false
+        return Runtime("cpu", native and cfg.bf16 is not False, False)
     bf16_ok = torch.cuda.is_bf16_supported()
     if cfg.bf16 and not bf16_ok:
         raise TrainError("invalid_hyperparameters", "bf16: this GPU does not support bfloat16; use fp16")
@@ -458,7 +464,7 @@ def load_tokenizer_and_model(source: str, cfg: TrainConfig, rt: Runtime) -> tupl
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16)
         kwargs["dtype"] = torch.bfloat16
-    elif rt.bf16 and cfg.use_lora:
+    elif rt.bf16 and cfg.use_lora and rt.device == "cuda":
         kwargs["dtype"] = torch.bfloat16  # frozen base in bf16; peft keeps adapters in fp32
     cls = AutoModelForSeq2SeqLM if task == "seq2seq_lm" else AutoModelForCausalLM
     model = cls.from_pretrained(source, **kwargs)
@@ -620,7 +626,8 @@ def labelled_loss_trainer(model: Any, shards: int) -> type:
 
     class LabelledLossTrainer(Trainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[no-untyped-def]
-            loss = speedups.labelled_loss(parts, inputs, num_items_in_batch)
+            with speedups.autocast(self.args.device.type, self.args.bf16):  # the decoder is called directly
+                loss = speedups.labelled_loss(parts, inputs, num_items_in_batch)
             return (loss, {"loss": loss}) if return_outputs else loss
 
         def training_step(self, model, inputs, num_items_in_batch=None):  # type: ignore[no-untyped-def]
@@ -630,8 +637,8 @@ def labelled_loss_trainer(model: Any, shards: int) -> type:
             inputs = self._prepare_inputs(inputs)
             if num_items_in_batch is None:  # a per-batch mean, then averaged over accumulation steps
                 labelled = (inputs["labels"][:, 1:] != IGNORE_INDEX).sum()
-                return sharded(inputs, labelled * self.current_gradient_accumulation_steps)
-            return sharded(inputs, num_items_in_batch)
+                return sharded(inputs, labelled * self.current_gradient_accumulation_steps, self.args.bf16)
+            return sharded(inputs, num_items_in_batch, self.args.bf16)
 
     return LabelledLossTrainer
 

@@ -215,6 +215,22 @@ def test_invalid_hyperparameters_name_every_field() -> None:
         assert f"{field}:" in err.message
 
 
+def native_bf16() -> bool:
+    sys.path.insert(0, str(ROOT / "training_scripts"))
+    import speedups
+
+    return speedups.cpu_has_native_bf16()
+
+
+@pytest.mark.parametrize(("bf16", "fp16"), [(None, None), (True, None), (False, None), (None, True)])
+def test_cpu_runtime_uses_bf16_autocast_only_where_native(bf16: bool | None, fp16: bool | None) -> None:
+    train = load_train_module()
+    cfg = train.TrainConfig.from_hyperparameters({"bf16": bf16, "fp16": fp16, "base_model": "x"})
+    rt = train.pick_runtime(cfg)
+    assert rt.device == "cpu" and rt.fp16 is False
+    assert rt.bf16 is (native_bf16() and bf16 is not False)
+
+
 def test_cross_field_problems() -> None:
     with pytest.raises(train.TrainError) as info:
         train.TrainConfig.from_hyperparameters({"eval_steps": 3, "save_steps": 4, "load_in_4bit": True,
@@ -309,7 +325,8 @@ def test_run_loss_falls_and_outputs_are_complete(runs: dict[str, Future[Any]]) -
     assert s["counts"] == {"num_train_examples": 41, "num_validation_examples": 6, "truncated_examples": 2,
                            "skipped_no_response_tokens": 1}
     assert set(s["library_versions"]) >= {"torch", "transformers", "peft"}
-    assert len(s["datasets"]["train"][0]["sha256"]) == 64 and s["bf16"] is False and s["fp16"] is False
+    assert len(s["datasets"]["train"][0]["sha256"]) == 64 and s["fp16"] is False
+    assert s["bf16"] is native_bf16()  # bf16 autocast on CPUs that multiply bf16 natively
     assert s["hyperparameters"]["lora_target_modules"] == ["q_proj", "k_proj", "v_proj", "o_proj"]
     assert s["total_steps"] == 24 and s["best_checkpoint_step"] in (8, 16, 24) and s["stopped_early"] is False
     assert s["metrics"]["train_loss"] is not None
