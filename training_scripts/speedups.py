@@ -1,11 +1,11 @@
 """Training speed-ups that keep the maths of the plain recipe (measured by bench/train_throughput.py).
 
 - `tune_allocator`: glibc returns every freed block over its mmap threshold to the kernel, so each
-  training step page-faults its activations back in (a third of the step's system time on CPU).
+  training step page-faults its activations back in (keeping them halved a CPU run's system time).
   Raising the threshold to its 32 MiB maximum and never trimming keeps those pages in the process.
 - `FastDropout`: torch's CPU dropout draws one 32-bit random number per element through
   `bernoulli_`; this one takes 16 bits per element from a quarter as many 64-bit draws and keeps a
-  1-byte mask for backward (~5x faster forward+backward). The drop probability is rounded to a
+  1-byte mask for backward (~2x faster forward+backward here). The drop probability is rounded to a
   multiple of 1/65536 (0.05 -> 0.0500031). Used for LoRA's dropout on CPU only; CUDA's is already fast.
 - `labelled_loss`: the causal-LM loss computed as `model(**batch).loss` is, but the output head and
   the log-softmax run only at the positions that have a label. With the loss on the response only

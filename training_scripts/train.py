@@ -626,6 +626,8 @@ def labelled_loss_trainer(model: Any, shards: int) -> type:
 
     class LabelledLossTrainer(Trainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[no-untyped-def]
+            if self.accelerator.unwrap_model(model) is not model:  # DataParallel/DDP: their forward syncs
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             with speedups.autocast(self.args.device.type, self.args.bf16):  # the decoder is called directly
                 loss = speedups.labelled_loss(parts, inputs, num_items_in_batch)
             return (loss, {"loss": loss}) if return_outputs else loss
