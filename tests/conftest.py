@@ -107,6 +107,12 @@ def client(app: Any) -> Iterator[TestClient]:
 
 
 @pytest.fixture
+def user_id(client: TestClient) -> Callable[[dict[str, str]], str]:
+    """The user id behind a set of auth headers."""
+    return lambda headers: str(client.get("/api/auth/me", headers=headers).json()["id"])
+
+
+@pytest.fixture
 def register(client: TestClient) -> Callable[..., dict[str, str]]:
     """Register a user, log in, return auth headers."""
 

@@ -3,10 +3,7 @@ endpoint backend for the API's logic, and cleanup of every model server a test s
 
 from __future__ import annotations
 
-import io
 import json
-import os
-import signal
 import tarfile
 import time
 from collections.abc import Callable, Iterator
@@ -16,15 +13,11 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from app.backends import process
 from app.backends.base import BackendEndpointStatus, Backends, EndpointSpec
-from app.db import utcnow
 from app.deployments.models import Endpoint
-from app.storage import model_key
 from app.training.models import TrainingJob
 from app.worker import WorkerContext
-
-TINY_ID = "llmtuner/tiny-llama"
+from tests.jobs import insert_job, kill_process_group
 
 
 @pytest.fixture(scope="session")
@@ -74,11 +67,6 @@ def base_in_data_dir(settings: Any, tiny_base: Path) -> Path:
 
 
 @pytest.fixture
-def user_id(client: Any) -> Callable[[dict[str, str]], str]:
-    return lambda headers: str(client.get("/api/auth/me", headers=headers).json()["id"])
-
-
-@pytest.fixture
 def completed_job(session_factory: Any, store: Any, trained_tar: Path) -> Callable[..., TrainingJob]:
     """Put a model.tar.gz in the store and insert the job row train.py + the worker would leave."""
     counter = iter(range(1000))
@@ -86,21 +74,8 @@ def completed_job(session_factory: Any, store: Any, trained_tar: Path) -> Callab
     def _make(uid: str, job_name: str | None = None, status: str = "Completed",
               tar_bytes: bytes | None = None) -> TrainingJob:
         job_name = job_name or f"llm-tune-test-tiny-{next(counter):03d}"
-        key = model_key(uid, job_name, "output/model.tar.gz")
-        if tar_bytes is None:
-            store.put_file(key, trained_tar)
-        else:
-            store.put_stream(key, io.BytesIO(tar_bytes))
-        with session_factory() as s:
-            job = TrainingJob(
-                job_name=job_name, user_id=uid, base_model=TINY_ID, hyperparameters={}, instance_type="local",
-                backend="local", backend_handle={}, status=status, secondary_status=status,
-                started_at=utcnow(), ended_at=utcnow() if status == "Completed" else None,
-                model_artifacts_uri=store.uri(key) if status == "Completed" else None,
-            )
-            s.add(job)
-            s.commit()
-            return job
+        return insert_job(session_factory, store, uid, job_name, trained_tar if tar_bytes is None else tar_bytes,
+                          status)
 
     return _make
 
@@ -112,11 +87,7 @@ def stop_model_servers(session_factory: Any) -> Iterator[None]:
     with session_factory() as s:
         for ep in s.scalars(select(Endpoint)):
             handle = ep.backend_handle or {}
-            if handle.get("pid") and process.alive(handle):
-                try:
-                    os.killpg(handle["pid"], signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            kill_process_group(handle)
 
 
 class FakeEndpointBackend:

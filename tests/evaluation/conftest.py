@@ -2,8 +2,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import signal
 import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,15 +10,12 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from app.backends import process
 from app.backends.base import BackendJobStatus, Backends, TrainingSpec
-from app.db import utcnow
 from app.evaluation.models import Evaluation
 from app.storage import model_key
 from app.training.models import TrainingJob
 from tests.evaluation.tiny_adapter import records
-
-TINY_ID = "llmtuner/tiny-llama"
+from tests.jobs import insert_job, kill_process_group
 
 
 def tar_bytes(files: dict[str, bytes]) -> bytes:
@@ -67,37 +62,18 @@ class FakeTrainingBackend:
 
 
 @pytest.fixture
-def user_id(client: Any) -> Callable[[dict[str, str]], str]:
-    return lambda headers: str(client.get("/api/auth/me", headers=headers).json()["id"])
-
-
-@pytest.fixture
 def job_with_data(session_factory: Any, store: Any) -> Callable[..., TrainingJob]:
     """A job row plus its model.tar.gz and validation split in the store."""
 
     def _make(uid: str, job_name: str, status: str = "Completed", tar: Path | bytes = b"not-a-real-model",
               validation: list[dict[str, Any]] | None = None, with_validation: bool = True) -> TrainingJob:
-        key = model_key(uid, job_name, "output/model.tar.gz")
-        if isinstance(tar, Path):
-            store.put_file(key, tar)
-        else:
-            store.put_stream(key, io.BytesIO(tar))
         data: dict[str, Any] = {}
         if with_validation:
             vkey = model_key(uid, job_name, "input/validation/validation.jsonl")
             lines = "".join(json.dumps(r) + "\n" for r in (validation or records(6)))
             store.put_stream(vkey, io.BytesIO(lines.encode()))
             data["validation_key"] = vkey
-        with session_factory() as s:
-            job = TrainingJob(
-                job_name=job_name, user_id=uid, base_model=TINY_ID, hyperparameters={}, instance_type="local",
-                backend="local", backend_handle={}, status=status, secondary_status=status, data=data,
-                started_at=utcnow(), ended_at=utcnow() if status == "Completed" else None,
-                model_artifacts_uri=store.uri(key) if status == "Completed" else None,
-            )
-            s.add(job)
-            s.commit()
-            return job
+        return insert_job(session_factory, store, uid, job_name, tar, status, data)
 
     return _make
 
@@ -109,11 +85,7 @@ def stop_evaluation_processes(session_factory: Any) -> Iterator[None]:
     with session_factory() as s:
         for ev in s.scalars(select(Evaluation)):
             handle = (ev.backend_handle or {}).get("handle") or {}
-            if handle.get("pid") and process.alive(handle):
-                try:
-                    os.killpg(handle["pid"], signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            kill_process_group(handle)
 
 
 def fake_backends(store: Any, name: str = "local") -> Backends:

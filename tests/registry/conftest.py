@@ -10,11 +10,6 @@ from app.training.models import TrainingJob
 
 
 @pytest.fixture
-def user_id(client: Any) -> Callable[[dict[str, str]], str]:
-    return lambda headers: str(client.get("/api/auth/me", headers=headers).json()["id"])
-
-
-@pytest.fixture
 def job_row(session_factory: Any) -> Callable[..., TrainingJob]:
     """Insert the row a finished training job leaves (no weights needed by the registry)."""
 
