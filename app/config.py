@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -73,6 +74,10 @@ class Settings(BaseSettings):
     cors_origins: list[str] = ["http://localhost:3000", "http://127.0.0.1:3000"]
     max_upload_bytes: int = Field(512 * 1024 * 1024, ge=1)
     max_request_body_bytes: int = Field(1024 * 1024, ge=1024)
+    # Processes that validate one large JSONL upload (None: one per CPU; 1: the request's thread
+    # only), and the size from which they are used (below it, starting them costs more than it saves).
+    dataset_workers: int | None = Field(None, ge=1)
+    dataset_parallel_min_bytes: int = Field(32 * 1024 * 1024, ge=0)
     # Extra catalogue entries: {"id": ..., "source": "hub id | /local/dir | s3://prefix", ...}
     extra_base_models: list[dict[str, object]] = []
     # Overrides of the packaged price table: {"ml.g5.xlarge": {"training": 1.21, "inference": 1.21}}
@@ -104,6 +109,15 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'llmtuner.db').resolve()}"
+
+    @property
+    def dataset_worker_count(self) -> int:
+        if self.dataset_workers:
+            return self.dataset_workers
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # not Linux
+            return max(1, os.cpu_count() or 1)
 
     @property
     def data_path(self) -> Path:

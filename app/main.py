@@ -89,6 +89,10 @@ def create_app(
             gc.collect()
             gc.freeze()
             gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+        if settings.dataset_worker_count > 1:  # large uploads are validated by worker processes
+            from app.datasets import parallel
+
+            parallel.warm_up()
         stop = threading.Event()
         thread = None
         if settings.worker.enabled:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import codecs
 import io
 import json
-import os
 import re
 from collections.abc import Iterator
 from typing import Any, BinaryIO
@@ -115,23 +114,6 @@ class Sniffed:
         self.line_ending = line_ending
         self.head_text = head_text
         self.reader = reader
-
-
-def remaining_bytes(src: Any) -> int | None:
-    """How many bytes `src` has left, when it can say (a real file or a seekable stream)."""
-    try:
-        return os.fstat(src.fileno()).st_size - src.tell()
-    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
-        pass
-    try:
-        if src.seekable():
-            here = src.tell()
-            end = src.seek(0, os.SEEK_END)
-            src.seek(here)
-            return int(end - here)
-    except (AttributeError, OSError, ValueError):
-        pass
-    return None
 
 
 def _decode_head(head: bytes) -> str:

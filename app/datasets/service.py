@@ -81,9 +81,12 @@ class DatasetService:
             upload.seek(0)
             try:
                 with open(tmp / CANONICAL, "wb") as out:
+                    # The upload is a file on disk by now (Starlette spools anything over 1 MiB to
+                    # a temporary file): large JSONL is read from it by worker processes.
                     report = validation.validate_and_convert(
                         upload, out, filename=filename, format=fmt, prompt_column=prompt_column,
-                        response_column=response_column).to_dict()
+                        response_column=response_column, workers=self.settings.dataset_worker_count,
+                        parallel_min_bytes=self.settings.dataset_parallel_min_bytes).to_dict()
             except DatasetFileError as e:
                 failure = e
                 report = {"is_valid": False, "format": None, "total_examples": 0, "valid_examples": 0,

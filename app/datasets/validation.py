@@ -21,7 +21,9 @@ from typing import Any, BinaryIO
 
 import orjson
 
+from app.datasets import parallel
 from app.datasets.formats import (
+    BOM,
     DatasetFileError,
     DecodedLines,
     Sniffed,
@@ -30,7 +32,6 @@ from app.datasets.formats import (
     guess_columns,
     iter_json_array,
     parse_format,
-    remaining_bytes,
     sniff,
     sniff_txt_blocks,
 )
@@ -48,7 +49,7 @@ _ASSISTANT = b'},{"role":"assistant","content":'
 _END = b"}]}\n"
 PAIR_KEYS = {"prompt_response": ("prompt", "response"), "prompt_completion": ("prompt", "completion")}
 DETECT_RECORDS = 50
-PARALLEL_MIN_BYTES = 32 << 20  # the majority shape of the first 50 records decides the format
+PARALLEL_MIN_BYTES = 32 << 20  # below this, starting worker processes costs more than it saves
 DETECT_BYTES = 8 << 20
 
 
@@ -60,14 +61,16 @@ def validate_and_convert(src: BinaryIO, out: BinaryIO | None, *, filename: str |
                          parallel_min_bytes: int = PARALLEL_MIN_BYTES) -> Report:
     """Read `src` (binary), write valid examples to `out` as canonical JSONL, return the report.
 
-    With `workers` > 1, JSONL files of `parallel_min_bytes` or more are converted by that
-    many processes, with the same report and output. Off by default: on 2 CPUs it measured
-    slower (the parent's share of the work is as large as a json.loads loop); untested on more.
+    With `workers` > 1, a JSONL `src` that is a regular file (it has a descriptor) with
+    `parallel_min_bytes` or more is converted by that many worker processes, each reading its
+    own byte ranges of the file and writing its output into `out` (which must then be None
+    or a regular file), with the same report and output, byte for byte (parallel.py).
 
     Raises `UnsupportedFile` (415) when the file is not UTF-8 text, `UnknownFormat` (422)
     when `format` names no known format.
     """
     forced_container, forced_shape = parse_format(format)
+    start = _tell(src) if workers > 1 else None  # where the file's bytes start
     sn = sniff(src, filename, forced_container)
     col = Collector(out, max_example_chars, max_issues, long_example_chars)
     line_limit = max(1 << 20, 16 * max_example_chars)
@@ -80,22 +83,33 @@ def validate_and_convert(src: BinaryIO, out: BinaryIO | None, *, filename: str |
         _run_txt(sn, col, line_limit)
     else:
         shape = forced_shape if forced_shape in CONVERTERS else None
+        span = parallel.file_span(src, start, parallel_min_bytes) \
+            if sn.container == "jsonl" and workers > 1 and start is not None else None
+        out_fd = parallel.output_fd(out) if span is not None and out is not None else None
+        # Both files, and no other upload using the workers (it then runs in this thread only).
+        if start is not None and span is not None and (out is None or out_fd is not None) and \
+                parallel.RUNNING.acquire(blocking=False):
+            try:
+                fd, end = span
+                first = start + (len(BOM) if sn.encoding == "utf-8-sig" else 0)
+                shape = shape or parallel.detect_shape(fd, first, end, line_limit)
+                if shape is not None:  # else every record is reported as unrecognised, below
+                    parallel.run_jsonl(fd, first, end, col, out, out_fd, shape, line_limit, workers)
+                    return col.report(shape, sn.container, sn.encoding, sn.line_ending)
+            finally:
+                parallel.RUNNING.release()
         reader = sn.reader
-        if sn.container == "jsonl" and workers > 1 and \
-                (remaining_bytes(src) or 0) + len(sn.head_text) >= parallel_min_bytes:
-            from app.datasets import parallel
-
-            head = b""
-            if shape is None:
-                shape, head = parallel.detect_shape(reader, line_limit)
-                reader = parallel.chained(head, reader)
-            if shape is not None:
-                parallel.run_jsonl(reader, col, shape, line_limit, workers)
-                return col.report(shape, sn.container, sn.encoding, sn.line_ending)
         records = (_JsonlRecords(reader, col, line_limit) if sn.container == "jsonl"
                    else _array_records(reader, col, line_limit))
         fmt = _run_json(records, col, shape)
     return col.report(fmt, sn.container, sn.encoding, sn.line_ending, columns)
+
+
+def _tell(src: BinaryIO) -> int | None:
+    try:
+        return src.tell()
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return None
 
 
 def preview(canonical: BinaryIO, limit: int) -> list[dict[str, Any]]:
@@ -314,12 +328,7 @@ def _run_json(records: Any, col: Collector, shape: str | None) -> str:
     """Convert JSON records with one shape (forced, or the majority of the first 50)."""
     pending: list[tuple[int, int, dict[str, Any]]] = []
     if shape is None:
-        size = 0
-        for rec in records:
-            pending.append(rec)
-            size += len(rec[2])
-            if len(pending) >= DETECT_RECORDS or size > DETECT_BYTES:
-                break
+        pending = first_records(records)
         shape = majority_shape([r[2] for r in pending])
     if shape is None:
         for line, no, obj in chain(pending, records):
@@ -348,6 +357,18 @@ def _run_json(records: Any, col: Collector, shape: str | None) -> str:
         for line, no, obj in chain(pending, records):
             emit(line, no, obj, convert(obj))
     return shape
+
+
+def first_records(records: Any) -> list[tuple[int, int, dict[str, Any]]]:
+    """The records that decide the format: the first `DETECT_RECORDS` objects."""
+    pending: list[tuple[int, int, dict[str, Any]]] = []
+    size = 0
+    for rec in records:
+        pending.append(rec)
+        size += len(rec[2])
+        if len(pending) >= DETECT_RECORDS or size > DETECT_BYTES:
+            break
+    return pending
 
 
 def majority_shape(objs: list[dict[str, Any]]) -> str | None:

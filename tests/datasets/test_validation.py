@@ -161,28 +161,3 @@ def test_pair_fast_path_writes_what_orjson_writes() -> None:
     want = orjson.dumps({"messages": [{"role": "user", "content": rec["prompt"]},
                                       {"role": "assistant", "content": rec["response"]}]}) + b"\n"
     assert out.getvalue() == want
-
-
-def test_parallel_workers_give_the_same_report_and_output(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from app.datasets import parallel
-
-    monkeypatch.setattr(parallel, "BLOB_BYTES", 4096)
-    recs = [{"prompt": f"p{i % 50}", "response": f"r{i % 50} " * (i % 9 + 1)} for i in range(600)]
-    lines = [json.dumps(r) for r in recs]
-    lines[10] = "not json"
-    lines[300] = json.dumps({"prompt": "x", "response": "y" * 1_700_000})
-    lines[301] = json.dumps({"prompt": "x", "response": "done</s>"})
-    lines[450] = json.dumps({"instruction": "a", "output": "b"})
-    lines.insert(200, "")
-    data = ("\n".join(lines) + "\n").encode()
-    outs, reports = [], []
-    for workers in (1, 2):
-        out = io.BytesIO()
-        r = validate_and_convert(io.BytesIO(data), out, filename="x.jsonl", workers=workers,
-                                 parallel_min_bytes=0, max_issues=5)
-        outs.append(out.getvalue())
-        reports.append(r.to_dict())
-    assert reports[0] == reports[1] and outs[0] == outs[1]
-    assert reports[0]["duplicates"] > 0 and reports[0]["issue_counts"]["invalid_json"] == 1
-    assert [(i["line"], i["code"]) for i in reports[0]["issues"]][:3] == [
-        (11, "invalid_json"), (302, "too_long"), (303, "end_of_text_marker")]
