@@ -95,7 +95,7 @@ def flops_per_token(model_dir: Path, lengths: list[int], rank: int = 16) -> tupl
 
 
 def run_train_py(model_dir: Path, records: list[dict], work: Path, args: argparse.Namespace,
-                 **extra_hps: object) -> dict:
+                 root: Path = ROOT, **extra_hps: object) -> dict:
     train_dir = work / "train"
     train_dir.mkdir(parents=True, exist_ok=True)
     with open(train_dir / "data.jsonl", "w") as f:
@@ -107,7 +107,7 @@ def run_train_py(model_dir: Path, records: list[dict], work: Path, args: argpars
                         "SM_MODEL_DIR": str(work / "model"), "SM_OUTPUT_DATA_DIR": str(work / "out" / "data"),
                         "SM_CHECKPOINT_DIR": str(work / "ckpt")}
     env.pop("SM_CHANNEL_VALIDATION", None)
-    proc = subprocess.run([sys.executable, str(ROOT / "training_scripts" / "train.py")], env=env,
+    proc = subprocess.run([sys.executable, str(root / "training_scripts" / "train.py")], env=env,
                           capture_output=True, text=True)
     if proc.returncode:
         sys.exit(f"train.py failed:\n{proc.stderr[-3000:]}\n{proc.stdout[-2000:]}")
@@ -183,6 +183,9 @@ def main() -> None:
     p.add_argument("--trl-steps", type=int, default=None,
                    help="steps for the TRL run (default: --steps); TRL's defaults are slow on a CPU")
     p.add_argument("--skip-trl", action="store_true", help="measure train.py only")
+    p.add_argument("--baseline-root", type=Path, default=None,
+                   help="another checkout (e.g. `git worktree add /tmp/base HEAD~1`) whose train.py runs with "
+                        "bf16=false right after this tree's, for a same-run A/B of the fp32 figures")
     args = p.parse_args()
     if not DATA.exists():
         print(f"SKIP: {DATA} not found (the shared Alpaca demo data set)")
@@ -202,11 +205,13 @@ def main() -> None:
         peaks = {"float32": [matmul_peak()], "bfloat16": [matmul_peak(dtype="bfloat16")]}
         ours = run_train_py(work / "base", records, work / "ours", args)  # defaults: bf16 where native
         fp32 = run_train_py(work / "base", records, work / "fp32", args, bf16=False) if ours["bf16"] else ours
+        baseline = (run_train_py(work / "base", records, work / "baseline", args, root=args.baseline_root,
+                                 bf16=False) if args.baseline_root else None)
         peaks["float32"].append(matmul_peak())
         trl = None if args.skip_trl else run_trl(work / "base", records, work, args)
         peaks["float32"].append(matmul_peak())
         peaks["bfloat16"].append(matmul_peak(dtype="bfloat16"))
-    report(ours, fp32, trl, fpt, peaks, args, parts["executed_fraction"])
+    report(ours, fp32, trl, fpt, peaks, args, parts["executed_fraction"], baseline)
 
 
 def _lengths(model_dir: Path, records: list[dict], max_length: int) -> tuple[list[int], int]:
@@ -220,13 +225,14 @@ def _lengths(model_dir: Path, records: list[dict], max_length: int) -> tuple[lis
 
 
 def report(ours: dict, fp32: dict, trl: dict | None, fpt: float, peaks: dict[str, list[float]],
-           args: argparse.Namespace, executed_fraction: float) -> None:
+           args: argparse.Namespace, executed_fraction: float, baseline: dict | None = None) -> None:
     peak = {k: statistics.median(v) for k, v in peaks.items()}
     for k, v in peaks.items():
         print(f"{k} matmul peak (2048^3): {peak[k]:.1f} GFLOP/s (median of {', '.join(f'{x:.0f}' for x in v)})")
     print(f"{other_cpu_load()}; steps {args.steps} (TRL {args.trl_steps or args.steps}), batch size "
           f"{args.batch_size}, max length {args.max_length}, LoRA r16 q/k/v/o")
     rows = [("train.py (defaults)", ours)] + ([("train.py bf16=false", fp32)] if fp32 is not ours else [])
+    rows += [("baseline tree bf16=false", baseline)] if baseline else []
     rows += [("TRL SFTTrainer defaults", trl)] if trl else []
     for name, r in rows:
         precision = "bfloat16" if r["bf16"] else "float32"
@@ -237,6 +243,9 @@ def report(ours: dict, fp32: dict, trl: dict | None, fpt: float, peaks: dict[str
     print(f"  train.py skips the output head at unlabelled (prompt) positions: it executes {executed_fraction:.1%} "
           f"of the counted FLOPs; fp32 utilisation counting executed FLOPs only: {fp32_mfu * executed_fraction:.1%}")
     print(f"  train.py speed-ups in this run: {ours.get('speedups')}; bf16 autocast: {ours['bf16']}")
+    if baseline:
+        print(f"ratio train.py bf16=false / baseline tree ({args.baseline_root}) bf16=false: "
+              f"{fp32['tokens_per_second'] / baseline['tokens_per_second']:.2f}x (same run, one after the other)")
     if trl:
         print(f"ratio train.py / TRL SFTTrainer defaults: {ours['tokens_per_second'] / trl['tokens_per_second']:.2f}x"
               f" (bf16=false: {fp32['tokens_per_second'] / trl['tokens_per_second']:.2f}x)"

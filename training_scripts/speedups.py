@@ -15,12 +15,21 @@
   across the cores (small matmuls and elementwise ops scale badly; OpenMP barriers cost). Shard
   gradients are summed in a fixed order and each shard's dropout has its own seeded generator, so a
   seeded run stays reproducible.
+- `fuse_lora_linears`, `fuse_rms_norms`, `fuse_rotary`, `_SumCrossEntropy`: on a CPU a step's
+  non-GEMM time is dozens of small elementwise passes over the activations, each with its autograd
+  node. These autograd Functions compute the same maths in fewer passes with hand-written backwards:
+  per 4x158-token shard, LoRA layer 7.0 -> 5.9 ms, RMSNorm 1.8 -> 0.9 ms, rotary 3.6 -> 1.9 ms,
+  cross-entropy 8.1 -> 5.4 ms (forward + backward, one thread); +10% end to end on the fp32 bench.
+  Each falls back to the library's own forward for whatever it does not cover. Tried and not kept:
+  a fused SwiGLU MLP with one gate+up GEMM (2%), matmul attention instead of torch's flash kernel
+  (slower from 64 tokens up), `torch.compile` of the decoder (8% for a 37 s compile), huge pages.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -95,12 +104,19 @@ class FastDropout(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return x
+        out: torch.Tensor = _MaskedScale.apply(x, self.keep_mask(x), self.scale)
+        return out
+
+    @property
+    def scale(self) -> float:
+        return 1.0 / (1.0 - self.p)
+
+    def keep_mask(self, x: torch.Tensor) -> torch.Tensor:
+        """A boolean mask shaped like `x`: True where an element is kept (16 random bits each)."""
         n = x.numel()
         draws = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device)
         draws.random_(-(2**63), None, generator=getattr(_shard, "generator", None))
-        keep = draws.view(torch.int16)[:n].view(x.shape) >= self._threshold
-        out: torch.Tensor = _MaskedScale.apply(x, keep, 1.0 / (1.0 - self.p))
-        return out
+        return draws.view(torch.int16)[:n].view(x.shape) >= self._threshold
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
@@ -120,6 +136,216 @@ def use_fast_lora_dropout(model: torch.nn.Module) -> int:
     return swapped
 
 
+class _FusedLoraLinear(torch.autograd.Function):
+    """`x W^T + b + alpha * (keep ? x : 0) A^T B^T` with W and b frozen, in `dtype`.
+
+    What peft's LoRA layer computes (alpha = LoRA scaling / (1 - dropout p): the dropout's scale
+    folded into the low-rank product), in fewer passes over the activations: the dropout is one
+    `where`, and the scaled low-rank product is added inside the second GEMM (`addmm_`) instead
+    of by a separate multiply and add, forward and backward.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, keep: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor,
+                w: torch.Tensor, bias: torch.Tensor | None, alpha: float, dtype: torch.dtype) -> torch.Tensor:
+        shape = x.shape
+        with torch.autocast(x.device.type, enabled=False):
+            x2 = x.reshape(-1, shape[-1]).to(dtype)
+            a, b, w = a.to(dtype), b.to(dtype), w.to(dtype)
+            xm = x2 if keep is None else torch.where(keep.view(x2.shape), x2, 0.0)
+            h = xm @ a.t()
+            y = x2 @ w.t() if bias is None else torch.addmm(bias.to(dtype), x2, w.t())
+            y.addmm_(h, b.t(), alpha=alpha)
+        ctx.save_for_backward(xm, h, keep, a, b, w)
+        ctx.alpha, ctx.x_dtype = alpha, x.dtype
+        return y.view(*shape[:-1], w.shape[0])
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        xm, h, keep, a, b, w = ctx.saved_tensors
+        g = grad.reshape(-1, grad.shape[-1]).to(w.dtype)
+        gt = (g @ b).mul_(ctx.alpha)  # [tokens, rank]
+        grad_a = gt.t() @ xm if ctx.needs_input_grad[2] else None  # cast back to A's dtype by autograd
+        grad_b = (g.t() @ h).mul_(ctx.alpha) if ctx.needs_input_grad[3] else None
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            u = gt @ a
+            if keep is not None:
+                u = torch.where(keep.view(u.shape), u, 0.0)
+            grad_x = u.addmm_(g, w).view(*grad.shape[:-1], w.shape[1]).to(ctx.x_dtype)
+        return grad_x, None, grad_a, grad_b, None, None, None, None
+
+
+def _plain_lora(layer: Any) -> tuple[Any, Any, Any, Any, float] | None:
+    """(A, B, base linear, dropout, scaling) when `layer` computes vanilla LoRA on a frozen nn.Linear
+    with one active adapter and a dropout that FastDropout (or nothing) does; None otherwise."""
+    active = getattr(layer, "active_adapters", None)
+    if (not active or len(active) != 1 or layer.disable_adapters or layer.merged
+            or getattr(layer, "fan_in_fan_out", False)):
+        return None
+    name = active[0]
+    if name not in layer.lora_A or name in getattr(layer, "lora_variant", {}):
+        return None
+    a, b, base, drop = layer.lora_A[name], layer.lora_B[name], layer.base_layer, layer.lora_dropout[name]
+    if type(base) is not torch.nn.Linear or base.weight.requires_grad or \
+            (base.bias is not None and base.bias.requires_grad):
+        return None
+    if type(a) is not torch.nn.Linear or type(b) is not torch.nn.Linear or a.bias is not None or b.bias is not None:
+        return None
+    if not (isinstance(drop, FastDropout | torch.nn.Identity) or (type(drop) is torch.nn.Dropout and drop.p == 0)):
+        return None
+    return a, b, base, drop, float(layer.scaling[name])
+
+
+def _fused_lora_forward(layer: Any, original: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    plan = None if args or kwargs or x.device.type != "cpu" or not x.is_floating_point() else _plain_lora(layer)
+    if plan is None:
+        return original(x, *args, **kwargs)  # type: ignore[no-any-return]
+    a, b, base, drop, alpha = plan
+    keep = None
+    if isinstance(drop, FastDropout) and drop.training and drop.p > 0:
+        keep, alpha = drop.keep_mask(x), alpha * drop.scale
+    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else base.weight.dtype
+    out: torch.Tensor = _FusedLoraLinear.apply(x, keep, a.weight, b.weight, base.weight, base.bias, alpha, dtype)
+    return out
+
+
+def fuse_lora_linears(model: torch.nn.Module) -> int:
+    """Give every peft LoRA linear layer the fused forward of `_FusedLoraLinear` (CPU only: elsewhere,
+    and whenever a layer is not plain LoRA at call time, peft's own forward runs); returns how many."""
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    fused = 0
+    for module in model.modules():
+        if type(module) is LoraLinear and "forward" not in vars(module) and _plain_lora(module) is not None:
+            module.forward = functools.partial(_fused_lora_forward, module, module.forward)
+            fused += 1
+    return fused
+
+
+class _RMSNorm(torch.autograd.Function):
+    """`weight * x * rsqrt(mean(x^2) + eps)` over the last dimension, in fp32, in 3 passes forward
+    and 4 backward (the weight's gradient only when it is trained) instead of about a dozen."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            r = torch.linalg.vector_norm(x, 2, dim=-1, keepdim=True).square_().div_(x.shape[-1]).add_(eps).rsqrt_()
+            y = torch.mul(x, r).mul_(weight)
+        ctx.save_for_backward(x, weight, r)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight, r = ctx.saved_tensors
+        gw = grad * weight
+        dot = torch.linalg.vecdot(gw, x, dim=-1).unsqueeze(-1)
+        grad_x = gw.mul_(r).addcmul_(x, r.pow(3).mul_(dot).div_(x.shape[-1]), value=-1)
+        grad_w = (grad * x * r).sum(tuple(range(grad.dim() - 1))) if ctx.needs_input_grad[1] else None
+        return grad_x, grad_w, None
+
+
+# RMSNorm classes whose forward is exactly Llama's (`weight * (x * rsqrt(mean(x^2) + eps))`, in fp32).
+LLAMA_RMS_NORMS = frozenset({"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "Phi3RMSNorm"})
+
+
+def _fused_rms_norm_forward(norm: Any, original: Any, x: torch.Tensor) -> torch.Tensor:
+    if x.device.type != "cpu" or x.dtype != torch.float32 or norm.weight.dtype != torch.float32:
+        return original(x)  # type: ignore[no-any-return]
+    out: torch.Tensor = _RMSNorm.apply(x, norm.weight, norm.variance_epsilon)
+    return out
+
+
+def fuse_rms_norms(model: torch.nn.Module) -> int:
+    """Give every Llama-style RMSNorm the forward of `_RMSNorm` (fp32 on CPU; otherwise the model's own
+    forward runs); returns how many."""
+    fused = 0
+    for module in model.modules():
+        if type(module).__name__ in LLAMA_RMS_NORMS and "forward" not in vars(module):
+            module.forward = functools.partial(_fused_rms_norm_forward, module, module.forward)
+            fused += 1
+    return fused
+
+
+def _rotate_into(out: torch.Tensor, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sign: float) -> torch.Tensor:
+    """out = x * cos + sign * rotate_half(x) * sin, with rotate_half(x) = cat(-x2, x1), in 4 half-size ops."""
+    h = x.shape[-1] // 2
+    x1, x2, o1, o2 = x[..., :h], x[..., h:], out[..., :h], out[..., h:]
+    torch.mul(x1, cos[..., :h], out=o1).addcmul_(x2, sin[..., :h], value=-sign)
+    torch.mul(x2, cos[..., h:], out=o2).addcmul_(x1, sin[..., h:], value=sign)
+    return out
+
+
+def _like(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """An empty tensor with the strides of `x` (a transposed view stays one) in `dtype`."""
+    return torch.empty_like(x, dtype=dtype)
+
+
+class _Rotary(torch.autograd.Function):
+    """Llama's `apply_rotary_pos_emb` for q and k (dtype promoted with cos/sin, as `q * cos` is).
+    Backward is the inverse rotation: g1 * cos1 + g2 * sin2, g2 * cos2 - g1 * sin1."""
+
+    @staticmethod
+    def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor,
+                sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ctx.save_for_backward(cos, sin)
+        ctx.dtypes = q.dtype, k.dtype
+        out = [_rotate_into(_like(x, torch.promote_types(x.dtype, cos.dtype)), x, cos, sin, 1.0) for x in (q, k)]
+        return out[0], out[1]
+
+    @staticmethod
+    def backward(ctx: Any, gq: torch.Tensor, gk: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        cos, sin = ctx.saved_tensors
+        h = cos.shape[-1] // 2
+        # the inverse rotation: swap the halves of sin so that x1 pairs with sin1 and x2 with sin2
+        sin_swapped = torch.cat((sin[..., h:], sin[..., :h]), -1)
+        grads = [None if g is None else _rotate_into(_like(g, g.dtype), g, cos, sin_swapped, -1.0).to(dt)
+                 for g, dt in zip((gq, gk), ctx.dtypes, strict=True)]
+        return grads[0], grads[1], None, None
+
+
+_ROTARY_FAMILIES = frozenset({"llama", "mistral", "qwen2", "qwen3"})  # Llama's rotate-half RoPE on the whole head
+_original_rotary: dict[str, Any] = {}
+
+
+def _fused_rotary(module_name: str, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                  unsqueeze_dim: int = 1, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    if kwargs or q.device.type != "cpu" or q.shape[-1] != cos.shape[-1] or q.shape[-1] % 2:
+        return _original_rotary[module_name](q, k, cos, sin, unsqueeze_dim=unsqueeze_dim, **kwargs)  # type: ignore[no-any-return]
+    out: tuple[torch.Tensor, torch.Tensor] = _Rotary.apply(q, k, cos.unsqueeze(unsqueeze_dim),
+                                                           sin.unsqueeze(unsqueeze_dim))
+    return out
+
+
+def fuse_rotary(model: torch.nn.Module) -> bool:
+    """Route the rotary embedding of this model's family (Llama-style ones) through `_Rotary` on CPU.
+
+    The function is looked up in the family's modeling module at every call, so it is replaced
+    there, for the whole process; CUDA tensors and anything unusual still go to the original."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base, "config", None)
+    if config is None or config.model_type not in _ROTARY_FAMILIES:
+        return False
+    attention = next((m for m in base.modules() if type(m).__name__.endswith("Attention")), None)
+    module = sys.modules.get(type(attention).__module__) if attention is not None else None
+    if module is None or not callable(getattr(module, "apply_rotary_pos_emb", None)):
+        return False
+    name = module.__name__
+    if name not in _original_rotary:
+        _original_rotary[name] = module.apply_rotary_pos_emb
+        module.apply_rotary_pos_emb = functools.partial(_fused_rotary, name)
+    return True
+
+
+def unfuse_rotary() -> None:
+    """Put the original rotary functions back (tests compare against them)."""
+    for name, original in _original_rotary.items():
+        module = sys.modules.get(name)
+        if module is not None:
+            module.apply_rotary_pos_emb = original
+    _original_rotary.clear()
+
+
 def causal_parts(model: Any) -> tuple[Any, Any] | None:
     """(decoder, head) of a causal LM (under peft or not) whose head is plain; None otherwise."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -133,6 +359,25 @@ def causal_parts(model: Any) -> tuple[Any, Any] | None:
     return (decoder, head) if decoder is not None and head is not None else None
 
 
+class _SumCrossEntropy(torch.autograd.Function):
+    """`F.cross_entropy(logits, targets, reduction="sum")` (no ignored targets), its backward one
+    in-place pass over the saved log-probabilities (softmax minus one-hot) instead of a zero-filled
+    gradient, a scatter and a log-softmax backward."""
+
+    @staticmethod
+    def forward(ctx: Any, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        logp = torch.log_softmax(logits, -1)
+        ctx.save_for_backward(logp, targets)
+        return logp.gather(1, targets[:, None]).sum().neg()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        logp, targets = ctx.saved_tensors
+        out = logp.exp()
+        out[torch.arange(len(targets), device=out.device), targets] -= 1
+        return out.mul_(grad), None
+
+
 def labelled_loss(parts: tuple[Any, Any], batch: dict[str, torch.Tensor],
                   num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
     """Next-token cross-entropy over the labelled positions, reduced as transformers reduces it:
@@ -143,7 +388,10 @@ def labelled_loss(parts: tuple[Any, Any], batch: dict[str, torch.Tensor],
     targets = batch["labels"][:, 1:]
     where = targets != IGNORE_INDEX
     logits = head(hidden[:, :-1][where]).float()
-    loss = F.cross_entropy(logits, targets[where], reduction="sum")
+    if logits.device.type == "cpu":
+        loss: torch.Tensor = _SumCrossEntropy.apply(logits, targets[where])
+    else:
+        loss = F.cross_entropy(logits, targets[where], reduction="sum")
     if num_items_in_batch is None:
         return loss / where.sum().clamp(min=1)
     return loss / num_items_in_batch

@@ -789,6 +789,11 @@ def choose_speedups(run: Run) -> dict[str, Any]:
     chosen: dict[str, Any] = {"allocator_tuned": _ALLOCATOR_TUNED, "labelled_positions_loss": labelled}
     if run.cfg.use_lora and run.rt.device == "cpu":
         chosen["fast_lora_dropout_layers"] = speedups.use_fast_lora_dropout(run.model)
+        chosen["fused_lora_layers"] = speedups.fuse_lora_linears(run.model)
+    if run.rt.device == "cpu":
+        chosen["fused_rms_norms"] = speedups.fuse_rms_norms(run.model)
+        chosen["fused_rotary"] = speedups.fuse_rotary(run.model)
+    if run.cfg.use_lora and run.rt.device == "cpu":
         workers = min(torch.get_num_threads(), run.cfg.batch_size)
         if labelled and workers > 1 and speedups.ShardedBackward.usable(run.model):
             chosen["batch_shards"] = workers

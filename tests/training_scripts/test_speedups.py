@@ -167,3 +167,161 @@ def test_models_with_their_own_dropout_are_not_sharded() -> None:
     assert not speedups.ShardedBackward.usable(with_lora(tiny_causal_lm(attention_dropout=0.1)))
     assert not speedups.ShardedBackward.usable(with_lora(tiny_causal_lm(), dropout=0.1))  # torch's dropout
     assert speedups.ShardedBackward.usable(with_lora(tiny_causal_lm(), dropout=0.0))
+
+
+# ---------------------------------------------------------------- fused CPU kernels
+
+
+def lora_with_trained_b(dropout: float = 0.0, family: str = "llama", **extra: Any) -> Any:
+    """A LoRA model whose B matrices are not zero, so that every gradient path is exercised."""
+    model = with_lora(tiny_causal_lm(family, **extra), dropout=dropout)
+    torch.manual_seed(9)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.1)
+    return model
+
+
+def fused_variant(model: Any) -> Any:
+    import copy
+
+    other = copy.deepcopy(model)
+    speedups.use_fast_lora_dropout(other)
+    assert speedups.fuse_lora_linears(other) == 8
+    assert speedups.fuse_rms_norms(other) == 5  # 2 per layer and the final norm
+    return other
+
+
+def loss_and_grads(model: Any, batch: dict[str, Any], bf16: bool = False, seed: int = 3) -> tuple[Any, list[Any]]:
+    model.zero_grad()
+    torch.manual_seed(seed)
+    with speedups.autocast("cpu", bf16):
+        loss = model(**batch).loss
+    loss.backward()
+    return loss.detach(), grads(model)
+
+
+@pytest.fixture
+def rotary_restored() -> Any:
+    yield
+    speedups.unfuse_rotary()
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+def test_fused_kernels_give_the_models_loss_and_gradients(dropout: float, rotary_restored: None) -> None:
+    plain = lora_with_trained_b(dropout)
+    speedups.use_fast_lora_dropout(plain)  # the same random masks on both sides (same seed, same draws)
+    fused = fused_variant(plain)
+    plain.train()
+    fused.train()
+    batch = right_padded_batch()
+    want_loss, want = loss_and_grads(plain, batch)
+    assert speedups.fuse_rotary(fused)
+    got_loss, got = loss_and_grads(fused, batch)
+    torch.testing.assert_close(got_loss, want_loss, rtol=1e-5, atol=1e-6)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+    if dropout:  # the dropout is really applied: another seed gives other gradients
+        assert not torch.equal(loss_and_grads(fused, batch, seed=4)[1][0], got[0])
+
+
+def test_fused_kernels_under_bf16_autocast_match_to_bf16_precision(rotary_restored: None) -> None:
+    plain = lora_with_trained_b()
+    fused = fused_variant(plain)
+    speedups.fuse_rotary(fused)
+    batch = right_padded_batch()
+    want_loss, want = loss_and_grads(plain, batch, bf16=True)
+    got_loss, got = loss_and_grads(fused, batch, bf16=True)
+    torch.testing.assert_close(got_loss, want_loss, rtol=1e-3, atol=1e-3)
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == w.dtype == torch.float32
+        torch.testing.assert_close(g, w, rtol=0.05, atol=2e-3)
+
+
+def test_fused_lora_layer_falls_back_when_the_layer_is_not_plain_lora() -> None:
+    model = fused_variant(lora_with_trained_b(0.1))
+    layer = model.base_model.model.model.layers[0].self_attn.q_proj
+    x = torch.randn(2, 5, 32)
+    model.eval()
+    expected = layer.base_layer(x) + layer.lora_B["default"](layer.lora_A["default"](x)) * layer.scaling["default"]
+    torch.testing.assert_close(layer(x), expected)  # eval: no dropout
+    with model.disable_adapter():
+        torch.testing.assert_close(layer(x), layer.base_layer(x))
+    layer.merge()
+    torch.testing.assert_close(layer(x), expected, rtol=1e-4, atol=1e-5)  # merged: the base layer only
+    layer.unmerge()
+    layer.base_layer.weight.requires_grad_(True)  # full fine-tuning of the base: peft's own forward
+    assert speedups._plain_lora(layer) is None
+    gpt2 = with_lora(tiny_causal_lm("gpt2"), targets=["c_attn", "c_proj"])
+    assert speedups.fuse_lora_linears(gpt2) == 0  # Conv1D base layers (fan_in_fan_out)
+    from peft import LoraConfig, get_peft_model
+
+    dora = get_peft_model(tiny_causal_lm(), LoraConfig(r=4, use_dora=True, target_modules=["q_proj"]))
+    assert speedups.fuse_lora_linears(dora) == 0
+
+
+def test_fused_rms_norm_trains_its_weight_and_keeps_other_dtypes_on_the_original() -> None:
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    norm = LlamaRMSNorm(16, eps=1e-5)
+    torch.nn.init.normal_(norm.weight)
+    x = torch.randn(3, 4, 16, requires_grad=True)
+    g = torch.randn(3, 4, 16)
+    norm(x).backward(g)
+    want_x, want_w = x.grad.clone(), norm.weight.grad.clone()
+    x.grad = norm.weight.grad = None
+    assert speedups.fuse_rms_norms(norm) == 1 and speedups.fuse_rms_norms(norm) == 0
+    y = norm(x)
+    y.backward(g)
+    torch.testing.assert_close(x.grad, want_x, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(norm.weight.grad, want_w, rtol=1e-5, atol=1e-6)
+    assert "_RMSNorm" in type(y.grad_fn).__name__
+    half = norm(x.detach().bfloat16())  # not fp32: the model's own forward (bf16 input, fp32 weight -> fp32)
+    assert half.dtype == torch.float32 and type(half.grad_fn).__name__ == "MulBackward0"
+
+
+def test_fused_rotary_is_the_original_rotation_for_transposed_views(rotary_restored: None) -> None:
+    from transformers.models.llama import modeling_llama
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    original = modeling_llama.apply_rotary_pos_emb
+    cfg = tiny_causal_lm().config
+    cos, sin = LlamaRotaryEmbedding(cfg)(torch.zeros(1), torch.arange(6)[None].expand(2, 6))
+    q0 = torch.randn(2, 6, 4, 8, requires_grad=True)  # (batch, length, heads, head dim), as the model has it
+    k0 = torch.randn(2, 6, 4, 8, requires_grad=True)
+    gq, gk = torch.randn(2, 4, 6, 8), torch.randn(2, 4, 6, 8)
+
+    def run(fn: Any, q_dtype: Any = torch.float32) -> list[Any]:
+        q0.grad = k0.grad = None
+        q, k = fn(q0.to(q_dtype).transpose(1, 2), k0.transpose(1, 2), cos, sin)
+        torch.autograd.backward([q, k], [gq, gk])
+        return [q.detach(), k.detach(), q0.grad.clone(), k0.grad.clone(), q.dtype, q.stride()]
+
+    want = run(original)
+    assert speedups.fuse_rotary(tiny_causal_lm()) and modeling_llama.apply_rotary_pos_emb is not original
+    got = run(modeling_llama.apply_rotary_pos_emb)
+    for a, b in zip(got[:4], want[:4], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert got[4:] == want[4:]  # same dtype and memory layout (sdpa sees the same tensor)
+    mixed_want, mixed_got = run(original, torch.bfloat16), run(modeling_llama.apply_rotary_pos_emb, torch.bfloat16)
+    assert mixed_got[4] == mixed_want[4] == torch.float32  # bf16 q times fp32 cos promotes, as in the model
+    torch.testing.assert_close(mixed_got[2], mixed_want[2], rtol=1e-2, atol=1e-2)
+    cos, sin = torch.randn(2, 6, 8), torch.randn(2, 6, 8)  # halves that differ: the general formula
+    for a, b in zip(run(modeling_llama.apply_rotary_pos_emb)[:4], run(original)[:4], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    speedups.unfuse_rotary()
+    assert modeling_llama.apply_rotary_pos_emb is original
+    assert not speedups.fuse_rotary(tiny_causal_lm("gpt2"))  # GPT-2 has no rotary embedding
+
+
+def test_sum_cross_entropy_equals_torchs() -> None:
+    logits = torch.randn(7, 11, requires_grad=True)
+    targets = torch.randint(0, 11, (7,))
+    want = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
+    (want * 3).backward()
+    want_grad = logits.grad.clone()
+    logits.grad = None
+    got = speedups._SumCrossEntropy.apply(logits, targets)
+    (got * 3).backward()
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(logits.grad, want_grad)

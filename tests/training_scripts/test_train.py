@@ -332,6 +332,8 @@ def test_run_loss_falls_and_outputs_are_complete(runs: dict[str, Future[Any]]) -
     assert s["metrics"]["train_loss"] is not None
     assert s["speedups"]["labelled_positions_loss"] is True
     assert s["speedups"]["fast_lora_dropout_layers"] == 8  # q/k/v/o on the tiny model's 2 layers
+    assert s["speedups"]["fused_lora_layers"] == 8 and s["speedups"]["fused_rms_norms"] == 5
+    assert s["speedups"]["fused_rotary"] is True
     import torch
 
     assert s["speedups"].get("batch_shards", 1) == min(torch.get_num_threads(), 4)  # a shard per core, batch 4
