@@ -4,8 +4,9 @@
     .venv/bin/python bench/dataset_pipeline.py --file my.jsonl  # or measures your file
     .venv/bin/python bench/dataset_pipeline.py --size-mb 1024 --runs 3
 
-Each parsing path runs in its own child process so that its peak RSS
-(`resource.getrusage(RUSAGE_SELF).ru_maxrss`) is its own; MB/s are medians of --runs runs.
+Each parsing path runs in its own child process so that its peak RSS is its own; the
+multi-process path (app/datasets/parallel.py) is measured with all its processes (CPU and
+memory of the parent, the forkserver and the workers); MB/s are medians of --runs runs.
 """
 
 from __future__ import annotations
@@ -62,15 +63,74 @@ def generate(path: Path, size_mb: int, seed: int = 0, ensure_ascii: bool = True)
 
 
 _CHILD = r"""
-import json, resource, sys, time, tempfile, os
+import json, os, resource, sys, time, tempfile, threading
 sys.path.insert(0, {root!r})
-path, mode = {path!r}, {mode!r}
+path, mode, sample_pss, workers = {path!r}, {mode!r}, {sample_pss!r}, {workers!r}
+
+
+def status(pid, key):
+    try:
+        with open(f"/proc/{{pid}}/status") as f:
+            return next(int(l.split()[1]) for l in f if l.startswith(key))
+    except (OSError, StopIteration):
+        return 0
+
+
+def cpu_of(pid):  # utime + stime of another process, seconds
+    try:
+        with open(f"/proc/{{pid}}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def tree():  # this process, the forkserver and its children (the workers)
+    from multiprocessing import forkserver
+    fs = forkserver._forkserver._forkserver_pid
+    pids = [os.getpid()] + ([fs] if fs else [])
+    if fs:
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    with open(f"/proc/{{d}}/stat") as f:
+                        if int(f.read().rsplit(")", 1)[1].split()[1]) == fs:
+                            pids.append(int(d))
+                except (OSError, ValueError, IndexError):
+                    pass
+    return pids
+
+
+def pss_kib(pid):
+    try:
+        with open(f"/proc/{{pid}}/smaps_rollup") as f:
+            return next(int(l.split()[1]) for l in f if l.startswith("Pss:"))
+    except (OSError, StopIteration):
+        return 0
+
+
+peak_pss = [0]
+def sampler(stop):
+    while not stop.wait(0.005):
+        peak_pss[0] = max(peak_pss[0], sum(map(pss_kib, tree())))
+
+
 if mode != "json":  # imported before the clock starts, as json is: steady-state throughput only
     from app.datasets.validation import validate_and_convert
     from app.datasets import parallel
+    workers = 1 if mode == "ours_1proc" else workers
+    if mode == "ours":  # as the app does at start-up, long before the upload comes
+        parallel.warm_up()
+        time.sleep(1.0)
+fs_cpu0 = 0.0
+if mode != "json":
+    from multiprocessing import forkserver
+    fs_cpu0 = cpu_of(forkserver._forkserver._forkserver_pid) if forkserver._forkserver._forkserver_pid else 0.0
+stop = threading.Event()
+if sample_pss:
+    threading.Thread(target=sampler, args=(stop,), daemon=True).start()
 t0 = time.perf_counter()
 c0 = time.process_time()
-worker_rss = 0
 if mode == "json":
     n = 0
     with open(path, "rb") as f:
@@ -78,49 +138,62 @@ if mode == "json":
             json.loads(line)
             n += 1
 else:
-    workers = 2 if mode == "ours" else 1  # 2: the opt-in parallel path
     with open(path, "rb") as f, tempfile.TemporaryFile(dir=os.path.dirname(path)) as out:
         r = validate_and_convert(f, out, filename=os.path.basename(path), workers=workers)
     n = r.valid_examples
-    worker_rss = parallel.worker_peak_rss_kib
 dt, cpu = time.perf_counter() - t0, time.process_time() - c0
-# VmHWM is this process's own peak; ru_maxrss also counts the parent's pages at fork time.
-hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")]
-rss = int(hwm[0].split()[1]) if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({{"seconds": dt, "cpu_seconds": cpu, "records": n, "rss_mib": rss / 1024,
-                  "worker_rss_mib": worker_rss / 1024,
-                  "ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+stop.set()
+own = status("self", "VmHWM")  # this process's own peak (ru_maxrss would add the parent's pages at fork)
+total, fs_rss = own, 0
+if mode not in ("json", "ours_1proc"):
+    from multiprocessing import forkserver
+    fs = forkserver._forkserver._forkserver_pid
+    fs_rss = status(fs, "VmHWM") if fs else 0
+    cpu += sum(c for _, c in parallel.last_run_workers.values()) + (cpu_of(fs) - fs_cpu0 if fs else 0.0)
+    total += fs_rss + sum(h for h, _ in parallel.last_run_workers.values())
+print(json.dumps({{"seconds": dt, "cpu_seconds": cpu, "records": n, "rss_mib": own / 1024,
+                  "total_rss_mib": total / 1024, "pss_mib": peak_pss[0] / 1024,
+                  "workers": len(parallel.last_run_workers) if mode not in ("json", "ours_1proc") else 0}}))
 """
 
+MODES = ("json", "ours_1proc", "ours", "ours_cold")
+NAMES = {"json": "for line in f: json.loads(line)", "ours_1proc": "validate_and_convert, 1 process",
+         "ours": "validate_and_convert, workers", "ours_cold": "  same, first upload (cold forkserver)"}
 
-def run_child(path: Path, mode: str) -> dict[str, float]:
-    code = _CHILD.format(root=str(ROOT), path=str(path), mode=mode)
+
+def run_child(path: Path, mode: str, sample_pss: bool = False) -> dict[str, float]:
+    from app.config import Settings  # the app's default (the settings are not imported by the child)
+
+    code = _CHILD.format(root=str(ROOT), path=str(path), mode=mode, sample_pss=sample_pss,
+                         workers=Settings().dataset_worker_count)
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
 def bench_parse(path: Path, runs: int) -> None:
     size = path.stat().st_size
-    modes = ("json", "ours_1proc", "ours")
-    results: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
+    results: dict[str, list[dict[str, float]]] = {m: [] for m in MODES}
     for _ in range(runs):  # interleaved, so all paths see the same machine state
-        for mode in modes:
+        for mode in MODES:
             results[mode].append(run_child(path, mode))
-    rows = {}
+    # One more run of each path, not timed: the summed PSS of all its processes, sampled every 5 ms
+    # (reading /proc/*/smaps_rollup costs CPU, so it is not done in the timed runs).
+    pss = {mode: run_child(path, mode, sample_pss=True)["pss_mib"] for mode in MODES}
+    print(f"\nfile: {path} ({size / MB:,.0f} MB, {int(results['ours'][0]['records']):,} records), "
+          f"{runs} runs each, medians; {int(results['ours'][0]['workers'])} workers on {os.cpu_count()} CPUs")
+    print(f"{'path':<40}{'MB/s':>8}{'ratio':>7}{'CPU s':>7}{'RSS MiB':>9}{'all procs':>10}{'PSS all':>9}")
+    base = statistics.median(size / MB / r["seconds"] for r in results["json"])
     for mode, rs in results.items():
         wall = statistics.median(size / MB / r["seconds"] for r in rs)
-        cpu = statistics.median(size / MB / r["cpu_seconds"] for r in rs)
-        rows[mode] = (wall, cpu, max(r["rss_mib"] for r in rs), max(r["worker_rss_mib"] for r in rs))
-    print(f"\nfile: {path} ({size / MB:,.0f} MB, {int(results['ours'][0]['records']):,} records), "
-          f"{runs} runs each, medians")
-    print(f"{'path':<40}{'MB/s wall':>10}{'main CPU':>10}{'peak RSS MiB':>14}{'+ per worker':>14}")
-    names = {"json": "for line in f: json.loads(line)", "ours": "validate_and_convert (workers=2)",
-             "ours_1proc": "validate_and_convert (workers=1)"}
-    for mode, (wall, cpu, rss, wrss) in rows.items():
-        print(f"{names[mode]:<40}{wall:>10.1f}{cpu:>10.1f}{rss:>14.1f}{wrss:>14.1f}")
-    for mode in modes[1:]:
-        print(f"ratio {names[mode]} / json.loads: {rows[mode][0] / rows['json'][0]:.2f}x (wall clock)")
-    print("(main CPU: MB per CPU-second of the measured process alone; workers' CPU not included)")
+        cpu = statistics.median(r["cpu_seconds"] for r in rs)
+        print(f"{NAMES[mode]:<40}{wall:>8.1f}{wall / base:>6.2f}x{cpu:>7.2f}{max(r['rss_mib'] for r in rs):>9.1f}"
+              f"{max(r['total_rss_mib'] for r in rs):>10.1f}{pss[mode]:>9.1f}")
+    print("ratio: MB/s (wall clock) over the json.loads loop's. CPU s: all the path's processes (parent,\n"
+          "workers, forkserver). RSS MiB: the measured process's peak (VmHWM). all procs: the sum of the\n"
+          "peaks of the parent, the forkserver and every worker (an upper bound: pages they share are\n"
+          "counted in each). PSS all: the peak of their summed PSS (shared pages split), sampled every\n"
+          "5 ms in one more run. 'workers': the forkserver was started before the clock, as the app\n"
+          "does at start-up (what an upload sees); 'first upload': it starts inside the measured time.")
 
 
 def bench_tokens(path: Path, runs: int, sample_size: int) -> None:
