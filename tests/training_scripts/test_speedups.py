@@ -325,3 +325,19 @@ def test_sum_cross_entropy_equals_torchs() -> None:
     (got * 3).backward()
     torch.testing.assert_close(got, want)
     torch.testing.assert_close(logits.grad, want_grad)
+
+
+def test_right_padding_runs_causal_attention_without_a_mask_and_other_padding_keeps_it() -> None:
+    right = right_padded_batch()["attention_mask"]
+    assert speedups._causal_mask_or_none(right) is None
+    assert speedups._causal_mask_or_none(torch.ones(2, 5, dtype=torch.long)) is None
+    left = right.flip(1)
+    assert speedups._causal_mask_or_none(left) is left
+    empty_row = right.clone()
+    empty_row[1] = 0
+    assert speedups._causal_mask_or_none(empty_row) is empty_row
+    model = with_lora(tiny_causal_lm())
+    batch = right_padded_batch()
+    batch = {k: v.flip(1) for k, v in batch.items()}  # left padding: the mask must still be applied
+    want = model(**batch).loss
+    torch.testing.assert_close(speedups.labelled_loss(speedups.causal_parts(model), batch), want)
