@@ -14,7 +14,9 @@ single broken record does, so nothing is silently dropped. Training refuses inva
 from __future__ import annotations
 
 import io
+import logging
 from collections import Counter
+from concurrent.futures.process import BrokenProcessPool
 from itertools import chain, islice, repeat
 from operator import add, itemgetter
 from typing import Any, BinaryIO
@@ -37,6 +39,8 @@ from app.datasets.formats import (
 )
 from app.datasets.report import _DUMP_OPT, Collector, Issue, Report, canonical_texts, fingerprint, normalised
 from app.datasets.shapes import CONVERTERS, EXPECTED_FIELDS, TXT_PROMPT_CHARS, shape_of, txt_record, warn_text
+
+log = logging.getLogger("llmtuner.datasets")
 
 __all__ = [
     "DatasetFileError", "Issue", "Report", "UnknownFormat", "UnsupportedFile", "preview",
@@ -94,8 +98,19 @@ def validate_and_convert(src: BinaryIO, out: BinaryIO | None, *, filename: str |
                 first = start + (len(BOM) if sn.encoding == "utf-8-sig" else 0)
                 shape = shape or parallel.detect_shape(fd, first, end, line_limit)
                 if shape is not None:  # else every record is reported as unrecognised, below
-                    parallel.run_jsonl(fd, first, end, col, out, out_fd, shape, line_limit, workers)
-                    return col.report(shape, sn.container, sn.encoding, sn.line_ending)
+                    out_start = out.tell() if out is not None else 0
+                    try:
+                        parallel.run_jsonl(fd, first, end, col, out, out_fd, shape, line_limit, workers)
+                        return col.report(shape, sn.container, sn.encoding, sn.line_ending)
+                    except (BrokenProcessPool, OSError) as e:  # the workers failed, not the data:
+                        log.warning("dataset workers failed (%s: %s); validating %s in one process",
+                                    type(e).__name__, e, filename)
+                    if out is not None:  # start again here: nothing the workers wrote is kept
+                        out.seek(out_start)
+                        out.truncate()
+                    col = Collector(out, max_example_chars, max_issues, long_example_chars)
+                    src.seek(start)
+                    sn = sniff(src, filename, forced_container)
             finally:
                 parallel.RUNNING.release()
         reader = sn.reader

@@ -171,3 +171,31 @@ def test_upload_through_the_api_uses_the_workers(client, register, settings, mon
         assert len(preview) == 100
     assert reports[0] == reports[1]
     assert [(i["line"], i["code"]) for i in reports[0]["issues"]] == [(12_346, "invalid_json")]
+
+
+def test_workers_that_fail_fall_back_to_one_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """A worker killed or a fork refused (not the data's fault): the upload is validated in one
+    process instead, and nothing the workers had written stays in the output."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    data = b"".join(rec(i) for i in range(300)) + b"not json\n" + rec(5)
+    src = tmp_path / "upload.jsonl"
+    src.write_bytes(data)
+
+    def broken(fd: int, first: int, end: int, col: Any, out: Any, *args: Any) -> None:
+        out.write(b"half-written by a worker\n" * 50_000)  # longer than the real output
+        col.total += 7
+        raise BrokenProcessPool("a child process terminated abruptly")
+
+    results = []
+    for workers in (1, 2):
+        monkeypatch.setattr(parallel, "run_jsonl", broken)
+        with open(src, "rb") as f, open(tmp_path / f"out{workers}", "wb") as out:
+            out.write(b"kept\n")
+            report = validate_and_convert(f, out, filename="x.jsonl", workers=workers, parallel_min_bytes=0)
+        results.append((report.to_dict(), (tmp_path / f"out{workers}").read_bytes()))
+    assert results[0] == results[1]
+    assert results[1][0]["total_examples"] == 302 and results[1][0]["duplicates"] == 1
+    assert results[1][1].startswith(b"kept\n") and b"half-written" not in results[1][1]
+    assert "dataset workers failed (BrokenProcessPool" in caplog.text
