@@ -63,7 +63,7 @@ def generate(path: Path, size_mb: int, seed: int = 0, ensure_ascii: bool = True)
 
 
 _CHILD = r"""
-import json, os, resource, sys, time, tempfile, threading
+import json, os, sys, time, tempfile, threading
 sys.path.insert(0, {root!r})
 path, mode, sample_pss, workers = {path!r}, {mode!r}, {sample_pss!r}, {workers!r}
 

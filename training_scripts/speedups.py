@@ -215,12 +215,16 @@ def fuse_lora_linears(model: torch.nn.Module) -> int:
     and whenever a layer is not plain LoRA at call time, peft's own forward runs); returns how many."""
     from peft.tuners.lora.layer import Linear as LoraLinear
 
-    fused = 0
-    for module in model.modules():
-        if type(module) is LoraLinear and "forward" not in vars(module) and _plain_lora(module) is not None:
-            module.forward = functools.partial(_fused_lora_forward, module, module.forward)
-            fused += 1
-    return fused
+    return sum(_patch_forward(m, _fused_lora_forward) for m in model.modules()
+               if type(m) is LoraLinear and _plain_lora(m) is not None)
+
+
+def _patch_forward(module: torch.nn.Module, fused: Any) -> bool:
+    """Make `fused(module, original_forward, *args)` the module's forward, once; False if already done."""
+    if "forward" in vars(module):
+        return False
+    module.forward = functools.partial(fused, module, module.forward)  # type: ignore[method-assign]
+    return True
 
 
 class _RMSNorm(torch.autograd.Function):
@@ -259,12 +263,8 @@ def _fused_rms_norm_forward(norm: Any, original: Any, x: torch.Tensor) -> torch.
 def fuse_rms_norms(model: torch.nn.Module) -> int:
     """Give every Llama-style RMSNorm the forward of `_RMSNorm` (fp32 on CPU; otherwise the model's own
     forward runs); returns how many."""
-    fused = 0
-    for module in model.modules():
-        if type(module).__name__ in LLAMA_RMS_NORMS and "forward" not in vars(module):
-            module.forward = functools.partial(_fused_rms_norm_forward, module, module.forward)
-            fused += 1
-    return fused
+    return sum(_patch_forward(m, _fused_rms_norm_forward) for m in model.modules()
+               if type(m).__name__ in LLAMA_RMS_NORMS)
 
 
 def _rotate_into(out: torch.Tensor, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sign: float) -> torch.Tensor:
@@ -276,11 +276,6 @@ def _rotate_into(out: torch.Tensor, x: torch.Tensor, cos: torch.Tensor, sin: tor
     return out
 
 
-def _like(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """An empty tensor with the strides of `x` (a transposed view stays one) in `dtype`."""
-    return torch.empty_like(x, dtype=dtype)
-
-
 class _Rotary(torch.autograd.Function):
     """Llama's `apply_rotary_pos_emb` for q and k (dtype promoted with cos/sin, as `q * cos` is).
     Backward is the inverse rotation: g1 * cos1 + g2 * sin2, g2 * cos2 - g1 * sin1."""
@@ -290,7 +285,9 @@ class _Rotary(torch.autograd.Function):
                 sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ctx.save_for_backward(cos, sin)
         ctx.dtypes = q.dtype, k.dtype
-        out = [_rotate_into(_like(x, torch.promote_types(x.dtype, cos.dtype)), x, cos, sin, 1.0) for x in (q, k)]
+        # empty_like keeps the strides of q and k (transposed views): sdpa sees the layout it would have seen
+        out = [_rotate_into(torch.empty_like(x, dtype=torch.promote_types(x.dtype, cos.dtype)), x, cos, sin, 1.0)
+               for x in (q, k)]
         return out[0], out[1]
 
     @staticmethod
@@ -299,7 +296,7 @@ class _Rotary(torch.autograd.Function):
         h = cos.shape[-1] // 2
         # the inverse rotation: swap the halves of sin so that x1 pairs with sin1 and x2 with sin2
         sin_swapped = torch.cat((sin[..., h:], sin[..., :h]), -1)
-        grads = [None if g is None else _rotate_into(_like(g, g.dtype), g, cos, sin_swapped, -1.0).to(dt)
+        grads = [None if g is None else _rotate_into(torch.empty_like(g), g, cos, sin_swapped, -1.0).to(dt)
                  for g, dt in zip((gq, gk), ctx.dtypes, strict=True)]
         return grads[0], grads[1], None, None
 
@@ -385,7 +382,7 @@ def _causal_mask_or_none(mask: torch.Tensor | None) -> torch.Tensor | None:
     comes after them), so the model can run its causal attention kernel (`is_causal`, no mask
     tensor to build or read: 4-8% faster attention on a CPU) with the same outputs and gradients at
     every real position; padded positions have no label. Left or inner padding keeps the mask."""
-    if mask is None or mask.dim() != 2:
+    if mask is None or mask.dim() != 2 or mask.device.type != "cpu":  # on a GPU the check would sync
         return mask
     lengths = mask.sum(1, keepdim=True)
     prefix = torch.arange(mask.shape[1], device=mask.device)[None] < lengths
