@@ -23,6 +23,11 @@
   Each falls back to the library's own forward for whatever it does not cover. Tried and not kept:
   a fused SwiGLU MLP with one gate+up GEMM (2%), matmul attention instead of torch's flash kernel
   (slower from 64 tokens up), `torch.compile` of the decoder (8% for a 37 s compile), huge pages.
+- `fuse_attention`: causal attention in blocks of query rows with the probabilities kept for
+  backward (`_BlockCausalAttention`) instead of torch's CPU flash kernel, for fp32 training steps
+  with no mask tensor: +3-6% end to end on the fp32 bench (AMD EPYC, AVX2), more at long sequences.
+- The dropout masks are uint8 and applied by multiplying (`FastDropout.keep_mask`): on AVX2 a bool
+  comparison and `torch.where` were a third of the LoRA layer's non-GEMM time.
 """
 
 from __future__ import annotations
@@ -80,12 +85,12 @@ class _MaskedScale(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
         ctx.save_for_backward(keep)
         ctx.scale = scale
-        return torch.where(keep, x * scale, 0.0)  # x.mul(keep) would convert the mask first: 20x slower
+        return torch.mul(x, keep).mul_(scale)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         (keep,) = ctx.saved_tensors
-        return torch.where(keep, grad * ctx.scale, 0.0), None, None
+        return torch.mul(grad, keep).mul_(ctx.scale), None, None
 
 
 _shard = threading.local()  # .generator: the random generator of the shard this thread is running
@@ -112,11 +117,17 @@ class FastDropout(torch.nn.Module):
         return 1.0 / (1.0 - self.p)
 
     def keep_mask(self, x: torch.Tensor) -> torch.Tensor:
-        """A boolean mask shaped like `x`: True where an element is kept (16 random bits each)."""
+        """A 0/1 uint8 mask shaped like `x`: 1 where an element is kept (16 random bits each).
+
+        uint8, not bool, and applied by multiplying: on an AVX2 CPU, torch's comparison into a bool
+        tensor and `torch.where` on one run ~5x slower than the same comparison written into a uint8
+        tensor and a multiply by it (84 and 187 us against 417 and 780 us for 1072 x 512 elements);
+        a dropped element becomes +-0 either way."""
         n = x.numel()
         draws = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device)
         draws.random_(-(2**63), None, generator=getattr(_shard, "generator", None))
-        return draws.view(torch.int16)[:n].view(x.shape) >= self._threshold
+        keep = torch.empty(x.shape, dtype=torch.uint8, device=x.device)
+        return torch.ge(draws.view(torch.int16)[:n].view(x.shape), self._threshold, out=keep)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
@@ -137,12 +148,12 @@ def use_fast_lora_dropout(model: torch.nn.Module) -> int:
 
 
 class _FusedLoraLinear(torch.autograd.Function):
-    """`x W^T + b + alpha * (keep ? x : 0) A^T B^T` with W and b frozen, in `dtype`.
+    """`x W^T + b + alpha * (keep * x) A^T B^T` with W and b frozen and keep a 0/1 mask, in `dtype`.
 
     What peft's LoRA layer computes (alpha = LoRA scaling / (1 - dropout p): the dropout's scale
     folded into the low-rank product), in fewer passes over the activations: the dropout is one
-    `where`, and the scaled low-rank product is added inside the second GEMM (`addmm_`) instead
-    of by a separate multiply and add, forward and backward.
+    multiply by its uint8 mask, and the scaled low-rank product is added inside the second GEMM
+    (`addmm_`) instead of by a separate multiply and add, forward and backward.
     """
 
     @staticmethod
@@ -152,7 +163,7 @@ class _FusedLoraLinear(torch.autograd.Function):
         with torch.autocast(x.device.type, enabled=False):
             x2 = x.reshape(-1, shape[-1]).to(dtype)
             a, b, w = a.to(dtype), b.to(dtype), w.to(dtype)
-            xm = x2 if keep is None else torch.where(keep.view(x2.shape), x2, 0.0)
+            xm = x2 if keep is None else torch.mul(x2, keep.view(x2.shape))
             h = xm @ a.t()
             y = x2 @ w.t() if bias is None else torch.addmm(bias.to(dtype), x2, w.t())
             y.addmm_(h, b.t(), alpha=alpha)
@@ -171,7 +182,7 @@ class _FusedLoraLinear(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             u = gt @ a
             if keep is not None:
-                u = torch.where(keep.view(u.shape), u, 0.0)
+                u.mul_(keep.view(u.shape))
             grad_x = u.addmm_(g, w).view(*grad.shape[:-1], w.shape[1]).to(ctx.x_dtype)
         return grad_x, None, grad_a, grad_b, None, None, None, None
 
@@ -341,6 +352,133 @@ def unfuse_rotary() -> None:
         if module is not None:
             module.apply_rotary_pos_emb = original
     _original_rotary.clear()
+
+
+_ATTENTION_BLOCK = 64  # query rows per block: 32 and 64 measured alike up to 268 tokens, 64 faster at 512
+_ATTENTION_SAVED_MAX = 128 * 1024 * 1024  # bytes of probabilities one call may keep for backward
+_causal_masks: dict[int, torch.Tensor] = {}
+
+
+def _upper_triangle(n: int) -> torch.Tensor:
+    mask = _causal_masks.get(n)
+    if mask is None:
+        mask = _causal_masks[n] = torch.ones(n, n, dtype=torch.bool).triu_(1)
+    return mask
+
+
+class _BlockCausalAttention(torch.autograd.Function):
+    """Causal softmax attention of [batch*heads, L, head_dim] tensors, one block of query rows at a time.
+
+    Each block of queries is multiplied with the prefix of the keys it may see (the upper triangle
+    beyond its own block is never computed), and its softmax probabilities are kept for backward,
+    which is then four batched GEMMs and one softmax backward per block with nothing recomputed.
+    torch's CPU flash kernel recomputes the probabilities in backward and runs its small GEMMs at
+    about a third of the matmul peak; this is 20-35% faster forward+backward at 158-512 tokens
+    (one thread, 4 x 8 heads x 64 dims), at the price of keeping ~L^2/2 probabilities per head.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        length = q.shape[1]
+        qs = q * scale
+        kt = k.transpose(1, 2)
+        out = torch.empty_like(q)
+        probs = []
+        for start in range(0, length, _ATTENTION_BLOCK):
+            end = min(start + _ATTENTION_BLOCK, length)
+            scores = torch.bmm(qs[:, start:end], kt[:, :, :end])
+            scores[:, :, start:end].masked_fill_(_upper_triangle(end - start), float("-inf"))
+            p = torch.softmax(scores, -1)
+            torch.bmm(p, v[:, :end], out=out[:, start:end])
+            probs.append(p)
+        ctx.save_for_backward(qs, k, v, *probs)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        qs, k, v, *probs = ctx.saved_tensors
+        grad = grad.contiguous()
+        vt = v.transpose(1, 2)
+        dq, dk, dv = torch.empty_like(qs), torch.zeros_like(k), torch.zeros_like(v)
+        for i, p in enumerate(probs):
+            start = i * _ATTENTION_BLOCK
+            end = start + p.shape[1]
+            g = grad[:, start:end]
+            dv[:, :end].baddbmm_(p.transpose(1, 2), g)
+            ds = torch._softmax_backward_data(torch.bmm(g, vt[:, :, :end]), p, -1, p.dtype)
+            torch.bmm(ds, k[:, :end], out=dq[:, start:end]).mul_(ctx.scale)
+            dk[:, :end].baddbmm_(ds.transpose(1, 2), qs[:, start:end])  # dS^T (q * scale)
+        return dq, dk, dv, None
+
+
+# keyword arguments of an attention call that do not change its result
+_ATTENTION_KWARGS_IGNORED = frozenset({"position_ids", "cache_position", "use_cache", "output_attentions"})
+_original_sdpa: list[Any] = []
+
+
+def _block_attention_applies(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                             attention_mask: torch.Tensor | None, dropout: float, is_causal: bool | None,
+                             kwargs: dict[str, Any]) -> bool:
+    length = query.shape[2]
+    if attention_mask is not None or dropout or not torch.is_grad_enabled() or length < 2:
+        return False
+    if not (is_causal if is_causal is not None else getattr(module, "is_causal", False)):
+        return False
+    if any(v is not None and k not in _ATTENTION_KWARGS_IGNORED and not (k == "sliding_window" and v >= length)
+           for k, v in kwargs.items()) or kwargs.get("output_attentions"):
+        return False
+    tensors = (query, key, value)
+    if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors) or torch.is_autocast_enabled("cpu"):
+        return False
+    if key.shape[2] != length or query.shape[-1] != key.shape[-1] or key.shape[-1] != value.shape[-1]:
+        return False
+    if query.shape[1] % key.shape[1] or key.shape[1] != value.shape[1]:
+        return False
+    saved = query.shape[0] * query.shape[1] * (length * (length + _ATTENTION_BLOCK) // 2) * 4
+    return saved <= _ATTENTION_SAVED_MAX
+
+
+def causal_attention_forward(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                             attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                             is_causal: bool | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """transformers' "sdpa" attention function, with `_BlockCausalAttention` for what it covers: CPU fp32
+    training, causal, no mask tensor (right padding, see `_causal_mask_or_none`), no attention dropout,
+    grouped-query heads repeated as transformers' own sdpa path repeats them; the original otherwise."""
+    if not _block_attention_applies(module, query, key, value, attention_mask, dropout, is_causal, kwargs):
+        return _original_sdpa[0](module, query, key, value, attention_mask, dropout=dropout,  # type: ignore[no-any-return]
+                                 scaling=scaling, is_causal=is_causal, **kwargs)
+    batch, heads, length, dim = query.shape
+    groups = heads // key.shape[1]
+    if groups > 1:  # as transformers' repeat_kv: each key/value head serves `groups` consecutive query heads
+        key, value = (t[:, :, None].expand(batch, key.shape[1], groups, length, dim).reshape(batch, heads, length, dim)
+                      for t in (key, value))
+    q, k, v = (t.reshape(batch * heads, length, dim) for t in (query, key, value))
+    out: torch.Tensor = _BlockCausalAttention.apply(q, k, v, dim**-0.5 if scaling is None else scaling)
+    return out.view(batch, heads, length, dim).transpose(1, 2).contiguous(), None
+
+
+def fuse_attention(model: torch.nn.Module) -> bool:
+    """Route this process's transformers "sdpa" attention through `causal_attention_forward` when
+    `model` uses it; like `fuse_rotary`, process-wide, falling back to the original for anything else."""
+    from transformers import AttentionInterface
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base, "config", None)
+    if config is None or config.model_type not in _ROTARY_FAMILIES or config._attn_implementation != "sdpa":
+        return False  # families whose attention call is known to be plain scaled causal softmax attention
+    if not _original_sdpa:
+        _original_sdpa.append(AttentionInterface._global_mapping["sdpa"])
+        AttentionInterface.register("sdpa", causal_attention_forward)
+    return True
+
+
+def unfuse_attention() -> None:
+    """Put transformers' own "sdpa" attention function back (tests compare against it)."""
+    from transformers import AttentionInterface
+
+    if _original_sdpa:
+        AttentionInterface.register("sdpa", _original_sdpa.pop())
 
 
 def causal_parts(model: Any) -> tuple[Any, Any] | None:

@@ -793,6 +793,8 @@ def choose_speedups(run: Run) -> dict[str, Any]:
     if run.rt.device == "cpu":
         chosen["fused_rms_norms"] = speedups.fuse_rms_norms(run.model)
         chosen["fused_rotary"] = speedups.fuse_rotary(run.model)
+        if not run.rt.bf16:  # the block attention is fp32 only: under bf16 autocast sdpa's kernel runs
+            chosen["block_causal_attention"] = speedups.fuse_attention(run.model)
     if run.cfg.use_lora and run.rt.device == "cpu":
         workers = min(torch.get_num_threads(), run.cfg.batch_size)
         if labelled and workers > 1 and speedups.ShardedBackward.usable(run.model):

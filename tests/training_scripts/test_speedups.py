@@ -341,3 +341,76 @@ def test_right_padding_runs_causal_attention_without_a_mask_and_other_padding_ke
     batch = {k: v.flip(1) for k, v in batch.items()}  # left padding: the mask must still be applied
     want = model(**batch).loss
     torch.testing.assert_close(speedups.labelled_loss(speedups.causal_parts(model), batch), want)
+
+
+@pytest.fixture
+def attention_restored() -> Any:
+    yield
+    speedups.unfuse_attention()
+
+
+@pytest.mark.parametrize(("length", "kv_heads"), [(150, 4), (64, 4), (7, 2), (130, 1)])
+def test_block_causal_attention_equals_sdpa_forward_and_backward(length: int, kv_heads: int) -> None:
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    module = type("Attn", (), {"is_causal": True, "num_key_value_groups": 4 // kv_heads})()
+    q0 = torch.randn(2, length, 4, 16, requires_grad=True)  # (batch, length, heads, head dim), as the model has it
+    k0, v0 = (torch.randn(2, length, kv_heads, 16, requires_grad=True) for _ in range(2))
+    g = torch.randn(2, length, 4, 16)
+
+    def run(fn: Any) -> list[Any]:
+        q0.grad = k0.grad = v0.grad = None
+        out, _ = fn(module, q0.transpose(1, 2), k0.transpose(1, 2), v0.transpose(1, 2), None, scaling=0.3)
+        out.backward(g)
+        return [out.detach(), q0.grad.clone(), k0.grad.clone(), v0.grad.clone()]
+
+    calls = []
+    apply = speedups._BlockCausalAttention.apply
+    speedups._BlockCausalAttention.apply = lambda *a: calls.append(1) or apply(*a)  # type: ignore[method-assign]
+    try:
+        speedups._original_sdpa.append(sdpa_attention_forward)
+        got = run(speedups.causal_attention_forward)
+    finally:
+        speedups._original_sdpa.clear()
+        del speedups._BlockCausalAttention.apply
+    want = run(sdpa_attention_forward)
+    assert calls == [1]
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_block_attention_trains_the_model_as_sdpa_does_and_falls_back_elsewhere(attention_restored: None) -> None:
+    from transformers import AttentionInterface
+
+    original = AttentionInterface._global_mapping["sdpa"]
+    model = lora_with_trained_b()
+    batch = right_padded_batch()
+    batch["attention_mask"] = speedups._causal_mask_or_none(batch["attention_mask"])  # None: right padding
+    want_loss, want = loss_and_grads(model, batch)
+    assert speedups.fuse_attention(model) and AttentionInterface._global_mapping["sdpa"] is not original
+    calls = []
+    apply = speedups._BlockCausalAttention.apply
+    speedups._BlockCausalAttention.apply = lambda *a: calls.append(1) or apply(*a)  # type: ignore[method-assign]
+    try:
+        got_loss, got = loss_and_grads(model, batch)
+        assert len(calls) == 2  # both layers
+        torch.testing.assert_close(got_loss, want_loss, rtol=1e-5, atol=1e-6)
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+        left = right_padded_batch()
+        left["attention_mask"] = left["attention_mask"].flip(1)  # a mask tensor: sdpa's own kernel
+        loss_and_grads(model, left)
+        loss_and_grads(model, batch, bf16=True)  # bf16 autocast
+        with torch.no_grad():
+            model(**batch)  # evaluation
+        speedups._ATTENTION_SAVED_MAX, saved_max = 0, speedups._ATTENTION_SAVED_MAX
+        try:
+            loss_and_grads(model, batch)  # too long to keep the probabilities
+        finally:
+            speedups._ATTENTION_SAVED_MAX = saved_max
+        assert len(calls) == 2
+    finally:
+        del speedups._BlockCausalAttention.apply
+    speedups.unfuse_attention()
+    assert AttentionInterface._global_mapping["sdpa"] is original
+    assert not speedups.fuse_attention(tiny_causal_lm("gpt2"))
