@@ -448,11 +448,10 @@ def causal_attention_forward(module: Any, query: torch.Tensor, key: torch.Tensor
     if not _block_attention_applies(module, query, key, value, attention_mask, dropout, is_causal, kwargs):
         return _original_sdpa[0](module, query, key, value, attention_mask, dropout=dropout,  # type: ignore[no-any-return]
                                  scaling=scaling, is_causal=is_causal, **kwargs)
+    from transformers.integrations.sdpa_attention import repeat_kv
+
     batch, heads, length, dim = query.shape
-    groups = heads // key.shape[1]
-    if groups > 1:  # as transformers' repeat_kv: each key/value head serves `groups` consecutive query heads
-        key, value = (t[:, :, None].expand(batch, key.shape[1], groups, length, dim).reshape(batch, heads, length, dim)
-                      for t in (key, value))
+    key, value = repeat_kv(key, heads // key.shape[1]), repeat_kv(value, heads // value.shape[1])
     q, k, v = (t.reshape(batch * heads, length, dim) for t in (query, key, value))
     out: torch.Tensor = _BlockCausalAttention.apply(q, k, v, dim**-0.5 if scaling is None else scaling)
     return out.view(batch, heads, length, dim).transpose(1, 2).contiguous(), None
