@@ -5,7 +5,7 @@ Same randomly initialised Llama-style model (hidden 512, 8 layers, 8 heads, inte
 8k byte-level BPE trained on the data), same real data (../shared/data/lf_alpaca_en_demo.json),
 same LoRA (r16 on q/k/v/o), batch size and max length; run one after the other in this
 invocation. Prints non-padding tokens/s of each, the ratio, and model-FLOPs utilisation against
-the fp32 matmul peak measured here (2048^3 matmuls).
+the fp32 matmul peak measured here (2048^3 matmuls, the faster of torch's GEMM and oneDNN's).
 
 MFU counts useful FLOPs only (PERF-NOTES.md): tokens x (4*N + 6*N_lora) + causal attention,
 N = matmul parameters including the output head (frozen weights: forward 2N + input-gradient 2N).
@@ -72,18 +72,32 @@ def build_model(path: Path, records: list[dict]) -> None:
     fast.save_pretrained(path)
 
 
+LIBRARY_PEAKS: dict[str, list[float]] = {}  # "float32 torch" / "float32 oneDNN" -> each matmul_peak's best
+
+
 def matmul_peak(n: int = 2048, reps: int = 5, dtype: str = "float32") -> float:
-    """Best GFLOP/s of n^3 matmuls in `dtype` (after a warm-up)."""
+    """Best GFLOP/s of n^3 matmuls in `dtype` (after a warm-up), by torch's GEMM and, where torch has
+    it, oneDNN's matmul, alternately: the faster library sets the peak. (In fp32 torch's GEMM is MKL's,
+    which on AMD CPUs with AVX-512 runs a non-AVX-512 path; oneDNN's was 1.2-1.7x faster there.)"""
+    import speedups
     import torch
 
     a, b = torch.randn(n, n, dtype=getattr(torch, dtype)), torch.randn(n, n, dtype=getattr(torch, dtype))
-    a @ b
-    times = []
+    calls = {"torch": lambda: a @ b}
+    if speedups.onednn_linear_available():
+        bt = b.t()  # oneDNN computes a @ w.T: a transposed view of b gives a @ b
+        calls["oneDNN"] = lambda: speedups._onednn_linear(a, bt, None)
+    best = dict.fromkeys(calls, float("inf"))
+    for call in calls.values():
+        call()
     for _ in range(reps):
-        t = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t)
-    return 2 * n**3 / min(times) / 1e9
+        for name, call in calls.items():
+            t = time.perf_counter()
+            call()
+            best[name] = min(best[name], time.perf_counter() - t)
+    for name, seconds in best.items():
+        LIBRARY_PEAKS.setdefault(f"{dtype} {name}", []).append(2 * n**3 / seconds / 1e9)
+    return 2 * n**3 / min(best.values()) / 1e9
 
 
 def flops_per_token(model_dir: Path, lengths: list[int], rank: int = 16) -> tuple[float, dict]:
@@ -248,6 +262,10 @@ def report(ours: dict, fp32: dict, trl: dict | None, fpt: float, peaks: dict[str
     for k, v in peaks.items():
         print(f"{k} matmul peak (2048^3): {peak[k]:.1f} GFLOP/s (median of {', '.join(f'{x:.0f}' for x in v)})"
               if v else f"{k} matmul peak: not measured (this CPU has no native {k}; it would only emulate it)")
+        libraries = {name.split()[1]: statistics.median(xs) for name, xs in LIBRARY_PEAKS.items()
+                     if name.startswith(k) and len(xs) == len(v)}
+        if v and len(libraries) > 1:
+            print("  by library (medians): " + ", ".join(f"{name} {x:.1f}" for name, x in libraries.items()))
     print(f"{other_cpu_load()}; steps {args.steps} (TRL {args.trl_steps or args.steps}), batch size "
           f"{args.batch_size}, max length {args.max_length}, LoRA r16 q/k/v/o")
     rows = [("train.py (defaults)", ours)] + ([("train.py bf16=false", fp32)] if fp32 is not ours else [])
@@ -259,6 +277,11 @@ def report(ours: dict, fp32: dict, trl: dict | None, fpt: float, peaks: dict[str
         print(f"{name:<26} {r['tokens_per_second']:>9.1f} non-padding tokens/s  MFU {mfu:6.1%} of the "
               f"{precision} peak  ({r['non_padding_tokens']} tokens in {r['train_step_seconds']:.1f} s)")
     fp32_mfu = fp32["tokens_per_second"] * fpt / (peak["float32"] * 1e9)
+    torch_peak = LIBRARY_PEAKS.get("float32 torch", [])
+    if torch_peak and statistics.median(torch_peak) < 0.97 * peak["float32"]:
+        gemm_peak = statistics.median(torch_peak)
+        print(f"  fp32 MFU against torch's own GEMM's peak ({gemm_peak:.1f} GFLOP/s), as rounds before 2026-12-03 "
+              f"measured it: {fp32['tokens_per_second'] * fpt / gemm_peak / 1e9:.1%}")
     print(f"  train.py skips the output head at unlabelled (prompt) positions: it executes {executed_fraction:.1%} "
           f"of the counted FLOPs; fp32 utilisation counting executed FLOPs only: {fp32_mfu * executed_fraction:.1%}")
     print(f"  train.py speed-ups in this run: {ours.get('speedups')}; bf16 autocast: {ours['bf16']}")

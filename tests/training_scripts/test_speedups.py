@@ -414,3 +414,75 @@ def test_block_attention_trains_the_model_as_sdpa_does_and_falls_back_elsewhere(
     speedups.unfuse_attention()
     assert AttentionInterface._global_mapping["sdpa"] is original
     assert not speedups.fuse_attention(tiny_causal_lm("gpt2"))
+
+
+# ---------------------------------------------------------------- oneDNN linear layers
+
+needs_onednn = pytest.mark.skipif(not speedups.onednn_linear_available(), reason="this torch has no oneDNN linear")
+
+
+@needs_onednn
+def test_onednn_linears_give_the_models_loss_and_gradients(rotary_restored: None) -> None:
+    plain = lora_with_trained_b(0.2)
+    speedups.use_fast_lora_dropout(plain)
+    fast = fused_variant(plain)
+    # the MLP's 3, the 4 LoRA base layers, their A and B (trained: never oneDNN's) per layer, and the head
+    assert speedups.use_onednn_linears(fast) == 2 * (3 + 4 * 3) + 1
+    plain.train()
+    fast.train()
+    calls = []
+    linear = speedups._onednn_linear
+    speedups._onednn_linear = lambda *a: calls.append(1) or linear(*a)  # type: ignore[assignment]
+    try:
+        batch = right_padded_batch()
+        want_loss, want = loss_and_grads(plain, batch)
+        got_loss, got = loss_and_grads(fast, batch)
+    finally:
+        speedups._onednn_linear = linear  # type: ignore[assignment]
+    # forward and input gradient of each frozen layer and of the head, but for the first layer's q, k and v,
+    # whose input (the embeddings) needs no gradient
+    assert len(calls) == 2 * 2 * (3 + 4) + 2 - 3
+    torch.testing.assert_close(got_loss, want_loss, rtol=1e-5, atol=1e-6)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+
+
+@needs_onednn
+def test_onednn_linears_fall_back_and_follow_the_weights() -> None:
+    model = lora_with_trained_b()
+    speedups.fuse_lora_linears(model)
+    speedups.use_onednn_linears(model)
+    model.eval()
+    q = model.base_model.model.model.layers[0].self_attn.q_proj
+    mlp = model.base_model.model.model.layers[0].mlp.up_proj
+    x = torch.randn(2, 5, 32)
+    calls = []
+    apply = speedups._OneDnnLinear.apply
+    speedups._OneDnnLinear.apply = lambda *a: calls.append(1) or apply(*a)  # type: ignore[method-assign]
+    try:
+        torch.testing.assert_close(mlp(x), x @ mlp.weight.t(), rtol=1e-5, atol=1e-6)
+        assert len(calls) == 1
+        with speedups.autocast("cpu", True):
+            assert mlp(x).dtype == torch.bfloat16  # autocast: the layer's own (bf16) forward
+        mlp.weight.requires_grad_(True)  # trained (full fine-tuning): the layer's own forward
+        mlp(x).sum().backward()
+        assert mlp.weight.grad is not None
+        mlp.weight.requires_grad_(False)
+        assert len(calls) == 1
+    finally:
+        del speedups._OneDnnLinear.apply
+    expected = q.base_layer(x) + q.lora_B["default"](q.lora_A["default"](x)) * q.scaling["default"]
+    torch.testing.assert_close(q(x), expected, rtol=1e-5, atol=1e-6)
+    q.merge()  # peft writes the merged weight through .data: the base layer multiplies by it
+    torch.testing.assert_close(q(x), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_onednn_is_preferred_on_amd_cpus_with_avx512_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    def cpu(vendor: str, flags: str) -> bool:
+        monkeypatch.setattr(speedups, "_cpuinfo", lambda: {"vendor_id": vendor, "flags": flags})
+        return speedups.onednn_linear_preferred()
+
+    available = speedups.onednn_linear_available()
+    assert cpu("AuthenticAMD", "fma avx2 avx512f avx512_bf16") is available  # Zen 4: MKL runs its AVX2 path
+    assert not cpu("AuthenticAMD", "fma avx2")  # Zen 2: no AVX-512 for oneDNN to win with
+    assert not cpu("GenuineIntel", "fma avx2 avx512f amx_bf16")  # MKL's own AVX-512 path

@@ -215,11 +215,15 @@ def test_invalid_hyperparameters_name_every_field() -> None:
         assert f"{field}:" in err.message
 
 
-def native_bf16() -> bool:
+def speedups_module() -> Any:
     sys.path.insert(0, str(ROOT / "training_scripts"))
     import speedups
 
-    return speedups.cpu_has_native_bf16()
+    return speedups
+
+
+def native_bf16() -> bool:
+    return bool(speedups_module().cpu_has_native_bf16())
 
 
 @pytest.mark.parametrize(("bf16", "fp16"), [(None, None), (True, None), (False, None), (None, True)])
@@ -334,6 +338,10 @@ def test_run_loss_falls_and_outputs_are_complete(runs: dict[str, Future[Any]]) -
     assert s["speedups"]["fast_lora_dropout_layers"] == 8  # q/k/v/o on the tiny model's 2 layers
     assert s["speedups"]["fused_lora_layers"] == 8 and s["speedups"]["fused_rms_norms"] == 5
     assert s["speedups"]["fused_rotary"] is True
+    fp32 = not s["bf16"]  # the block attention and oneDNN's linears are fp32 only
+    assert s["speedups"].get("block_causal_attention", False) is fp32
+    preferred = fp32 and speedups_module().onednn_linear_preferred()  # AMD CPUs with AVX-512
+    assert s["speedups"].get("onednn_linears", 0) == (2 * (3 + 4 * 3) + 1 if preferred else 0)  # + the head
     import torch
 
     assert s["speedups"].get("batch_shards", 1) == min(torch.get_num_threads(), 4)  # a shard per core, batch 4
