@@ -31,7 +31,7 @@
 - `use_onednn_linears`: torch's fp32 GEMM is MKL's sgemm, which on an AMD CPU with AVX-512 (Zen 4)
   runs a non-AVX-512 path; oneDNN's matmul, which dispatches on the instruction set alone, ran the
   step's frozen-weight GEMMs (forward and input gradient, 75-80% of an fp32 step) 1.08-1.37x faster
-  there, +17-21% end to end on the fp32 bench. Chosen by `onednn_linear_preferred` (AMD + AVX-512).
+  there, +17-24% end to end on the fp32 bench. Chosen by `onednn_linear_preferred` (AMD + AVX-512).
 """
 
 from __future__ import annotations
