@@ -72,13 +72,11 @@ def build_model(path: Path, records: list[dict]) -> None:
     fast.save_pretrained(path)
 
 
-LIBRARY_PEAKS: dict[str, list[float]] = {}  # "float32 torch" / "float32 oneDNN" -> each matmul_peak's best
-
-
-def matmul_peak(n: int = 2048, reps: int = 5, dtype: str = "float32") -> float:
-    """Best GFLOP/s of n^3 matmuls in `dtype` (after a warm-up), by torch's GEMM and, where torch has
-    it, oneDNN's matmul, alternately: the faster library sets the peak. (In fp32 torch's GEMM is MKL's,
-    which on AMD CPUs with AVX-512 runs a non-AVX-512 path; oneDNN's was 1.2-1.7x faster there.)"""
+def matmul_peaks(n: int = 2048, reps: int = 5, dtype: str = "float32") -> dict[str, float]:
+    """Best GFLOP/s of n^3 matmuls in `dtype` (after a warm-up) by library: torch's GEMM and, where
+    torch has it, oneDNN's matmul, measured alternately; the faster one sets the peak. (In fp32 torch's
+    GEMM is MKL's, which on AMD CPUs with AVX-512 runs a non-AVX-512 path; oneDNN's was 1.2-1.7x
+    faster there.)"""
     import speedups
     import torch
 
@@ -95,9 +93,7 @@ def matmul_peak(n: int = 2048, reps: int = 5, dtype: str = "float32") -> float:
             t = time.perf_counter()
             call()
             best[name] = min(best[name], time.perf_counter() - t)
-    for name, seconds in best.items():
-        LIBRARY_PEAKS.setdefault(f"{dtype} {name}", []).append(2 * n**3 / seconds / 1e9)
-    return 2 * n**3 / min(best.values()) / 1e9
+    return {name: 2 * n**3 / seconds / 1e9 for name, seconds in best.items()}
 
 
 def flops_per_token(model_dir: Path, lengths: list[int], rank: int = 16) -> tuple[float, dict]:
@@ -225,20 +221,21 @@ def main() -> None:
         parts["executed_fraction"] = 1 - parts["head"] * 4 * (1 - labelled / sum(lengths)) / fpt
         print(f"model: N={parts['N'] / 1e6:.1f}M matmul params, N_lora={parts['N_lora'] / 1e6:.2f}M, "
               f"{fpt / 1e6:.1f} MFLOP/token useful; torch threads {torch.get_num_threads()}; {other_cpu_load()}")
-        peaks = {"float32": [matmul_peak()], "bfloat16": [matmul_peak(dtype="bfloat16")] if native_bf16 else []}
+        peaks = {"float32": [matmul_peaks()], "bfloat16": [matmul_peaks(dtype="bfloat16")] if native_bf16 else []}
         if not native_bf16 and not args.skip_trl:
-            print(f"no native bf16: a bf16 matmul runs at {matmul_peak(256, 3, 'bfloat16'):.2f} GFLOP/s (256^3) "
-                  f"against {matmul_peak(256, 3):.0f} in fp32, so TRL's bf16 default would take hours here: "
+            print(f"no native bf16: a bf16 matmul runs at {max(matmul_peaks(256, 3, 'bfloat16').values()):.2f} "
+                  f"GFLOP/s (256^3) against {max(matmul_peaks(256, 3).values()):.0f} in fp32, so TRL's bf16 default "
+                  f"would take hours here: "
                   f"TRL runs with bf16=False, its other defaults kept")
         ours = run_train_py(work / "base", records, work / "ours", args)  # defaults: bf16 where native
         fp32 = run_train_py(work / "base", records, work / "fp32", args, bf16=False) if ours["bf16"] else ours
         baseline = (run_train_py(work / "base", records, work / "baseline", args, root=args.baseline_root,
                                  bf16=False) if args.baseline_root else None)
-        peaks["float32"].append(matmul_peak())
+        peaks["float32"].append(matmul_peaks())
         trl = None if args.skip_trl else run_trl(work / "base", records, work, args, native_bf16)
-        peaks["float32"].append(matmul_peak())
+        peaks["float32"].append(matmul_peaks())
         if native_bf16:
-            peaks["bfloat16"].append(matmul_peak(dtype="bfloat16"))
+            peaks["bfloat16"].append(matmul_peaks(dtype="bfloat16"))
     missed = report(ours, fp32, trl, fpt, peaks, args, parts["executed_fraction"], baseline)
     if missed:
         print("targets missed: " + "; ".join(missed))
@@ -255,17 +252,17 @@ def _lengths(model_dir: Path, records: list[dict], max_length: int) -> tuple[lis
     return [len(ids) for ids, _ in pairs], sum(sum(1 for x in labels if x != -100) for _, labels in pairs)
 
 
-def report(ours: dict, fp32: dict, trl: dict | None, fpt: float, peaks: dict[str, list[float]],
+def report(ours: dict, fp32: dict, trl: dict | None, fpt: float, peaks: dict[str, list[dict[str, float]]],
            args: argparse.Namespace, executed_fraction: float, baseline: dict | None = None) -> list[str]:
-    """Prints the figures; returns the targets missed."""
-    peak = {k: statistics.median(v) for k, v in peaks.items() if v}
-    for k, v in peaks.items():
+    """Prints the figures; returns the targets missed. `peaks`: per precision, each `matmul_peaks` taken."""
+    best = {k: [max(m.values()) for m in v] for k, v in peaks.items()}
+    peak = {k: statistics.median(v) for k, v in best.items() if v}
+    library = {k: {name: statistics.median(m[name] for m in v) for name in v[0]} for k, v in peaks.items() if v}
+    for k, v in best.items():
         print(f"{k} matmul peak (2048^3): {peak[k]:.1f} GFLOP/s (median of {', '.join(f'{x:.0f}' for x in v)})"
               if v else f"{k} matmul peak: not measured (this CPU has no native {k}; it would only emulate it)")
-        libraries = {name.split()[1]: statistics.median(xs) for name, xs in LIBRARY_PEAKS.items()
-                     if name.startswith(k) and len(xs) == len(v)}
-        if v and len(libraries) > 1:
-            print("  by library (medians): " + ", ".join(f"{name} {x:.1f}" for name, x in libraries.items()))
+        if len(library.get(k, {})) > 1:
+            print("  by library (medians): " + ", ".join(f"{name} {x:.1f}" for name, x in library[k].items()))
     print(f"{other_cpu_load()}; steps {args.steps} (TRL {args.trl_steps or args.steps}), batch size "
           f"{args.batch_size}, max length {args.max_length}, LoRA r16 q/k/v/o")
     rows = [("train.py (defaults)", ours)] + ([("train.py bf16=false", fp32)] if fp32 is not ours else [])
@@ -277,14 +274,15 @@ def report(ours: dict, fp32: dict, trl: dict | None, fpt: float, peaks: dict[str
         print(f"{name:<26} {r['tokens_per_second']:>9.1f} non-padding tokens/s  MFU {mfu:6.1%} of the "
               f"{precision} peak  ({r['non_padding_tokens']} tokens in {r['train_step_seconds']:.1f} s)")
     fp32_mfu = fp32["tokens_per_second"] * fpt / (peak["float32"] * 1e9)
-    torch_peak = LIBRARY_PEAKS.get("float32 torch", [])
-    if torch_peak and statistics.median(torch_peak) < 0.97 * peak["float32"]:
-        gemm_peak = statistics.median(torch_peak)
+    gemm_peak = library["float32"]["torch"]
+    if gemm_peak < 0.97 * peak["float32"]:
         print(f"  fp32 MFU against torch's own GEMM's peak ({gemm_peak:.1f} GFLOP/s), as rounds before 2026-12-03 "
               f"measured it: {fp32['tokens_per_second'] * fpt / gemm_peak / 1e9:.1%}")
     print(f"  train.py skips the output head at unlabelled (prompt) positions: it executes {executed_fraction:.1%} "
           f"of the counted FLOPs; fp32 utilisation counting executed FLOPs only: {fp32_mfu * executed_fraction:.1%}")
     print(f"  train.py speed-ups in this run: {ours.get('speedups')}; bf16 autocast: {ours['bf16']}")
+    if fp32 is not ours:
+        print(f"  train.py bf16=false speed-ups: {fp32.get('speedups')}")
     if baseline:
         print(f"ratio train.py bf16=false / baseline tree ({args.baseline_root}) bf16=false: "
               f"{fp32['tokens_per_second'] / baseline['tokens_per_second']:.2f}x (same run, one after the other)")
