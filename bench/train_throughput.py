@@ -5,7 +5,8 @@ Same randomly initialised Llama-style model (hidden 512, 8 layers, 8 heads, inte
 8k byte-level BPE trained on the data), same real data (../shared/data/lf_alpaca_en_demo.json),
 same LoRA (r16 on q/k/v/o), batch size and max length; run one after the other in this
 invocation. Prints non-padding tokens/s of each, the ratio, and model-FLOPs utilisation against
-the fp32 matmul peak measured here (2048^3 matmuls, the faster of torch's GEMM and oneDNN's).
+the fp32 matmul peak measured here (2048^3 matmuls, the faster of torch's GEMM and oneDNN's; on an
+AMD CPU with AVX-512 torch's GEMM is MKL's AVX-512 one here, as in train.py: see mkl_dispatch.py).
 
 MFU counts useful FLOPs only (PERF-NOTES.md): tokens x (4*N + 6*N_lora) + causal attention,
 N = matmul parameters including the output head (frozen weights: forward 2N + input-gradient 2N).
@@ -207,6 +208,11 @@ def main() -> None:
     if not DATA.exists():
         print(f"SKIP: {DATA} not found (the shared Alpaca demo data set)")
         return
+    import mkl_dispatch
+
+    # as train.py does, before torch loads: on an AMD CPU with AVX-512 MKL then runs its AVX-512 kernels,
+    # in torch's GEMM peak below and in the TRL run too
+    mkl_why_not = mkl_dispatch.load()
     import speedups
     import torch
 
@@ -221,6 +227,8 @@ def main() -> None:
         parts["executed_fraction"] = 1 - parts["head"] * 4 * (1 - labelled / sum(lengths)) / fpt
         print(f"model: N={parts['N'] / 1e6:.1f}M matmul params, N_lora={parts['N_lora'] / 1e6:.2f}M, "
               f"{fpt / 1e6:.1f} MFLOP/token useful; torch threads {torch.get_num_threads()}; {other_cpu_load()}")
+        mkl = f"yes (MKL code path {mkl_dispatch.mkl_code_path()})" if mkl_dispatch.active() else f"no: {mkl_why_not}"
+        print(f"MKL's AVX-512 kernels on this AMD CPU (mkl_dispatch): {mkl}")
         peaks = {"float32": [matmul_peaks()], "bfloat16": [matmul_peaks(dtype="bfloat16")] if native_bf16 else []}
         if not native_bf16 and not args.skip_trl:
             print(f"no native bf16: a bf16 matmul runs at {max(matmul_peaks(256, 3, 'bfloat16').values()):.2f} "

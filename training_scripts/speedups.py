@@ -31,7 +31,9 @@
 - `use_onednn_linears`: torch's fp32 GEMM is MKL's sgemm, which on an AMD CPU with AVX-512 (Zen 4)
   runs a non-AVX-512 path; oneDNN's matmul, which dispatches on the instruction set alone, ran the
   step's frozen-weight GEMMs (forward and input gradient, 75-80% of an fp32 step) 1.08-1.37x faster
-  there, +17-24% end to end on the fp32 bench. Chosen by `onednn_linear_preferred` (AMD + AVX-512).
+  there, +17-24% end to end on the fp32 bench. Chosen by `onednn_linear_preferred` (AMD + AVX-512),
+  unless mkl_dispatch.py made MKL itself run its AVX-512 kernels (train.py loads it first): then
+  MKL's GEMMs were as fast and the attention's and LoRA's batched/small GEMMs faster too.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F  # noqa: N812 - the usual name
+from mkl_dispatch import active as mkl_avx512_on_amd
+from mkl_dispatch import cpuinfo as _cpuinfo
 
 IGNORE_INDEX = -100
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
@@ -53,22 +57,6 @@ _MMAP_THRESHOLD_MAX = 32 * 1024 * 1024  # glibc's ceiling for M_MMAP_THRESHOLD o
 # Families whose causal-LM head is exactly `lm_head(base_model(...).last_hidden_state)`: no logit
 # soft-capping or scaling between the two (those models keep the plain `model(**batch).loss` path).
 PLAIN_HEAD_FAMILIES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gpt2", "gpt_neox", "phi3"})
-
-
-@functools.cache
-def _cpuinfo() -> dict[str, str]:
-    """The first processor's fields of /proc/cpuinfo ("vendor_id", "flags", ...); empty where unreadable."""
-    fields: dict[str, str] = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if not line.strip():
-                    break
-                key, _, value = line.partition(":")
-                fields[key.strip()] = value.strip()
-    except OSError:
-        pass
-    return fields
 
 
 def cpu_has_native_bf16() -> bool:
@@ -86,10 +74,11 @@ def onednn_linear_preferred() -> bool:
     """Whether fp32 linear layers are faster through oneDNN's matmul than through torch's GEMM (MKL's
     sgemm) on this CPU: on AMD CPUs with AVX-512, where MKL does not take its AVX-512 code path
     (oneDNN, which dispatches on the instruction set alone, was 1.08-1.37x faster on every GEMM shape
-    of a training step on a Zen 4 EPYC, one thread)."""
+    of a training step on a Zen 4 EPYC, one thread), unless `mkl_dispatch.load()` made MKL take it in
+    this process: then MKL was as fast or faster, with no kernel to prepare for each new row count."""
     info = _cpuinfo()
     return (info.get("vendor_id") == "AuthenticAMD" and "avx512f" in info.get("flags", "").split()
-            and onednn_linear_available())
+            and onednn_linear_available() and not mkl_avx512_on_amd())
 
 
 def autocast(device_type: str, bf16: bool) -> Any:

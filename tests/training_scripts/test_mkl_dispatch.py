@@ -1,0 +1,83 @@
+"""training_scripts/mkl_dispatch.py: MKL's AVX-512 kernels on AMD CPUs with AVX-512, loaded before torch."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "training_scripts"
+sys.path.insert(0, str(SCRIPTS))
+import mkl_dispatch  # noqa: E402
+
+ZEN4 = {"vendor_id": "AuthenticAMD", "flags": "fpu sse2 avx2 fma avx512f avx512dq avx512bw avx512vl avx512_bf16"}
+ZEN3 = {"vendor_id": "AuthenticAMD", "flags": "fpu sse2 avx2 fma"}
+SAPPHIRE_RAPIDS = {"vendor_id": "GenuineIntel", "flags": ZEN4["flags"] + " amx_bf16"}
+ON_X86_LINUX = mkl_dispatch.applies(ZEN4, {}) is None
+
+
+@pytest.mark.skipif(not ON_X86_LINUX, reason="Linux x86-64 only")
+def test_applies_to_amd_cpus_with_avx512_only() -> None:
+    assert mkl_dispatch.applies(ZEN4, {}) is None
+    assert mkl_dispatch.applies(ZEN4, {mkl_dispatch.ENV_SWITCH: "1"}) is None
+    assert "no AVX-512" in (mkl_dispatch.applies(ZEN3, {}) or "")
+    assert "not an AMD CPU" in (mkl_dispatch.applies(SAPPHIRE_RAPIDS, {}) or "")
+    no_vl = {"vendor_id": "AuthenticAMD", "flags": "avx2 avx512f avx512dq avx512bw"}  # MKL's kernels need VL
+    assert mkl_dispatch.applies(no_vl, {}) is not None
+    for off in ("0", "false", "off"):
+        assert mkl_dispatch.applies(ZEN4, {mkl_dispatch.ENV_SWITCH: off}) == f"{mkl_dispatch.ENV_SWITCH}={off}"
+
+
+def test_load_changes_nothing_once_torch_is_imported() -> None:
+    pytest.importorskip("torch")
+    why = mkl_dispatch.load(ZEN4)
+    assert why is not None and not mkl_dispatch.active()
+    assert "torch was imported first" in why or not ON_X86_LINUX
+
+
+def run_python(code: str, **env: str) -> dict:
+    proc = subprocess.run([sys.executable, "-c", code], cwd=SCRIPTS, capture_output=True, text=True, timeout=120,
+                          env=os.environ | {"PYTHONPATH": str(SCRIPTS)} | env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+PROBE = """
+import json, sys, mkl_dispatch
+why = mkl_dispatch.load({info})
+import torch
+torch.manual_seed(0)
+a, b = torch.randn(300, 200), torch.randn(200, 100)
+q, k = torch.randn(8, 64, 64), torch.randn(8, 64, 100)
+err = max(float((a @ b - (a.double() @ b.double()).float()).abs().max()),
+          float((torch.bmm(q, k) - torch.bmm(q.double(), k.double()).float()).abs().max()))
+print(json.dumps({{"why": why, "active": mkl_dispatch.active(), "code": mkl_dispatch.mkl_code_path(), "err": err}}))
+"""
+
+
+@pytest.mark.skipif(not ON_X86_LINUX or not (shutil.which("cc") or shutil.which("gcc")),
+                    reason="needs Linux x86-64 and a C compiler")
+def test_load_makes_mkl_take_its_avx512_code_path() -> None:
+    pytest.importorskip("torch")
+    loaded = run_python(PROBE.format(info="ZEN4_INFO").replace("ZEN4_INFO", repr(ZEN4)))
+    off = run_python(PROBE.format(info="None"), **{mkl_dispatch.ENV_SWITCH: "0"})
+    assert loaded["why"] is None and loaded["active"] is True
+    assert off["why"] == f"{mkl_dispatch.ENV_SWITCH}=0" and off["active"] is False
+    assert loaded["err"] < 1e-3 and off["err"] < 1e-3  # fp32 GEMMs stay right whichever kernels run
+    if loaded["code"] is None:
+        pytest.skip("this torch's MKL does not export mkl_serv_cpu_detect")
+    assert loaded["code"] >= off["code"]
+    if mkl_dispatch.applies() is None:  # this machine is an AMD CPU with AVX-512: MKL changed its path
+        assert loaded["code"] > off["code"], (loaded, off)
+
+
+@pytest.mark.skipif(not ON_X86_LINUX, reason="Linux x86-64 only")
+def test_load_without_a_compiler_says_so() -> None:
+    pytest.importorskip("torch")
+    got = run_python(PROBE.format(info="ZEN4_INFO").replace("ZEN4_INFO", repr(ZEN4)), PATH="/nonexistent")
+    assert got["why"] == "no C compiler (cc) to build the library" and got["active"] is False
