@@ -34,6 +34,17 @@ RUN pip install --upgrade pip \
     esac \
  && pip install ".${EXTRAS:+[${EXTRAS}]}"
 
+# With torch (local training): the one-line library that makes MKL run its AVX-512 kernels on AMD
+# CPUs (training_scripts/mkl_dispatch.py), built here because the runtime image has no C compiler;
+# it lands in the root-owned venv, where mkl_dispatch.PREBUILT looks for it.
+COPY training_scripts/mkl_dispatch.py /build/mkl_dispatch.py
+RUN case ",${EXTRAS}," in \
+      *,local,*) apt-get update \
+        && apt-get install -y --no-install-recommends gcc libc6-dev \
+        && python /build/mkl_dispatch.py --build /opt/venv/lib/llmtuner \
+        && rm -rf /var/lib/apt/lists/* ;; \
+    esac
+
 # --- runtime: the venv, the code, a non-root user ------------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
 

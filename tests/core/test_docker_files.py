@@ -279,6 +279,24 @@ def test_healthcheck_probes_api_health(runtime: Stage) -> None:
     assert f":{port}/api/health" in line
 
 
+def test_builder_builds_the_mkl_library_where_train_py_looks(dockerfile: tuple[list[str], list[Stage]],
+                                                             runtime: Stage) -> None:
+    """The runtime image has no C compiler: the builder compiles mkl_dispatch's library into the venv."""
+    sys.path.insert(0, str(ROOT / "training_scripts"))
+    import mkl_dispatch
+
+    builder = next(s for s in dockerfile[1] if s.name == "builder")
+    build = next(r for r in builder.all("RUN") if "mkl_dispatch.py --build" in r)
+    venv = "/opt/venv"
+    assert f"COPY --from=builder {venv} {venv}" in runtime.all("COPY") or \
+        any(c.endswith(f"{venv} {venv}") for c in runtime.all("COPY")), "the runtime gets the builder's venv"
+    target = re.search(r"mkl_dispatch\.py --build (\S+)", build).group(1)  # type: ignore[union-attr]
+    prefix = Path(sys.prefix)
+    assert Path(venv) / mkl_dispatch.PREBUILT.relative_to(prefix) == Path(target) / mkl_dispatch.LIBRARY
+    assert "gcc" in build and "*,local,*" in build, "built with the local extra (torch), which trains"
+    assert any("training_scripts/mkl_dispatch.py" in c for c in builder.all("COPY"))
+
+
 def test_copied_paths_exist(dockerfile: tuple[list[str], list[Stage]]) -> None:
     ignored = {ln.strip().rstrip("/") for ln in (ROOT / ".dockerignore").read_text().splitlines()
                if ln.strip() and not ln.startswith("#")}

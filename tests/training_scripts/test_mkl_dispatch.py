@@ -49,6 +49,8 @@ def run_python(code: str, **env: str) -> dict:
 
 PROBE = """
 import json, sys, mkl_dispatch
+from pathlib import Path
+mkl_dispatch.PREBUILT = Path({prebuilt!r})
 why = mkl_dispatch.load({info})
 import torch
 torch.manual_seed(0)
@@ -60,12 +62,16 @@ print(json.dumps({{"why": why, "active": mkl_dispatch.active(), "code": mkl_disp
 """
 
 
+def probe(info: dict[str, str] | None, prebuilt: Path = Path("/nonexistent") / mkl_dispatch.LIBRARY) -> str:
+    return PROBE.format(info=repr(info), prebuilt=str(prebuilt))
+
+
 @pytest.mark.skipif(not ON_X86_LINUX or not (shutil.which("cc") or shutil.which("gcc")),
                     reason="needs Linux x86-64 and a C compiler")
 def test_load_makes_mkl_take_its_avx512_code_path() -> None:
     pytest.importorskip("torch")
-    loaded = run_python(PROBE.format(info="ZEN4_INFO").replace("ZEN4_INFO", repr(ZEN4)))
-    off = run_python(PROBE.format(info="None"), **{mkl_dispatch.ENV_SWITCH: "0"})
+    loaded = run_python(probe(ZEN4))
+    off = run_python(probe(None), **{mkl_dispatch.ENV_SWITCH: "0"})
     assert loaded["why"] is None and loaded["active"] is True
     assert off["why"] == f"{mkl_dispatch.ENV_SWITCH}=0" and off["active"] is False
     assert loaded["err"] < 1e-3 and off["err"] < 1e-3  # fp32 GEMMs stay right whichever kernels run
@@ -79,5 +85,22 @@ def test_load_makes_mkl_take_its_avx512_code_path() -> None:
 @pytest.mark.skipif(not ON_X86_LINUX, reason="Linux x86-64 only")
 def test_load_without_a_compiler_says_so() -> None:
     pytest.importorskip("torch")
-    got = run_python(PROBE.format(info="ZEN4_INFO").replace("ZEN4_INFO", repr(ZEN4)), PATH="/nonexistent")
+    got = run_python(probe(ZEN4), PATH="/nonexistent")
+    assert got["why"] == "no C compiler (cc) to build the library" and got["active"] is False
+
+
+@pytest.mark.skipif(not ON_X86_LINUX or not (shutil.which("cc") or shutil.which("gcc")),
+                    reason="needs Linux x86-64 and a C compiler")
+def test_a_prebuilt_library_loads_without_a_compiler_unless_others_can_write_it(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    built = tmp_path / "lib" / "llmtuner"
+    proc = subprocess.run([sys.executable, str(SCRIPTS / "mkl_dispatch.py"), "--build", str(built)],
+                          capture_output=True, text=True, timeout=120)  # as the Dockerfile's builder runs it
+    assert proc.returncode == 0, proc.stderr
+    lib = built / mkl_dispatch.LIBRARY
+    assert proc.stdout.strip() == str(lib) and lib.is_file() and not list(built.glob("*.c"))
+    got = run_python(probe(ZEN4, lib), PATH="/nonexistent")
+    assert got["why"] is None and got["active"] is True and got["err"] < 1e-3
+    lib.chmod(0o666)  # anyone could replace it: not loaded, and with no compiler nothing changes
+    got = run_python(probe(ZEN4, lib), PATH="/nonexistent")
     assert got["why"] == "no C compiler (cc) to build the library" and got["active"] is False
