@@ -212,7 +212,7 @@ def main() -> None:
 
     # as train.py does, before torch loads: on an AMD CPU with AVX-512 MKL then runs its AVX-512 kernels,
     # in torch's GEMM peak below and in the TRL run too
-    mkl_why_not = mkl_dispatch.load()
+    mkl_dispatch.load()
     import speedups
     import torch
 
@@ -227,8 +227,9 @@ def main() -> None:
         parts["executed_fraction"] = 1 - parts["head"] * 4 * (1 - labelled / sum(lengths)) / fpt
         print(f"model: N={parts['N'] / 1e6:.1f}M matmul params, N_lora={parts['N_lora'] / 1e6:.2f}M, "
               f"{fpt / 1e6:.1f} MFLOP/token useful; torch threads {torch.get_num_threads()}; {other_cpu_load()}")
-        mkl = f"yes (MKL code path {mkl_dispatch.mkl_code_path()})" if mkl_dispatch.active() else f"no: {mkl_why_not}"
-        print(f"MKL's AVX-512 kernels on this AMD CPU (mkl_dispatch): {mkl}")
+        why_not = mkl_dispatch.why_not()
+        print("MKL's AVX-512 kernels on this AMD CPU (mkl_dispatch): "
+              + (f"no: {why_not}" if why_not else f"yes (MKL code path {mkl_dispatch.mkl_code_path()})"))
         peaks = {"float32": [matmul_peaks()], "bfloat16": [matmul_peaks(dtype="bfloat16")] if native_bf16 else []}
         if not native_bf16 and not args.skip_trl:
             print(f"no native bf16: a bf16 matmul runs at {max(matmul_peaks(256, 3, 'bfloat16').values()):.2f} "

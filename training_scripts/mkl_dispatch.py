@@ -46,6 +46,7 @@ LIBRARY = "libmkl_intel_cpu_true.so"
 PREBUILT = Path(sys.prefix) / "lib" / "llmtuner" / LIBRARY  # where the Docker image puts it
 AVX512_FLAGS = frozenset({"avx512f", "avx512bw", "avx512dq", "avx512vl"})
 _loaded: list[str] = []  # the library's path once loaded in this process
+_why_not = ["load() was not called"]  # why the last load() changed nothing; empty once loaded
 
 
 @functools.cache
@@ -83,8 +84,17 @@ def load(info: dict[str, str] | None = None) -> str | None:
     """Make MKL use its AVX-512 kernels on this AMD CPU (see the module docstring); None when done
     (or already done in this process), otherwise why nothing changed. Call before importing torch.
     `info`: /proc/cpuinfo's fields as `cpuinfo()` reads them (tests pass another CPU's)."""
-    if _loaded:
-        return None
+    why = None if _loaded else _load(info)
+    _why_not[:] = [why] if why else []
+    return why
+
+
+def why_not() -> str | None:
+    """Why MKL keeps its generic kernels in this process (None once `load()` loaded the library)."""
+    return _why_not[0] if _why_not else None
+
+
+def _load(info: dict[str, str] | None) -> str | None:
     why = applies(info)
     if why:
         return why

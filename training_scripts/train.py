@@ -48,7 +48,6 @@ INFERENCE_REQUIREMENTS = "peft>=0.17\naccelerate>=1.0\nsafetensors>=0.4\nsentenc
 IGNORE_INDEX = -100
 _METRIC_STDOUT = sys.stdout  # stdout is reserved for metric lines; see main()
 _ALLOCATOR_TUNED = False  # set by main(): see speedups.tune_allocator
-_MKL_NOT_AVX512: str | None = "train.main() did not run"  # set by main(): why mkl_dispatch.load() changed nothing
 
 
 class TrainError(Exception):
@@ -795,8 +794,8 @@ def choose_speedups(run: Run) -> dict[str, Any]:
         import mkl_dispatch
 
         chosen["mkl_avx512_on_amd"] = mkl_dispatch.active()
-        if _MKL_NOT_AVX512 and mkl_dispatch.applies() is None:  # an AMD CPU with AVX-512, and it did not load
-            log(f"MKL keeps its generic (AVX2) kernels on this AMD CPU: {_MKL_NOT_AVX512}")
+        if mkl_dispatch.why_not() and mkl_dispatch.applies() is None:  # an AMD CPU with AVX-512, not loaded
+            log(f"MKL keeps its generic (AVX2) kernels on this AMD CPU: {mkl_dispatch.why_not()}")
         chosen["fused_rms_norms"] = speedups.fuse_rms_norms(run.model)
         chosen["fused_rotary"] = speedups.fuse_rotary(run.model)
         if not run.rt.bf16:  # fp32 only: under bf16 autocast sdpa's kernel runs, and matmuls are oneDNN's already
@@ -930,7 +929,7 @@ def quiet_libraries() -> None:
 
 
 def main() -> int:
-    global _METRIC_STDOUT, _ALLOCATOR_TUNED, _MKL_NOT_AVX512
+    global _METRIC_STDOUT, _ALLOCATOR_TUNED
     _METRIC_STDOUT = sys.stdout
     sys.stdout = sys.stderr  # anything else that prints goes to stderr: stdout stays parseable
     env = dict(os.environ)
@@ -939,7 +938,7 @@ def main() -> int:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     import mkl_dispatch
 
-    _MKL_NOT_AVX512 = mkl_dispatch.load()  # before anything imports torch
+    mkl_dispatch.load()  # before anything imports torch
     import speedups
 
     _ALLOCATOR_TUNED = speedups.tune_allocator()

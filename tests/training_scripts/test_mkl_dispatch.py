@@ -36,7 +36,7 @@ def test_applies_to_amd_cpus_with_avx512_only() -> None:
 def test_load_changes_nothing_once_torch_is_imported() -> None:
     pytest.importorskip("torch")
     why = mkl_dispatch.load(ZEN4)
-    assert why is not None and not mkl_dispatch.active()
+    assert why is not None and not mkl_dispatch.active() and mkl_dispatch.why_not() == why
     assert "torch was imported first" in why or not ON_X86_LINUX
 
 
@@ -58,6 +58,7 @@ a, b = torch.randn(300, 200), torch.randn(200, 100)
 q, k = torch.randn(8, 64, 64), torch.randn(8, 64, 100)
 err = max(float((a @ b - (a.double() @ b.double()).float()).abs().max()),
           float((torch.bmm(q, k) - torch.bmm(q.double(), k.double()).float()).abs().max()))
+assert mkl_dispatch.why_not() == why
 print(json.dumps({{"why": why, "active": mkl_dispatch.active(), "code": mkl_dispatch.mkl_code_path(), "err": err}}))
 """
 
