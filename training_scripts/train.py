@@ -798,10 +798,9 @@ def choose_speedups(run: Run) -> dict[str, Any]:
             log(f"MKL keeps its generic (AVX2) kernels on this AMD CPU: {mkl_dispatch.why_not()}")
         chosen["fused_rms_norms"] = speedups.fuse_rms_norms(run.model)
         chosen["fused_rotary"] = speedups.fuse_rotary(run.model)
-        if not run.rt.bf16:  # fp32 only: under bf16 autocast sdpa's kernel runs, and matmuls are oneDNN's already
-            chosen["block_causal_attention"] = speedups.fuse_attention(run.model)
-            if speedups.onednn_linear_preferred():
-                chosen["onednn_linears"] = speedups.use_onednn_linears(run.model)
+        chosen["block_causal_attention"] = speedups.fuse_attention(run.model)  # fp32 and bf16 autocast
+        if not run.rt.bf16 and speedups.onednn_linear_preferred():  # bf16 matmuls are oneDNN's already
+            chosen["onednn_linears"] = speedups.use_onednn_linears(run.model)
     if run.cfg.use_lora and run.rt.device == "cpu":
         workers = min(torch.get_num_threads(), run.cfg.batch_size)
         if labelled and workers > 1 and speedups.ShardedBackward.usable(run.model):

@@ -327,6 +327,63 @@ def test_sum_cross_entropy_equals_torchs() -> None:
     torch.testing.assert_close(logits.grad, want_grad)
 
 
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("chunk", [4, 128])
+def test_head_cross_entropy_equals_the_head_then_torchs_loss(bias: bool, chunk: int, monkeypatch: Any) -> None:
+    monkeypatch.setattr(speedups, "_HEAD_CHUNK_ROWS", chunk)  # 4: 3 chunks, the last one short
+    head = torch.nn.Linear(8, 13, bias=bias).requires_grad_(False)
+    hidden = torch.randn(11, 8, requires_grad=True)
+    targets = torch.randint(0, 13, (11,))
+    want = torch.nn.functional.cross_entropy(head(hidden), targets, reduction="sum")
+    (want * 3).backward()
+    want_grad = hidden.grad.clone()
+    hidden.grad = None
+    got = speedups._HeadCrossEntropy.apply(hidden, head.weight, head.bias, targets, torch.float32)
+    (got * 3).backward()
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(hidden.grad, want_grad)
+    with torch.no_grad():  # evaluation: the loss alone
+        torch.testing.assert_close(speedups._HeadCrossEntropy.apply(hidden, head.weight, head.bias, targets,
+                                                                    torch.float32), want.detach())
+    empty = torch.zeros(0, 8, requires_grad=True)
+    none = speedups._HeadCrossEntropy.apply(empty, head.weight, head.bias, targets[:0], torch.float32)
+    assert float(none.detach()) == 0
+
+
+def test_head_cross_entropy_under_bf16_autocast_computes_what_the_plain_path_does(monkeypatch: Any) -> None:
+    monkeypatch.setattr(speedups, "_HEAD_CHUNK_ROWS", 5)
+    model = with_lora(tiny_causal_lm())
+    decoder, head = speedups.causal_parts(model)
+    batch = right_padded_batch()
+    fused = []
+    apply = speedups._HeadCrossEntropy.apply
+    monkeypatch.setattr(speedups._HeadCrossEntropy, "apply", lambda *a: fused.append(a[4]) or apply(*a))
+
+    def loss_and_grads(use_fused: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model.zero_grad()
+        monkeypatch.setattr(speedups, "_fused_head_applies", lambda *_: use_fused)
+        with speedups.autocast("cpu", True):
+            loss = speedups.labelled_loss((decoder, head), batch)
+        loss.backward()
+        return loss.detach(), grads(model)
+
+    want_loss, want = loss_and_grads(False)  # head(rows).float() then _SumCrossEntropy
+    got_loss, got = loss_and_grads(True)
+    assert fused == [torch.bfloat16]
+    assert got_loss.dtype == torch.float32
+    torch.testing.assert_close(got_loss, want_loss, rtol=1e-5, atol=1e-5)
+    for a, b in zip(got, want, strict=True):  # bf16 GEMMs in other shapes: a few bf16 roundings apart at most
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-3)
+
+
+def test_a_trained_head_keeps_the_plain_loss() -> None:
+    head = torch.nn.Linear(8, 13)
+    rows = torch.randn(3, 8)
+    assert not speedups._fused_head_applies(head, rows)  # full fine-tuning trains the head
+    assert speedups._fused_head_applies(head.requires_grad_(False), rows)
+    assert not speedups._fused_head_applies(torch.nn.Sequential(head), rows)
+
+
 def test_right_padding_runs_causal_attention_without_a_mask_and_other_padding_keeps_it() -> None:
     right = right_padded_batch()["attention_mask"]
     assert speedups._causal_mask_or_none(right) is None
@@ -400,7 +457,6 @@ def test_block_attention_trains_the_model_as_sdpa_does_and_falls_back_elsewhere(
         left = right_padded_batch()
         left["attention_mask"] = left["attention_mask"].flip(1)  # a mask tensor: sdpa's own kernel
         loss_and_grads(model, left)
-        loss_and_grads(model, batch, bf16=True)  # bf16 autocast
         with torch.no_grad():
             model(**batch)  # evaluation
         speedups._ATTENTION_SAVED_MAX, saved_max = 0, speedups._ATTENTION_SAVED_MAX
@@ -414,6 +470,69 @@ def test_block_attention_trains_the_model_as_sdpa_does_and_falls_back_elsewhere(
     speedups.unfuse_attention()
     assert AttentionInterface._global_mapping["sdpa"] is original
     assert not speedups.fuse_attention(tiny_causal_lm("gpt2"))
+
+
+def relative_errors(got: list[torch.Tensor], want: list[torch.Tensor]) -> list[float]:
+    return [float((a.float() - b).norm() / b.norm()) for a, b in zip(got, want, strict=True)]
+
+
+@pytest.mark.parametrize("length", [70, 200])
+def test_block_attention_in_bf16_is_about_as_accurate_as_sdpas_bf16_kernel(length: int) -> None:
+    """Against fp32, bf16 block attention (scores rounded to bf16 before the softmax, as transformers'
+    eager attention does, probabilities kept in bf16) errs about as much as torch's bf16 flash kernel."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(6, length, 32, requires_grad=True) for _ in range(3))
+    g = torch.randn(6, length, 32)
+
+    def run(fn: Any, tensors: tuple[torch.Tensor, ...], grad: torch.Tensor) -> list[torch.Tensor]:
+        out = fn(*tensors)
+        out.backward(grad)
+        return [out.detach(), *(t.grad for t in tensors)]
+
+    want = run(lambda *t: speedups._BlockCausalAttention.apply(*t, 0.3), (q, k, v), g)
+    want_sdpa = [q.grad.clone(), k.grad.clone(), v.grad.clone()]
+    q.grad = k.grad = v.grad = None
+    sdpa = run(lambda *t: torch.nn.functional.scaled_dot_product_attention(*t, is_causal=True, scale=0.3), (q, k, v), g)
+    for a, b in zip(sdpa[1:], want_sdpa, strict=True):  # the fp32 reference is sdpa's own fp32 result
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+    def bf16() -> tuple[torch.Tensor, ...]:
+        return tuple(t.detach().bfloat16().requires_grad_() for t in (q, k, v))
+
+    flash = relative_errors(run(lambda *t: torch.nn.functional.scaled_dot_product_attention(
+        *t, is_causal=True, scale=0.3), bf16(), g.bfloat16()), want)
+    block = relative_errors(run(lambda *t: speedups._BlockCausalAttention.apply(*t, 0.3), bf16(), g.bfloat16()), want)
+    assert max(flash) < 0.02  # bf16 rounding: ~0.4% per value
+    for ours, theirs in zip(block, flash, strict=True):  # output, dq, dk, dv
+        assert ours < 2 * theirs + 1e-3, (block, flash)
+
+
+def test_block_attention_runs_under_bf16_autocast_and_trains_as_sdpa_does(attention_restored: None) -> None:
+    model = lora_with_trained_b()
+    batch = right_padded_batch()
+    batch["attention_mask"] = None  # right padding (see _causal_mask_or_none)
+    want_loss, want = loss_and_grads(model, batch, bf16=True)
+    fp32_loss, fp32 = loss_and_grads(model, batch)
+    assert speedups.fuse_attention(model)
+    calls = []
+    apply = speedups._BlockCausalAttention.apply
+
+    def spy(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        calls.append((q.dtype, k.dtype, v.dtype, scale, torch.is_autocast_enabled("cpu")))
+        return apply(q, k, v, scale)
+
+    speedups._BlockCausalAttention.apply = spy  # type: ignore[method-assign]
+    try:
+        got_loss, got = loss_and_grads(model, batch, bf16=True)
+    finally:
+        del speedups._BlockCausalAttention.apply
+    # rotary's fp32 queries scaled before they are rounded; autocast off inside
+    assert calls == [(torch.bfloat16, torch.bfloat16, torch.bfloat16, 1.0, False)] * 2
+    assert got_loss.dtype == want_loss.dtype == torch.float32
+    torch.testing.assert_close(got_loss, want_loss, rtol=2e-3, atol=2e-3)
+    for ours, sdpas, exact in zip(got, want, fp32, strict=True):  # both bf16 results are as far from fp32
+        assert ours.dtype == sdpas.dtype
+        assert float((ours - exact).norm()) <= 2 * float((sdpas - exact).norm()) + 1e-3 * float(exact.norm())
 
 
 # ---------------------------------------------------------------- oneDNN linear layers
