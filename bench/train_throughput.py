@@ -203,7 +203,8 @@ def main() -> None:
     p.add_argument("--skip-trl", action="store_true", help="measure train.py only")
     p.add_argument("--baseline-root", type=Path, default=None,
                    help="another checkout (e.g. `git worktree add /tmp/base HEAD~1`) whose train.py runs with "
-                        "bf16=false right after this tree's, for a same-run A/B of the fp32 figures")
+                        "bf16=false right after this tree's, for a same-run A/B of the fp32 figures (and with its "
+                        "defaults too where they are bf16)")
     args = p.parse_args()
     if not DATA.exists():
         print(f"SKIP: {DATA} not found (the shared Alpaca demo data set)")
@@ -240,12 +241,15 @@ def main() -> None:
         fp32 = run_train_py(work / "base", records, work / "fp32", args, bf16=False) if ours["bf16"] else ours
         baseline = (run_train_py(work / "base", records, work / "baseline", args, root=args.baseline_root,
                                  bf16=False) if args.baseline_root else None)
+        # where the defaults are bf16, the baseline tree's defaults too: a same-run A/B of what users get
+        baseline_defaults = (run_train_py(work / "base", records, work / "baseline-defaults", args,
+                                          root=args.baseline_root) if args.baseline_root and ours["bf16"] else None)
         peaks["float32"].append(matmul_peaks())
         trl = None if args.skip_trl else run_trl(work / "base", records, work, args, native_bf16)
         peaks["float32"].append(matmul_peaks())
         if native_bf16:
             peaks["bfloat16"].append(matmul_peaks(dtype="bfloat16"))
-    missed = report(ours, fp32, trl, fpt, peaks, args, parts["executed_fraction"], baseline)
+    missed = report(ours, fp32, trl, fpt, peaks, args, parts["executed_fraction"], baseline, baseline_defaults)
     if missed:
         print("targets missed: " + "; ".join(missed))
         sys.exit(1)
@@ -262,7 +266,8 @@ def _lengths(model_dir: Path, records: list[dict], max_length: int) -> tuple[lis
 
 
 def report(ours: dict, fp32: dict, trl: dict | None, fpt: float, peaks: dict[str, list[dict[str, float]]],
-           args: argparse.Namespace, executed_fraction: float, baseline: dict | None = None) -> list[str]:
+           args: argparse.Namespace, executed_fraction: float, baseline: dict | None = None,
+           baseline_defaults: dict | None = None) -> list[str]:
     """Prints the figures; returns the targets missed. `peaks`: per precision, each `matmul_peaks` taken."""
     best = {k: [max(m.values()) for m in v] for k, v in peaks.items()}
     peak = {k: statistics.median(v) for k, v in best.items() if v}
@@ -276,6 +281,7 @@ def report(ours: dict, fp32: dict, trl: dict | None, fpt: float, peaks: dict[str
           f"{args.batch_size}, max length {args.max_length}, LoRA r16 q/k/v/o")
     rows = [("train.py (defaults)", ours)] + ([("train.py bf16=false", fp32)] if fp32 is not ours else [])
     rows += [("baseline tree bf16=false", baseline)] if baseline else []
+    rows += [("baseline tree (defaults)", baseline_defaults)] if baseline_defaults else []
     rows += [("TRL SFTTrainer defaults", trl)] if trl else []
     for name, r in rows:
         precision = "bfloat16" if r["bf16"] else "float32"
@@ -295,6 +301,9 @@ def report(ours: dict, fp32: dict, trl: dict | None, fpt: float, peaks: dict[str
     if baseline:
         print(f"ratio train.py bf16=false / baseline tree ({args.baseline_root}) bf16=false: "
               f"{fp32['tokens_per_second'] / baseline['tokens_per_second']:.2f}x (same run, one after the other)")
+    if baseline_defaults:
+        print(f"ratio train.py / baseline tree, both defaults (bf16 autocast): "
+              f"{ours['tokens_per_second'] / baseline_defaults['tokens_per_second']:.2f}x")
     missed = [] if fp32_mfu >= 0.75 else [f"fp32 MFU {fp32_mfu:.1%} < 75%"]
     if trl:
         ratio = ours["tokens_per_second"] / trl["tokens_per_second"]
