@@ -567,6 +567,33 @@ def test_onednn_linears_give_the_models_loss_and_gradients(rotary_restored: None
 
 
 @needs_onednn
+def test_a_onednn_head_multiplies_its_chunks_through_onednn(monkeypatch: Any) -> None:
+    monkeypatch.setattr(speedups, "_HEAD_CHUNK_ROWS", 4)
+    model = with_lora(tiny_causal_lm())
+    parts = speedups.causal_parts(model)
+    batch = right_padded_batch()  # 10 labelled rows: 3 chunks
+    want_loss, want = loss_of_parts(model, parts, batch)
+    speedups.use_onednn_linears(model)
+    head = parts[1].weight
+    calls = []
+    linear = speedups._onednn_linear
+    monkeypatch.setattr(speedups, "_onednn_linear",
+                        lambda *a: calls.append(a[1].data_ptr() == head.data_ptr()) or linear(*a))
+    got_loss, got = loss_of_parts(model, parts, batch)
+    assert calls.count(True) == 2 * 3  # the head's forward and input gradient, per chunk
+    torch.testing.assert_close(got_loss, want_loss, rtol=1e-5, atol=1e-6)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def loss_of_parts(model: Any, parts: Any, batch: dict[str, Any]) -> tuple[Any, list[Any]]:
+    model.zero_grad()
+    loss = speedups.labelled_loss(parts, batch)
+    loss.backward()
+    return loss.detach(), grads(model)
+
+
+@needs_onednn
 def test_onednn_linears_fall_back_and_follow_the_weights() -> None:
     model = lora_with_trained_b()
     speedups.fuse_lora_linears(model)
