@@ -442,6 +442,11 @@ def main() -> int:
     global _STDOUT
     _STDOUT = sys.stdout
     sys.stdout = sys.stderr  # stdout stays parseable: only events go there
+    import mkl_dispatch
+
+    mkl_dispatch.load()  # before anything imports torch: MKL's AVX-512 kernels on AMD CPUs, as train.py
+    if mkl_dispatch.why_not() and mkl_dispatch.applies() is None:  # an AMD CPU with AVX-512, not loaded
+        log(f"MKL keeps its generic (AVX2) kernels on this AMD CPU: {mkl_dispatch.why_not()}")
     try:
         return _main(dict(os.environ))
     finally:

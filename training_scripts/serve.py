@@ -377,6 +377,11 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    import mkl_dispatch
+
+    mkl_dispatch.load()  # before the model's loading imports torch: MKL's AVX-512 kernels on AMD CPUs
+    if mkl_dispatch.why_not() and mkl_dispatch.applies() is None:  # an AMD CPU with AVX-512, not loaded
+        log.info("MKL keeps its generic (AVX2) kernels on this AMD CPU: %s", mkl_dispatch.why_not())
     import uvicorn
 
     state = State(args=args)

@@ -105,3 +105,30 @@ def test_a_prebuilt_library_loads_without_a_compiler_unless_others_can_write_it(
     lib.chmod(0o666)  # anyone could replace it: not loaded, and with no compiler nothing changes
     got = run_python(probe(ZEN4, lib), PATH="/nonexistent")
     assert got["why"] == "no C compiler (cc) to build the library" and got["active"] is False
+
+
+LOAD_ORDER = """
+import json, sys, mkl_dispatch
+seen = []
+load = mkl_dispatch.load
+mkl_dispatch.load = lambda *a, **k: seen.append("torch" in sys.modules) or load(*a, **k)
+import {module}
+try:
+    code = {module}.main({args})
+except SystemExit as e:
+    code = e.code
+sys.stdout = sys.__stdout__
+print(json.dumps({{"torch_before_load": seen, "code": code}}))
+"""
+
+
+@pytest.mark.parametrize(("module", "args"), [
+    ("evaluate", ""),  # no data: it fails at once, after load()
+    ("serve", "['--model-dir', '/nonexistent/model.tar.gz', '--port', '0']"),  # the model fails to load
+])
+def test_evaluate_and_serve_load_the_library_before_torch(module: str, args: str, tmp_path: Path) -> None:
+    got = run_python(LOAD_ORDER.format(module=module, args=args), SM_CHANNEL_TRAIN=str(tmp_path / "none"),
+                     SM_MODEL_DIR=str(tmp_path / "model"), SM_OUTPUT_DIR=str(tmp_path / "out"),
+                     SM_HPS=json.dumps({"base_model": "tiny"}))
+    assert got["torch_before_load"] == [False]  # called once, with torch not imported yet
+    assert got["code"] != 0
