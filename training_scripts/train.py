@@ -19,6 +19,7 @@ every other log line goes to stderr. Imports nothing from app/.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import math
@@ -837,8 +838,17 @@ def fit(run: Run) -> Any:
     resume = find_resume_checkpoint(cfg, run.paths)
     if resume:
         log(f"resuming from {resume}")
+    # The model, tokenizer and data are ~450k Python objects that live as long as the run: frozen out
+    # of the collector, the full collections the training steps' garbage triggers stop walking them
+    # (~140 ms each on the bench's model, holding the GIL every shard thread needs).
+    gc.collect()
+    gc.freeze()
+    run.speedups["gc_frozen_objects"] = gc.get_freeze_count()
     started = time.perf_counter()
-    output = run.trainer.train(resume_from_checkpoint=resume)
+    try:
+        output = run.trainer.train(resume_from_checkpoint=resume)
+    finally:
+        gc.unfreeze()
     run_seconds = time.perf_counter() - started
     if not math.isfinite(output.training_loss):
         raise TrainError("training_diverged", "the training loss is not finite: lower learning_rate")

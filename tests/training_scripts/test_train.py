@@ -339,6 +339,7 @@ def test_run_loss_falls_and_outputs_are_complete(runs: dict[str, Future[Any]]) -
     assert s["speedups"]["fast_lora_dropout_layers"] == 8  # q/k/v/o on the tiny model's 2 layers
     assert s["speedups"]["fused_lora_layers"] == 8 and s["speedups"]["fused_rms_norms"] == 5
     assert s["speedups"]["fused_rotary"] is True
+    assert s["speedups"]["gc_frozen_objects"] > 10_000  # the model, tokenizer and data, out of the collector
     fp32 = not s["bf16"]  # oneDNN's linears are fp32 only; the block attention runs under bf16 autocast too
     assert s["speedups"]["block_causal_attention"] is True
     # train.py loads mkl_dispatch's library before torch on AMD CPUs with AVX-512 (this process cannot: torch is in)
