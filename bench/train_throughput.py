@@ -21,6 +21,7 @@ and the output says so.
 Targets (the exit status is 1 when one is missed): train.py >= 4x TRL's defaults, fp32 MFU >= 75%.
 
     .venv/bin/python bench/train_throughput.py [--steps 20] [--max-length 512] [--batch-size 8]
+        [--baseline-root OTHER_CHECKOUT [--rounds 3]]
 """
 
 from __future__ import annotations
@@ -201,6 +202,10 @@ def main() -> None:
     p.add_argument("--trl-steps", type=int, default=None,
                    help="steps for the TRL run (default: --steps); TRL's defaults are slow on a CPU")
     p.add_argument("--skip-trl", action="store_true", help="measure train.py only")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="with --baseline-root: this tree's and the baseline's runs alternate this many rounds "
+                        "(the baseline first every other round); each round's ratio and the median runs are "
+                        "reported (for changes smaller than a noisy machine's run-to-run spread)")
     p.add_argument("--baseline-root", type=Path, default=None,
                    help="another checkout (e.g. `git worktree add /tmp/base HEAD~1`) whose train.py runs with "
                         "bf16=false right after this tree's, for a same-run A/B of the fp32 figures (and with its "
@@ -237,13 +242,34 @@ def main() -> None:
                   f"GFLOP/s (256^3) against {max(matmul_peaks(256, 3).values()):.0f} in fp32, so TRL's bf16 default "
                   f"would take hours here: "
                   f"TRL runs with bf16=False, its other defaults kept")
-        ours = run_train_py(work / "base", records, work / "ours", args)  # defaults: bf16 where native
-        fp32 = run_train_py(work / "base", records, work / "fp32", args, bf16=False) if ours["bf16"] else ours
-        baseline = (run_train_py(work / "base", records, work / "baseline", args, root=args.baseline_root,
-                                 bf16=False) if args.baseline_root else None)
-        # where the defaults are bf16, the baseline tree's defaults too: a same-run A/B of what users get
-        baseline_defaults = (run_train_py(work / "base", records, work / "baseline-defaults", args,
-                                          root=args.baseline_root) if args.baseline_root and ours["bf16"] else None)
+        series: dict[str, list[dict]] = {"ours": [], "fp32": [], "baseline": [], "baseline_defaults": []}
+        for i in range(args.rounds if args.baseline_root else 1):
+            # this tree's runs, then the baseline tree's (its defaults too where they are bf16: a same-run
+            # A/B of what users get); every other round the baseline's first, so drift hits both sides
+            def this_tree(i: int = i) -> None:
+                series["ours"].append(run_train_py(work / "base", records, work / f"ours-{i}", args))
+                if series["ours"][-1]["bf16"]:
+                    series["fp32"].append(run_train_py(work / "base", records, work / f"fp32-{i}", args, bf16=False))
+
+            def baseline_tree(i: int = i) -> None:
+                if not args.baseline_root:
+                    return
+                series["baseline"].append(run_train_py(work / "base", records, work / f"baseline-{i}", args,
+                                                       root=args.baseline_root, bf16=False))
+                if native_bf16:
+                    series["baseline_defaults"].append(run_train_py(work / "base", records,
+                                                                    work / f"baseline-defaults-{i}", args,
+                                                                    root=args.baseline_root))
+
+            for step in (this_tree, baseline_tree) if i % 2 == 0 else (baseline_tree, this_tree):
+                step()
+        if args.rounds > 1 and args.baseline_root:
+            print_rounds(series)
+        ours = _median_run(series["ours"])
+        fp32 = _median_run(series["fp32"]) if series["fp32"] else ours
+        baseline = _median_run(series["baseline"]) if series["baseline"] else None
+        baseline_defaults = (_median_run(series["baseline_defaults"])
+                             if series["baseline_defaults"] and ours["bf16"] else None)
         peaks["float32"].append(matmul_peaks())
         trl = None if args.skip_trl else run_trl(work / "base", records, work, args, native_bf16)
         peaks["float32"].append(matmul_peaks())
@@ -253,6 +279,26 @@ def main() -> None:
     if missed:
         print("targets missed: " + "; ".join(missed))
         sys.exit(1)
+
+
+def _median_run(runs: list[dict]) -> dict:
+    """The run with the median tokens/s (the lower middle one of an even count)."""
+    ordered = sorted(runs, key=lambda r: r["tokens_per_second"])
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def print_rounds(series: dict[str, list[dict]]) -> None:
+    """Each round's tokens/s and this tree's ratio to the baseline in that round; their medians are reported below."""
+    pairs = [("fp32" if series["fp32"] else "ours", "baseline", "bf16=false")]
+    if series["baseline_defaults"]:
+        pairs.append(("ours", "baseline_defaults", "defaults"))
+    for mine, theirs, label in pairs:
+        ratios = [a["tokens_per_second"] / b["tokens_per_second"] for a, b in zip(series[mine], series[theirs],
+                                                                                   strict=True)]
+        print(f"rounds, {label}: this tree " + ", ".join(f"{r['tokens_per_second']:.0f}" for r in series[mine])
+              + "; baseline " + ", ".join(f"{r['tokens_per_second']:.0f}" for r in series[theirs])
+              + " tokens/s; ratio per round " + ", ".join(f"{x:.3f}" for x in ratios)
+              + f"; median ratio {statistics.median(ratios):.3f}x")
 
 
 def _lengths(model_dir: Path, records: list[dict], max_length: int) -> tuple[list[int], int]:
