@@ -211,6 +211,10 @@ def main() -> None:
                         "bf16=false right after this tree's, for a same-run A/B of the fp32 figures (and with its "
                         "defaults too where they are bf16)")
     args = p.parse_args()
+    if args.rounds < 1:
+        p.error(f"--rounds {args.rounds}: must be at least 1")
+    if args.rounds > 1 and args.baseline_root is None:
+        p.error(f"--rounds {args.rounds}: alternates this tree with --baseline-root's, which is missing")
     if not DATA.exists():
         print(f"SKIP: {DATA} not found (the shared Alpaca demo data set)")
         return
@@ -243,7 +247,7 @@ def main() -> None:
                   f"would take hours here: "
                   f"TRL runs with bf16=False, its other defaults kept")
         series: dict[str, list[dict]] = {"ours": [], "fp32": [], "baseline": [], "baseline_defaults": []}
-        for i in range(args.rounds if args.baseline_root else 1):
+        for i in range(args.rounds):
             # this tree's runs, then the baseline tree's (its defaults too where they are bf16: a same-run
             # A/B of what users get); every other round the baseline's first, so drift hits both sides
             def this_tree(i: int = i) -> None:
@@ -256,20 +260,19 @@ def main() -> None:
                     return
                 series["baseline"].append(run_train_py(work / "base", records, work / f"baseline-{i}", args,
                                                        root=args.baseline_root, bf16=False))
-                if native_bf16:
+                if native_bf16:  # train.py's defaults are bf16 autocast where bf16 is native
                     series["baseline_defaults"].append(run_train_py(work / "base", records,
                                                                     work / f"baseline-defaults-{i}", args,
                                                                     root=args.baseline_root))
 
             for step in (this_tree, baseline_tree) if i % 2 == 0 else (baseline_tree, this_tree):
                 step()
-        if args.rounds > 1 and args.baseline_root:
+        if args.rounds > 1:
             print_rounds(series)
         ours = _median_run(series["ours"])
         fp32 = _median_run(series["fp32"]) if series["fp32"] else ours
         baseline = _median_run(series["baseline"]) if series["baseline"] else None
-        baseline_defaults = (_median_run(series["baseline_defaults"])
-                             if series["baseline_defaults"] and ours["bf16"] else None)
+        baseline_defaults = _median_run(series["baseline_defaults"]) if series["baseline_defaults"] else None
         peaks["float32"].append(matmul_peaks())
         trl = None if args.skip_trl else run_trl(work / "base", records, work, args, native_bf16)
         peaks["float32"].append(matmul_peaks())
@@ -346,7 +349,8 @@ def report(ours: dict, fp32: dict, trl: dict | None, fpt: float, peaks: dict[str
         print(f"  train.py bf16=false speed-ups: {fp32.get('speedups')}")
     if baseline:
         print(f"ratio train.py bf16=false / baseline tree ({args.baseline_root}) bf16=false: "
-              f"{fp32['tokens_per_second'] / baseline['tokens_per_second']:.2f}x (same run, one after the other)")
+              f"{fp32['tokens_per_second'] / baseline['tokens_per_second']:.2f}x "
+              + ("(same run, one after the other)" if args.rounds == 1 else f"(median runs of {args.rounds} rounds)"))
     if baseline_defaults:
         print(f"ratio train.py / baseline tree, both defaults (bf16 autocast): "
               f"{ours['tokens_per_second'] / baseline_defaults['tokens_per_second']:.2f}x")

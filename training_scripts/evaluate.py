@@ -445,8 +445,8 @@ def main() -> int:
     import mkl_dispatch
 
     mkl_dispatch.load()  # before anything imports torch: MKL's AVX-512 kernels on AMD CPUs, as train.py
-    if mkl_dispatch.why_not() and mkl_dispatch.applies() is None:  # an AMD CPU with AVX-512, not loaded
-        log(f"MKL keeps its generic (AVX2) kernels on this AMD CPU: {mkl_dispatch.why_not()}")
+    if mkl_dispatch.missed():
+        log(f"MKL keeps its generic (AVX2) kernels on this AMD CPU: {mkl_dispatch.missed()}")
     try:
         return _main(dict(os.environ))
     finally:

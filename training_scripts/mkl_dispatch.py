@@ -95,6 +95,13 @@ def why_not() -> str | None:
     return _why_not[0] if _why_not else None
 
 
+def missed() -> str | None:
+    """Why the library is not loaded on a CPU it applies to (an AMD CPU with AVX-512): worth a log
+    line. None when it is loaded or does not apply (Intel, no AVX-512, switched off)."""
+    why = why_not()
+    return why if why and applies() is None else None
+
+
 def _load(info: dict[str, str] | None) -> str | None:
     why = applies(info)
     if why:

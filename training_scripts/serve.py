@@ -380,8 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     import mkl_dispatch
 
     mkl_dispatch.load()  # before the model's loading imports torch: MKL's AVX-512 kernels on AMD CPUs
-    if mkl_dispatch.why_not() and mkl_dispatch.applies() is None:  # an AMD CPU with AVX-512, not loaded
-        log.info("MKL keeps its generic (AVX2) kernels on this AMD CPU: %s", mkl_dispatch.why_not())
+    if mkl_dispatch.missed():
+        log.info("MKL keeps its generic (AVX2) kernels on this AMD CPU: %s", mkl_dispatch.missed())
     import uvicorn
 
     state = State(args=args)

@@ -795,8 +795,8 @@ def choose_speedups(run: Run) -> dict[str, Any]:
         import mkl_dispatch
 
         chosen["mkl_avx512_on_amd"] = mkl_dispatch.active()
-        if mkl_dispatch.why_not() and mkl_dispatch.applies() is None:  # an AMD CPU with AVX-512, not loaded
-            log(f"MKL keeps its generic (AVX2) kernels on this AMD CPU: {mkl_dispatch.why_not()}")
+        if mkl_dispatch.missed():
+            log(f"MKL keeps its generic (AVX2) kernels on this AMD CPU: {mkl_dispatch.missed()}")
         chosen["fused_rms_norms"] = speedups.fuse_rms_norms(run.model)
         chosen["fused_rotary"] = speedups.fuse_rotary(run.model)
         chosen["block_causal_attention"] = speedups.fuse_attention(run.model)  # fp32 and bf16 autocast

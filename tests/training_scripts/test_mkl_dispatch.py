@@ -132,3 +132,14 @@ def test_evaluate_and_serve_load_the_library_before_torch(module: str, args: str
                      SM_HPS=json.dumps({"base_model": "tiny"}))
     assert got["torch_before_load"] == [False]  # called once, with torch not imported yet
     assert got["code"] != 0
+
+
+def test_missed_names_a_failure_only_on_a_cpu_the_library_applies_to(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mkl_dispatch, "_why_not", ["no C compiler (cc) to build the library"])
+    monkeypatch.setattr(mkl_dispatch, "applies", lambda *a: None)  # an AMD CPU with AVX-512
+    assert mkl_dispatch.missed() == "no C compiler (cc) to build the library"
+    monkeypatch.setattr(mkl_dispatch, "applies", lambda *a: "not an AMD CPU")
+    assert mkl_dispatch.missed() is None  # nothing to report on an Intel CPU
+    monkeypatch.setattr(mkl_dispatch, "_why_not", [])  # loaded
+    monkeypatch.setattr(mkl_dispatch, "applies", lambda *a: None)
+    assert mkl_dispatch.missed() is None
