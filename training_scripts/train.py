@@ -511,6 +511,7 @@ def make_callback(events: Events, cfg: TrainConfig, counts: dict[str, int], rt: 
             self.last_eval_step = -1
             self.resumed_from: int | None = None
             self.tokens_at_start = 0
+            self.first_step: tuple[float, int] | None = None  # (seconds, tokens) of this session's first step
 
         def on_train_begin(self, args, state, control, **kw):  # type: ignore[no-untyped-def]
             self.tokens_at_log = self.tokens_at_start = state.num_input_tokens_seen
@@ -524,6 +525,8 @@ def make_callback(events: Events, cfg: TrainConfig, counts: dict[str, int], rt: 
 
         def on_step_end(self, args, state, control, **kw):  # type: ignore[no-untyped-def]
             self.train_seconds += time.perf_counter() - self.step_started
+            if self.first_step is None:
+                self.first_step = (self.train_seconds, state.num_input_tokens_seen - self.tokens_at_start)
             if state.global_step >= state.max_steps and args.eval_strategy == "steps":
                 control.should_evaluate = True  # always evaluate (and checkpoint) at the last step
                 control.should_save = True
@@ -894,12 +897,21 @@ def finish(run: Run, output: Any, run_seconds: float, eval_loss: float | None) -
     (run.paths.model_dir / "training_summary.json").write_text(json.dumps(summary, indent=2, default=str))
 
 
-def throughput(callback: Any, state: Any) -> dict[str, float]:
-    """Non-padding tokens per second of optimizer-step time in this session (eval and saving excluded)."""
+def throughput(callback: Any, state: Any) -> dict[str, float | None]:
+    """Non-padding tokens per second of optimizer-step time in this session (eval and saving excluded),
+    and the same after the session's first step: that one also pays for the process's first touch of
+    its activation memory (the longest batch comes first), which later steps reuse."""
     tokens = state.num_input_tokens_seen - callback.tokens_at_start
     secs = callback.train_seconds
-    return {"non_padding_tokens": tokens, "train_step_seconds": round(secs, 3),
-            "tokens_per_second": round(tokens / secs, 1) if secs > 0 else 0.0}
+    out: dict[str, float | None] = {"non_padding_tokens": tokens, "train_step_seconds": round(secs, 3),
+                                    "tokens_per_second": round(tokens / secs, 1) if secs > 0 else 0.0}
+    if callback.first_step is not None:
+        first_secs, first_tokens = callback.first_step
+        rest = secs - first_secs
+        out |= {"first_step_seconds": round(first_secs, 3), "first_step_tokens": first_tokens,
+                "tokens_per_second_after_first_step": round((tokens - first_tokens) / rest, 1)
+                if rest > 0 and tokens > first_tokens else None}
+    return out
 
 
 def classify(exc: BaseException) -> TrainError:

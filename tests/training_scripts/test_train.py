@@ -335,6 +335,12 @@ def test_run_loss_falls_and_outputs_are_complete(runs: dict[str, Future[Any]]) -
     assert s["hyperparameters"]["lora_target_modules"] == ["q_proj", "k_proj", "v_proj", "o_proj"]
     assert s["total_steps"] == 24 and s["best_checkpoint_step"] in (8, 16, 24) and s["stopped_early"] is False
     assert s["metrics"]["train_loss"] is not None
+    t = s["throughput"]  # the first step apart too: it also pays for the first touch of the activation memory
+    assert 0 < t["first_step_tokens"] < t["non_padding_tokens"]
+    assert 0 < t["first_step_seconds"] < t["train_step_seconds"]
+    rest = (t["non_padding_tokens"] - t["first_step_tokens"]) / (t["train_step_seconds"] - t["first_step_seconds"])
+    assert t["tokens_per_second_after_first_step"] == pytest.approx(rest, rel=0.01)
+    assert t["tokens_per_second"] == pytest.approx(t["non_padding_tokens"] / t["train_step_seconds"], rel=0.01)
     assert s["speedups"]["labelled_positions_loss"] is True
     assert s["speedups"]["fast_lora_dropout_layers"] == 8  # q/k/v/o on the tiny model's 2 layers
     assert s["speedups"]["fused_lora_layers"] == 8 and s["speedups"]["fused_rms_norms"] == 5
