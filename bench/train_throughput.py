@@ -139,13 +139,20 @@ def run_train_py(model_dir: Path, records: list[dict], work: Path, args: argpars
     return summary["throughput"] | {"speedups": summary.get("speedups"), "bf16": summary["bf16"]}
 
 
+def lora_config():  # type: ignore[no-untyped-def]
+    """The LoRA of every run (train.py's from its hyperparameters): r16, alpha 32, dropout 0.05, q/k/v/o."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                      task_type="CAUSAL_LM")
+
+
 def run_trl(model_dir: Path, records: list[dict], work: Path, args: argparse.Namespace,
             native_bf16: bool = True) -> dict:
     """SFTTrainer with its defaults, plus use_cpu=True (required on a CPU) and the shared settings;
     bf16=False on a CPU that would only emulate it."""
     import prompting
     from datasets import Dataset
-    from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
@@ -160,8 +167,7 @@ def run_trl(model_dir: Path, records: list[dict], work: Path, args: argparse.Nam
                     per_device_train_batch_size=args.batch_size, learning_rate=2e-4, report_to="none",
                     save_strategy="no", disable_tqdm=True, include_num_input_tokens_seen="non_padding",
                     logging_steps=5, **({} if native_bf16 else {"bf16": False}))
-    peft_cfg = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=["q_proj", "k_proj", "v_proj",
-                                                                                   "o_proj"], task_type="CAUSAL_LM")
+    peft_cfg = lora_config()
     trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(model_dir), args=cfg, processing_class=tok,
                          train_dataset=Dataset.from_list(rows), peft_config=peft_cfg, callbacks=[timer])
     assert isinstance(timer, TrainerCallback)
@@ -176,7 +182,7 @@ def run_anchor(model_dir: Path, records: list[dict], work: Path, args: argparse.
     the loss on the response only (train.py's tokenization), none of train.py's speed-ups."""
     import prompting
     from datasets import Dataset
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -184,8 +190,7 @@ def run_anchor(model_dir: Path, records: list[dict], work: Path, args: argparse.
     for r in records:
         ids, labels = prompting.tokenize_record(r, tok, args.max_length)[:2]
         rows.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels})
-    peft_cfg = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=["q_proj", "k_proj", "v_proj",
-                                                                                   "o_proj"], task_type="CAUSAL_LM")
+    peft_cfg = lora_config()
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir), peft_cfg)
     timer = StepTimer()
     cfg = TrainingArguments(output_dir=str(work / "anchor"), use_cpu=True, max_steps=args.steps,
@@ -218,14 +223,9 @@ def _step_timer_class():  # type: ignore[no-untyped-def]
 
         def throughput(self, tokens: int) -> dict:
             """The figures train.py's training_summary.json gives under "throughput"."""
-            out = {"non_padding_tokens": tokens, "train_step_seconds": round(self.seconds, 3),
-                   "tokens_per_second": round(tokens / self.seconds, 1)}
-            if self.first is not None:
-                rest = self.seconds - self.first[0]
-                out |= {"first_step_seconds": round(self.first[0], 3), "first_step_tokens": self.first[1],
-                        "tokens_per_second_after_first_step": round((tokens - self.first[1]) / rest, 1)
-                        if rest > 0 and tokens > self.first[1] else None}
-            return out
+            import train
+
+            return train.step_throughput(tokens, self.seconds, self.first)
 
     return _StepTimer
 

@@ -300,7 +300,7 @@ def _fused_lora_forward(layer: Any, original: Any, x: torch.Tensor, *args: Any, 
     keep = None
     if isinstance(drop, FastDropout) and drop.training and drop.p > 0:
         keep, alpha = drop.keep_mask(x), alpha * drop.scale
-    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else base.weight.dtype
+    dtype = _cpu_compute_dtype(base.weight.dtype)
     out: torch.Tensor = _FusedLoraLinear.apply(x, keep, a.weight, b.weight, base.weight, base.bias, alpha, dtype,
                                                getattr(base, "onednn_linear", False))
     return out
@@ -532,7 +532,12 @@ def _block_attention_applies(module: Any, query: torch.Tensor, key: torch.Tensor
 
 def _attention_dtype(query: torch.Tensor) -> torch.dtype:
     """The dtype sdpa computes in: under CPU autocast its lower precision (sdpa is on its list), else the query's."""
-    return torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else query.dtype
+    return _cpu_compute_dtype(query.dtype)
+
+
+def _cpu_compute_dtype(default: torch.dtype) -> torch.dtype:
+    """CPU autocast's lower precision while it is on (the matmuls' dtype), else `default`."""
+    return torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else default
 
 
 def causal_attention_forward(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -697,7 +702,7 @@ def labelled_loss(parts: tuple[Any, Any], batch: dict[str, torch.Tensor],
     rows = hidden[:, :-1][where]
     loss: torch.Tensor
     if _fused_head_applies(head, rows):
-        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else head.weight.dtype
+        dtype = _cpu_compute_dtype(head.weight.dtype)
         loss = _HeadCrossEntropy.apply(rows, head.weight, head.bias, targets[where], dtype,
                                        getattr(head, "onednn_linear", False) and dtype == torch.float32)
     elif rows.device.type == "cpu":

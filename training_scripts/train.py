@@ -898,16 +898,21 @@ def finish(run: Run, output: Any, run_seconds: float, eval_loss: float | None) -
 
 
 def throughput(callback: Any, state: Any) -> dict[str, float | None]:
-    """Non-padding tokens per second of optimizer-step time in this session (eval and saving excluded),
-    and the same after the session's first step: that one also pays for the process's first touch of
-    its activation memory (the longest batch comes first), which later steps reuse."""
-    tokens = state.num_input_tokens_seen - callback.tokens_at_start
-    secs = callback.train_seconds
-    out: dict[str, float | None] = {"non_padding_tokens": tokens, "train_step_seconds": round(secs, 3),
-                                    "tokens_per_second": round(tokens / secs, 1) if secs > 0 else 0.0}
-    if callback.first_step is not None:
-        first_secs, first_tokens = callback.first_step
-        rest = secs - first_secs
+    """Non-padding tokens per second of optimizer-step time in this session (eval and saving excluded)."""
+    return step_throughput(state.num_input_tokens_seen - callback.tokens_at_start, callback.train_seconds,
+                           callback.first_step)
+
+
+def step_throughput(tokens: int, seconds: float, first_step: tuple[float, int] | None) -> dict[str, float | None]:
+    """`tokens` over `seconds` of optimizer steps, and the same after the first step (`first_step`: its
+    seconds and tokens): that one also pays for the process's first touch of its activation memory
+    (the longest batch comes first), which later steps reuse. bench/train_throughput.py reports its
+    other runs with this too."""
+    out: dict[str, float | None] = {"non_padding_tokens": tokens, "train_step_seconds": round(seconds, 3),
+                                    "tokens_per_second": round(tokens / seconds, 1) if seconds > 0 else 0.0}
+    if first_step is not None:
+        first_secs, first_tokens = first_step
+        rest = seconds - first_secs
         out |= {"first_step_seconds": round(first_secs, 3), "first_step_tokens": first_tokens,
                 "tokens_per_second_after_first_step": round((tokens - first_tokens) / rest, 1)
                 if rest > 0 and tokens > first_tokens else None}
