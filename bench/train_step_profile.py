@@ -183,13 +183,13 @@ def main() -> None:
               f"({gemm_rate / peak:.0%} of the peak); everything else {1 - gemm_seconds / total:.1%}. "
               f"MFU ceiling if everything else took no time: {useful / gemm_seconds / 1e9 / peak:.1%}")
         if args.pair:
-            pool = ThreadPoolExecutor(2, thread_name_prefix="shard")
             pairs, solo = [], []
-            for _ in range(4):
-                solo.append(step(shard))
-                start = time.perf_counter()
-                each = list(pool.map(step, [shard, other], [0, 1]))
-                pairs.append((time.perf_counter() - start, each[0]))
+            with ThreadPoolExecutor(2, thread_name_prefix="shard") as pool:
+                for _ in range(4):
+                    solo.append(step(shard))
+                    start = time.perf_counter()
+                    each = list(pool.map(step, [shard, other], [0, 1]))
+                    pairs.append((time.perf_counter() - start, each[0]))
             wall = statistics.median(x[0] for x in pairs[1:])
             mine, by_itself = statistics.median(x[1] for x in pairs[1:]), statistics.median(solo[1:])
             print(f"two shards on two threads: wall {wall:.3f} s, this shard {mine:.3f} s against "
