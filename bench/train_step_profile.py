@@ -33,7 +33,6 @@ import statistics
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -148,13 +147,13 @@ def main() -> None:
         params = [q for q in run.model.parameters() if q.requires_grad]
         run.model.train()
 
+        sharded = speedups.ShardedBackward(parts, params, 2)  # its shard step, and its two threads for --pair
+
         def step(batch: dict, seed: int = 0) -> float:
+            """One shard's forward and backward as each of train.py's shard threads runs it."""
             torch.set_num_threads(1)
-            speedups._shard.generator = torch.Generator().manual_seed(seed)
             start = time.perf_counter()
-            with speedups.autocast("cpu", args.bf16):
-                loss = speedups.labelled_loss(parts, batch, None)
-            torch.autograd.grad(loss, params, allow_unused=True)
+            sharded._run(batch, seed, int((batch["labels"][:, 1:] != -100).sum()), args.bf16)  # sum / labels
             return time.perf_counter() - start
 
         alone = statistics.median([step(shard) for _ in range(max(2, args.steps))][1:])
@@ -184,12 +183,11 @@ def main() -> None:
               f"MFU ceiling if everything else took no time: {useful / gemm_seconds / 1e9 / peak:.1%}")
         if args.pair:
             pairs, solo = [], []
-            with ThreadPoolExecutor(2, thread_name_prefix="shard") as pool:
-                for _ in range(4):
-                    solo.append(step(shard))
-                    start = time.perf_counter()
-                    each = list(pool.map(step, [shard, other], [0, 1]))
-                    pairs.append((time.perf_counter() - start, each[0]))
+            for _ in range(4):
+                solo.append(step(shard))
+                start = time.perf_counter()
+                each = list(sharded._pool.map(step, [shard, other], [0, 1]))
+                pairs.append((time.perf_counter() - start, each[0]))
             wall = statistics.median(x[0] for x in pairs[1:])
             mine, by_itself = statistics.median(x[1] for x in pairs[1:]), statistics.median(solo[1:])
             print(f"two shards on two threads: wall {wall:.3f} s, this shard {mine:.3f} s against "

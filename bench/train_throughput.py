@@ -386,9 +386,14 @@ def report(ours: dict, fp32: dict, trl: dict | None, fpt: float, peaks: dict[str
     rows += [("baseline tree (defaults)", baseline_defaults)] if baseline_defaults else []
     rows += [("TRL SFTTrainer defaults", trl)] if trl else []
     rows += [("plain Trainer fp32 (anchor)", anchor)] if anchor else []
+
+    def mfu_of(tokens_per_second: float, bf16: bool) -> float:
+        """Model-FLOPs utilisation against the measured peak of the precision the run trained in."""
+        return tokens_per_second * fpt / (peak["bfloat16" if bf16 else "float32"] * 1e9)
+
     for name, r in rows:
         precision = "bfloat16" if r["bf16"] else "float32"
-        mfu = r["tokens_per_second"] * fpt / (peak[precision] * 1e9)
+        mfu = mfu_of(r["tokens_per_second"], r["bf16"])
         print(f"{name:<27} {r['tokens_per_second']:>8.1f} non-padding tokens/s  MFU {mfu:6.1%} of the "
               f"{precision} peak  ({r['non_padding_tokens']} tokens in {r['train_step_seconds']:.1f} s)")
     print("after the first step (it also pays for the process's first touch of its activation memory; the "
@@ -396,10 +401,10 @@ def report(ours: dict, fp32: dict, trl: dict | None, fpt: float, peaks: dict[str
     for name, r in rows:
         after = r.get("tokens_per_second_after_first_step")
         if after:
-            mfu = after * fpt / (peak["bfloat16" if r["bf16"] else "float32"] * 1e9)
+            mfu = mfu_of(after, r["bf16"])
             print(f"  {name:<27} {after:>8.1f} tokens/s  MFU {mfu:6.1%}  (first step {r['first_step_tokens']} "
                   f"tokens in {r['first_step_seconds']:.2f} s)")
-    fp32_mfu = fp32["tokens_per_second"] * fpt / (peak["float32"] * 1e9)
+    fp32_mfu = mfu_of(fp32["tokens_per_second"], False)
     gemm_peak = library["float32"]["torch"]
     if gemm_peak < 0.97 * peak["float32"]:
         print(f"  fp32 MFU against torch's own GEMM's peak ({gemm_peak:.1f} GFLOP/s), as rounds before 2026-12-03 "
@@ -417,7 +422,7 @@ def report(ours: dict, fp32: dict, trl: dict | None, fpt: float, peaks: dict[str
         print(f"ratio train.py / baseline tree, both defaults (bf16 autocast): "
               f"{ours['tokens_per_second'] / baseline_defaults['tokens_per_second']:.2f}x")
     if anchor:
-        anchor_mfu = anchor["tokens_per_second"] * fpt / (peak["float32"] * 1e9)
+        anchor_mfu = mfu_of(anchor["tokens_per_second"], False)
         print(f"ratio train.py bf16=false / plain Trainer fp32 (PERF-NOTES.md's anchor, 66% MFU on its AMD EPYC "
               f"host with a ~185 GFLOP/s peak): {fp32['tokens_per_second'] / anchor['tokens_per_second']:.2f}x "
               f"(MFU {fp32_mfu:.1%} against {anchor_mfu:.1%} here)")
