@@ -445,8 +445,8 @@ def main() -> int:
     import mkl_dispatch
 
     mkl_dispatch.load()  # before anything imports torch: MKL's AVX-512 kernels on AMD CPUs, as train.py
-    if mkl_dispatch.missed():
-        log(f"MKL keeps its generic (AVX2) kernels on this AMD CPU: {mkl_dispatch.missed()}")
+    if missed := mkl_dispatch.missed_message():
+        log(missed)
     try:
         return _main(dict(os.environ))
     finally:

@@ -102,6 +102,12 @@ def missed() -> str | None:
     return why if why and applies() is None else None
 
 
+def missed_message() -> str | None:
+    """The log line train.py, evaluate.py and serve.py write when `missed()` says why; None otherwise."""
+    why = missed()
+    return f"MKL keeps its generic (AVX2) kernels on this AMD CPU: {why}" if why else None
+
+
 def _load(info: dict[str, str] | None) -> str | None:
     why = applies(info)
     if why:

@@ -380,8 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     import mkl_dispatch
 
     mkl_dispatch.load()  # before the model's loading imports torch: MKL's AVX-512 kernels on AMD CPUs
-    if mkl_dispatch.missed():
-        log.info("MKL keeps its generic (AVX2) kernels on this AMD CPU: %s", mkl_dispatch.missed())
+    if missed := mkl_dispatch.missed_message():
+        log.info(missed)
     import uvicorn
 
     state = State(args=args)

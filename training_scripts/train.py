@@ -798,8 +798,8 @@ def choose_speedups(run: Run) -> dict[str, Any]:
         import mkl_dispatch
 
         chosen["mkl_avx512_on_amd"] = mkl_dispatch.active()
-        if mkl_dispatch.missed():
-            log(f"MKL keeps its generic (AVX2) kernels on this AMD CPU: {mkl_dispatch.missed()}")
+        if missed := mkl_dispatch.missed_message():
+            log(missed)
         chosen["fused_rms_norms"] = speedups.fuse_rms_norms(run.model)
         chosen["fused_rotary"] = speedups.fuse_rotary(run.model)
         chosen["block_causal_attention"] = speedups.fuse_attention(run.model)  # fp32 and bf16 autocast

@@ -138,8 +138,12 @@ def test_missed_names_a_failure_only_on_a_cpu_the_library_applies_to(monkeypatch
     monkeypatch.setattr(mkl_dispatch, "_why_not", ["no C compiler (cc) to build the library"])
     monkeypatch.setattr(mkl_dispatch, "applies", lambda *a: None)  # an AMD CPU with AVX-512
     assert mkl_dispatch.missed() == "no C compiler (cc) to build the library"
+    assert mkl_dispatch.missed_message() == ("MKL keeps its generic (AVX2) kernels on this AMD CPU: "
+                                             "no C compiler (cc) to build the library")
     monkeypatch.setattr(mkl_dispatch, "applies", lambda *a: "not an AMD CPU")
     assert mkl_dispatch.missed() is None  # nothing to report on an Intel CPU
+    assert mkl_dispatch.missed_message() is None
     monkeypatch.setattr(mkl_dispatch, "_why_not", [])  # loaded
     monkeypatch.setattr(mkl_dispatch, "applies", lambda *a: None)
     assert mkl_dispatch.missed() is None
+    assert mkl_dispatch.missed_message() is None
