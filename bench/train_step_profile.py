@@ -137,7 +137,8 @@ def main() -> None:
         env.pop("SM_CHANNEL_VALIDATION", None)
         run = train.prepare(env, [])
         torch.set_num_threads(1)
-        peak = max(bench.matmul_peaks().values())  # fp32
+        dtype = "bfloat16" if args.bf16 else "float32"
+        peak = max(bench.matmul_peaks(dtype=dtype).values())  # of the precision the GEMMs run in
         shard = shard_of(run.data["train"], run.tokenizer.pad_token_id, args.rows, args.length)
         other = shard_of(run.data["train"], run.tokenizer.pad_token_id, args.rows, args.length, skip=args.rows)
         lengths = shard["attention_mask"].sum(1).tolist()
@@ -163,11 +164,8 @@ def main() -> None:
                 step(shard)
         per_step = {k: v / 3 for k, v in timer.seconds.items()}
         total = sum(per_step.values())
-        dtype = "bfloat16" if args.bf16 else "float32"
         print(f"shard {tuple(shard['input_ids'].shape)}, {sum(lengths)} tokens (lengths {lengths}); {dtype}; "
               f"speed-ups {run.speedups}")
-        if args.bf16:  # the peak of the precision the GEMMs run in
-            peak = max(bench.matmul_peaks(dtype="bfloat16").values())
         print(f"one-thread {dtype} matmul peak (2048^3, measured in this run): {peak:.1f} GFLOP/s")
         print(f"step alone: {alone:.3f} s (median), {useful / 1e9:.1f} useful GFLOP: "
               f"MFU {useful / alone / 1e9 / peak:.1%} of the one-thread peak; "
