@@ -269,7 +269,7 @@ def main() -> None:
         return
     import mkl_dispatch
 
-    # as train.py does, before torch loads: on an AMD CPU with AVX-512 MKL then runs its AVX-512 kernels,
+    # as train.py does, before torch loads: on an AMD CPU MKL then runs its AVX-512 (or AVX2) kernels,
     # in torch's GEMM peak below and in the TRL run too
     mkl_dispatch.load()
     import speedups
@@ -287,7 +287,7 @@ def main() -> None:
         print(f"model: N={parts['N'] / 1e6:.1f}M matmul params, N_lora={parts['N_lora'] / 1e6:.2f}M, "
               f"{fpt / 1e6:.1f} MFLOP/token useful; torch threads {torch.get_num_threads()}; {other_cpu_load()}")
         why_not = mkl_dispatch.why_not()
-        print("MKL's AVX-512 kernels on this AMD CPU (mkl_dispatch): "
+        print("MKL's kernels for this AMD CPU's instruction set (mkl_dispatch): "
               + (f"no: {why_not}" if why_not else f"yes (MKL code path {mkl_dispatch.mkl_code_path()})"))
         peaks = {"float32": [matmul_peaks()], "bfloat16": [matmul_peaks(dtype="bfloat16")] if native_bf16 else []}
         if not native_bf16 and not args.skip_trl:

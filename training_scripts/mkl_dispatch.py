@@ -1,29 +1,32 @@
-"""MKL's AVX-512 code path on AMD CPUs that have AVX-512 (Zen 4 and later), for fp32 training.
+"""MKL's code path for the instruction set on AMD CPUs (AVX-512 on Zen 4, AVX2 on Zen 3), for fp32 training.
 
 torch's CPU wheel links Intel's oneMKL, and oneMKL picks its code path by asking
 `mkl_serv_intel_cpu_true()` whether the CPU is an Intel one before it looks at the instruction
-set: on an AMD CPU it answers 0, and MKL runs its generic ("def") kernels, which use AVX2 only,
-even where the CPU has AVX-512. torch's fp32 GEMMs (`mm`, `bmm`, `addmm`: attention, LoRA) are
-MKL's, so an fp32 training step on a Zen 4 EPYC ran them at about half the machine's speed.
+set: on an AMD CPU it answers 0, and MKL runs its generic ("def") kernels, which are slower than
+the ones it has for the CPU's instruction set (AVX-512 or AVX2). torch's fp32 GEMMs (`mm`, `bmm`,
+`addmm`: attention, LoRA) are MKL's, so an fp32 training step on a Zen 4 EPYC ran them at about
+half the machine's speed.
 
 `load()` compiles a one-line shared library that defines `mkl_serv_intel_cpu_true` to return 1
 and loads it with RTLD_GLOBAL *before torch is imported*: libtorch_cpu.so exports MKL's symbols
 and binds its own calls to them through the dynamic linker, which then finds this definition
 first, as it would with LD_PRELOAD (the well-known workaround since MKL 2020 dropped
-MKL_DEBUG_CPU_TYPE). MKL then dispatches on the instruction set, as oneDNN always does: its
-AVX-512 kernels (`mkl_blas_avx512_sgemm_*` in a profile) are used. The results stay IEEE fp32.
+MKL_DEBUG_CPU_TYPE). MKL then dispatches on the instruction set, as oneDNN always does (code path
+7, `mkl_blas_avx512_sgemm_*` in a profile, on Zen 4; 5, AVX2, on Zen 3). The results stay IEEE fp32.
 Measured on a Zen 4 EPYC, one thread: attention's batched GEMMs 45-58 -> 89-96 GFLOP/s, the
 linear layers' 61-78 -> 87-105; the fp32 training bench 1.13x the previous tree in the same run
 (train.py then leaves its linear layers to MKL instead of oneDNN, see
-`speedups.onednn_linear_preferred`).
+`speedups.onednn_linear_preferred`). On a Zen 3 EPYC (AVX2, no AVX-512): the frozen linear
+layers' GEMMs 1.10-1.15x (against oneDNN in the same process), train.py's fp32 steps 1.09x
+(three alternating pairs, 4 steps each: 830-844 against 759-776 tokens/s).
 
-Only for AMD CPUs with AVX-512 (F, BW, DQ and VL: what MKL's AVX-512 kernels need) on Linux
-x86-64; not on AVX2-only AMD CPUs, where it was not measured. `LLMTUNER_MKL_AMD_AVX512=0` turns it
-off. It loads the library the Docker image builds at `PREBUILT` (`python mkl_dispatch.py --build
-DIR`, in the image's root-owned environment) where that exists and only its owner or root can
-write it; otherwise it needs a C compiler (`cc`) when the process starts, and builds the library in
-a fresh private directory, removed once loaded (nothing is cached where another user could replace
-it). Without either, or once torch is imported, nothing changes and `load()` says why.
+Only for AMD CPUs with AVX-512 (F, BW, DQ and VL: what MKL's AVX-512 kernels need) or AVX2 and FMA
+on Linux x86-64. `LLMTUNER_MKL_AMD=0` turns it off. It loads the library the Docker image builds
+at `PREBUILT` (`python mkl_dispatch.py --build DIR`, in the image's root-owned environment) where
+that exists and only its owner or root can write it; otherwise it needs a C compiler (`cc`) when
+the process starts, and builds the library in a fresh private directory, removed once loaded
+(nothing is cached where another user could replace it). Without either, or once torch is
+imported, nothing changes and `load()` says why.
 
 This module imports nothing heavy: train.py, evaluate.py and serve.py call `load()` before
 anything imports torch (the speed-up was measured for training only).
@@ -41,11 +44,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-ENV_SWITCH = "LLMTUNER_MKL_AMD_AVX512"
+ENV_SWITCH = "LLMTUNER_MKL_AMD"
 SOURCE = "int mkl_serv_intel_cpu_true(void) { return 1; }\n"
 LIBRARY = "libmkl_intel_cpu_true.so"
 PREBUILT = Path(sys.prefix) / "lib" / "llmtuner" / LIBRARY  # where the Docker image puts it
 AVX512_FLAGS = frozenset({"avx512f", "avx512bw", "avx512dq", "avx512vl"})
+AVX2_FLAGS = frozenset({"avx2", "fma"})  # what MKL's AVX2 kernels need
 _loaded: list[str] = []  # the library's path once loaded in this process
 _why_not = ["load() was not called"]  # why the last load() changed nothing; empty once loaded
 
@@ -76,13 +80,14 @@ def applies(info: dict[str, str] | None = None, env: dict[str, str] | None = Non
         return "not Linux on x86-64"
     if info.get("vendor_id") != "AuthenticAMD":
         return "not an AMD CPU (MKL picks its own code path on Intel CPUs)"
-    if not AVX512_FLAGS <= set(info.get("flags", "").split()):
-        return "this AMD CPU has no AVX-512"
+    flags = set(info.get("flags", "").split())
+    if not (AVX512_FLAGS <= flags or AVX2_FLAGS <= flags):
+        return "this AMD CPU has neither AVX-512 nor AVX2 with FMA"
     return None
 
 
 def load(info: dict[str, str] | None = None) -> str | None:
-    """Make MKL use its AVX-512 kernels on this AMD CPU (see the module docstring); None when done
+    """Make MKL use its kernels for this AMD CPU's instruction set (see the module docstring); None when done
     (or already done in this process), otherwise why nothing changed. Call before importing torch.
     `info`: /proc/cpuinfo's fields as `cpuinfo()` reads them (tests pass another CPU's)."""
     why = None if _loaded else _load(info)
@@ -96,8 +101,8 @@ def why_not() -> str | None:
 
 
 def missed() -> str | None:
-    """Why the library is not loaded on a CPU it applies to (an AMD CPU with AVX-512): worth a log
-    line. None when it is loaded or does not apply (Intel, no AVX-512, switched off)."""
+    """Why the library is not loaded on a CPU it applies to (an AMD CPU with AVX-512 or AVX2): worth
+    a log line. None when it is loaded or does not apply (Intel, neither instruction set, switched off)."""
     why = why_not()
     return why if why and applies() is None else None
 
@@ -105,7 +110,7 @@ def missed() -> str | None:
 def missed_message() -> str | None:
     """The log line train.py, evaluate.py and serve.py write when `missed()` says why; None otherwise."""
     why = missed()
-    return f"MKL keeps its generic (AVX2) kernels on this AMD CPU: {why}" if why else None
+    return f"MKL keeps its generic kernels on this AMD CPU: {why}" if why else None
 
 
 def _load(info: dict[str, str] | None) -> str | None:
@@ -167,9 +172,9 @@ def active() -> bool:
 
 
 def mkl_code_path() -> int | None:
-    """MKL's own code-path number (`mkl_serv_cpu_detect()` of torch's MKL; on a Zen 4 EPYC 0, its
-    generic kernels, and 7, its AVX-512 ones, once `load()` ran); None where torch has no MKL or does
-    not export it. Imports torch."""
+    """MKL's own code-path number (`mkl_serv_cpu_detect()` of torch's MKL: on an AMD CPU 0, its
+    generic kernels, until `load()` ran, then 7, AVX-512, on a Zen 4 and 5, AVX2, on a Zen 3); None
+    where torch has no MKL or does not export it. Imports torch."""
     import torch
 
     lib = Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"

@@ -56,7 +56,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F  # noqa: N812 - the usual name
-from mkl_dispatch import active as mkl_avx512_on_amd
+from mkl_dispatch import active as mkl_intel_kernels_on_amd
 from mkl_dispatch import cpuinfo as _cpuinfo
 
 IGNORE_INDEX = -100
@@ -86,7 +86,7 @@ def onednn_linear_preferred() -> bool:
     this process: then MKL was as fast or faster, with no kernel to prepare for each new row count."""
     info = _cpuinfo()
     return (info.get("vendor_id") == "AuthenticAMD" and "avx512f" in info.get("flags", "").split()
-            and onednn_linear_available() and not mkl_avx512_on_amd())
+            and onednn_linear_available() and not mkl_intel_kernels_on_amd())
 
 
 def autocast(device_type: str, bf16: bool) -> Any:

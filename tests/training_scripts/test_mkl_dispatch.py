@@ -1,4 +1,4 @@
-"""training_scripts/mkl_dispatch.py: MKL's AVX-512 kernels on AMD CPUs with AVX-512, loaded before torch."""
+"""training_scripts/mkl_dispatch.py: MKL's Intel code paths (AVX-512, AVX2) on AMD CPUs, loaded before torch."""
 
 from __future__ import annotations
 
@@ -22,13 +22,15 @@ ON_X86_LINUX = mkl_dispatch.applies(ZEN4, {}) is None
 
 
 @pytest.mark.skipif(not ON_X86_LINUX, reason="Linux x86-64 only")
-def test_applies_to_amd_cpus_with_avx512_only() -> None:
+def test_applies_to_amd_cpus_with_avx512_or_avx2() -> None:
     assert mkl_dispatch.applies(ZEN4, {}) is None
     assert mkl_dispatch.applies(ZEN4, {mkl_dispatch.ENV_SWITCH: "1"}) is None
-    assert "no AVX-512" in (mkl_dispatch.applies(ZEN3, {}) or "")
+    assert mkl_dispatch.applies(ZEN3, {}) is None  # MKL's AVX2 kernels instead of its generic ones
     assert "not an AMD CPU" in (mkl_dispatch.applies(SAPPHIRE_RAPIDS, {}) or "")
-    no_vl = {"vendor_id": "AuthenticAMD", "flags": "avx2 avx512f avx512dq avx512bw"}  # MKL's kernels need VL
-    assert mkl_dispatch.applies(no_vl, {}) is not None
+    # MKL's AVX-512 kernels need VL, its AVX2 ones FMA: this CPU has neither path
+    no_vl_no_fma = {"vendor_id": "AuthenticAMD", "flags": "avx2 avx512f avx512dq avx512bw"}
+    assert "neither" in (mkl_dispatch.applies(no_vl_no_fma, {}) or "")
+    assert "neither" in (mkl_dispatch.applies({"vendor_id": "AuthenticAMD", "flags": "sse2 avx"}, {}) or "")
     for off in ("0", "false", "off"):
         assert mkl_dispatch.applies(ZEN4, {mkl_dispatch.ENV_SWITCH: off}) == f"{mkl_dispatch.ENV_SWITCH}={off}"
 
@@ -69,7 +71,7 @@ def probe(info: dict[str, str] | None, prebuilt: Path = Path("/nonexistent") / m
 
 @pytest.mark.skipif(not ON_X86_LINUX or not (shutil.which("cc") or shutil.which("gcc")),
                     reason="needs Linux x86-64 and a C compiler")
-def test_load_makes_mkl_take_its_avx512_code_path() -> None:
+def test_load_makes_mkl_take_its_intel_code_path() -> None:
     pytest.importorskip("torch")
     loaded = run_python(probe(ZEN4))
     off = run_python(probe(None), **{mkl_dispatch.ENV_SWITCH: "0"})
@@ -79,7 +81,7 @@ def test_load_makes_mkl_take_its_avx512_code_path() -> None:
     if loaded["code"] is None:
         pytest.skip("this torch's MKL does not export mkl_serv_cpu_detect")
     assert loaded["code"] >= off["code"]
-    if mkl_dispatch.applies() is None:  # this machine is an AMD CPU with AVX-512: MKL changed its path
+    if mkl_dispatch.applies() is None:  # this machine is an AMD CPU with AVX-512 or AVX2: MKL changed its path
         assert loaded["code"] > off["code"], (loaded, off)
 
 
@@ -108,37 +110,76 @@ def test_a_prebuilt_library_loads_without_a_compiler_unless_others_can_write_it(
 
 
 LOAD_ORDER = """
-import json, sys, mkl_dispatch
-seen = []
+import json, os, sys, mkl_dispatch
+seen, thp = [], []
 load = mkl_dispatch.load
-mkl_dispatch.load = lambda *a, **k: seen.append("torch" in sys.modules) or load(*a, **k)
+mkl_dispatch.load = lambda *a, **k: seen.append("torch" in sys.modules) or thp.append(
+    os.environ.get("THP_MEM_ALLOC_ENABLE")) or load(*a, **k)
 import {module}
 try:
     code = {module}.main({args})
 except SystemExit as e:
     code = e.code
 sys.stdout = sys.__stdout__
-print(json.dumps({{"torch_before_load": seen, "code": code}}))
+print(json.dumps({{"torch_before_load": seen, "thp": thp, "code": code}}))
 """
 
 
 @pytest.mark.parametrize(("module", "args"), [
-    ("evaluate", ""),  # no data: it fails at once, after load()
+    ("train", ""),  # no data: it fails at once, after load()
+    ("evaluate", ""),
     ("serve", "['--model-dir', '/nonexistent/model.tar.gz', '--port', '0']"),  # the model fails to load
 ])
-def test_evaluate_and_serve_load_the_library_before_torch(module: str, args: str, tmp_path: Path) -> None:
-    got = run_python(LOAD_ORDER.format(module=module, args=args), SM_CHANNEL_TRAIN=str(tmp_path / "none"),
-                     SM_MODEL_DIR=str(tmp_path / "model"), SM_OUTPUT_DIR=str(tmp_path / "out"),
-                     SM_HPS=json.dumps({"base_model": "tiny"}))
+def test_the_scripts_load_the_library_before_torch(module: str, args: str, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    proc = subprocess.run([sys.executable, "-c", LOAD_ORDER.format(module=module, args=args)], cwd=SCRIPTS,
+                          capture_output=True, text=True, timeout=120,
+                          env=env | {"PYTHONPATH": str(SCRIPTS), "SM_CHANNEL_TRAIN": str(tmp_path / "none"),
+                                     "SM_MODEL_DIR": str(tmp_path / "model"), "SM_OUTPUT_DIR": str(tmp_path / "out"),
+                                     "SM_HPS": json.dumps({"base_model": "tiny"})})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert got["torch_before_load"] == [False]  # called once, with torch not imported yet
     assert got["code"] != 0
+    # train.py turns on torch's transparent huge pages before torch reads the switch (at its first allocation)
+    assert got["thp"] == (["1"] if module == "train" else [None])
+
+
+def _thp_mode() -> str | None:
+    try:
+        text = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return None
+    return text.split("[", 1)[1].split("]", 1)[0] if "[" in text else None
+
+
+@pytest.mark.skipif(_thp_mode() not in ("madvise", "always") or not Path("/proc/self/smaps_rollup").exists(),
+                    reason="needs Linux with transparent huge pages on (madvise or always)")
+def test_torch_backs_large_tensors_with_huge_pages_when_train_py_asks() -> None:
+    """THP_MEM_ALLOC_ENABLE=1 (what train.py sets) makes torch's CPU allocator madvise its blocks of
+    2 MiB and more MADV_HUGEPAGE: the process then holds anonymous huge pages. A torch that dropped
+    the switch would fail here."""
+    pytest.importorskip("torch")
+    code = ("import re, torch\n"
+            "t = [torch.ones(64 << 20, dtype=torch.uint8) for _ in range(8)]\n"
+            "s = open('/proc/self/smaps_rollup').read()\n"
+            "print(int(re.search(r'AnonHugePages:\\s+(\\d+) kB', s).group(1)))")
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env=env | {"THP_MEM_ALLOC_ENABLE": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert int(out.stdout.strip()) >= 2048  # kB: at least one 2 MiB page
+    if _thp_mode() == "madvise":  # without the switch nothing asks for them
+        off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+        assert off.returncode == 0, off.stderr[-2000:]
+        assert int(off.stdout.strip()) < int(out.stdout.strip())
 
 
 def test_missed_names_a_failure_only_on_a_cpu_the_library_applies_to(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(mkl_dispatch, "_why_not", ["no C compiler (cc) to build the library"])
     monkeypatch.setattr(mkl_dispatch, "applies", lambda *a: None)  # an AMD CPU with AVX-512
     assert mkl_dispatch.missed() == "no C compiler (cc) to build the library"
-    assert mkl_dispatch.missed_message() == ("MKL keeps its generic (AVX2) kernels on this AMD CPU: "
+    assert mkl_dispatch.missed_message() == ("MKL keeps its generic kernels on this AMD CPU: "
                                              "no C compiler (cc) to build the library")
     monkeypatch.setattr(mkl_dispatch, "applies", lambda *a: "not an AMD CPU")
     assert mkl_dispatch.missed() is None  # nothing to report on an Intel CPU

@@ -629,8 +629,8 @@ def test_onednn_is_preferred_on_amd_cpus_with_avx512_only(monkeypatch: pytest.Mo
         return speedups.onednn_linear_preferred()
 
     available = speedups.onednn_linear_available()
-    assert cpu("AuthenticAMD", "fma avx2 avx512f avx512_bf16") is available  # Zen 4: MKL runs its AVX2 path
+    assert cpu("AuthenticAMD", "fma avx2 avx512f avx512_bf16") is available  # Zen 4: MKL runs its generic path
     assert not cpu("AuthenticAMD", "fma avx2")  # Zen 2: no AVX-512 for oneDNN to win with
     assert not cpu("GenuineIntel", "fma avx2 avx512f amx_bf16")  # MKL's own AVX-512 path
-    monkeypatch.setattr(speedups, "mkl_avx512_on_amd", lambda: True)  # mkl_dispatch.load() ran in this process
+    monkeypatch.setattr(speedups, "mkl_intel_kernels_on_amd", lambda: True)  # mkl_dispatch.load() ran in this process
     assert not cpu("AuthenticAMD", "fma avx2 avx512f avx512_bf16")  # MKL's AVX-512 path: as fast, no JIT per shape

@@ -348,12 +348,12 @@ def test_run_loss_falls_and_outputs_are_complete(runs: dict[str, Future[Any]]) -
     assert s["speedups"]["gc_frozen_objects"] > 10_000  # the model, tokenizer and data, out of the collector
     fp32 = not s["bf16"]  # oneDNN's linears are fp32 only; the block attention runs under bf16 autocast too
     assert s["speedups"]["block_causal_attention"] is True
-    # train.py loads mkl_dispatch's library before torch on AMD CPUs with AVX-512 (this process cannot: torch is in)
+    # train.py loads mkl_dispatch's library before torch on AMD CPUs (this process cannot: torch is in)
     import mkl_dispatch
 
     compiler = shutil.which("cc") or shutil.which("gcc")
-    assert s["speedups"]["mkl_avx512_on_amd"] is (mkl_dispatch.applies() is None and compiler is not None)
-    preferred = fp32 and speedups_module().onednn_linear_preferred() and not s["speedups"]["mkl_avx512_on_amd"]
+    assert s["speedups"]["mkl_intel_kernels_on_amd"] is (mkl_dispatch.applies() is None and compiler is not None)
+    preferred = fp32 and speedups_module().onednn_linear_preferred() and not s["speedups"]["mkl_intel_kernels_on_amd"]
     assert s["speedups"].get("onednn_linears", 0) == (2 * (3 + 4 * 3) + 1 if preferred else 0)  # + the head
     import torch
 
