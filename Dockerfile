@@ -34,8 +34,8 @@ RUN pip install --upgrade pip \
     esac \
  && pip install ".${EXTRAS:+[${EXTRAS}]}"
 
-# With torch (local training): the one-line library that makes MKL run its AVX-512 kernels on AMD
-# CPUs (training_scripts/mkl_dispatch.py), built here because the runtime image has no C compiler;
+# With torch (local training): the one-line library that makes MKL run its AVX-512 / AVX2 kernels on
+# AMD CPUs (training_scripts/mkl_dispatch.py), built here because the runtime image has no C compiler;
 # it lands in the root-owned venv, where mkl_dispatch.PREBUILT looks for it.
 COPY training_scripts/mkl_dispatch.py /build/mkl_dispatch.py
 RUN case ",${EXTRAS}," in \

@@ -6,7 +6,7 @@ Same randomly initialised Llama-style model (hidden 512, 8 layers, 8 heads, inte
 same LoRA (r16 on q/k/v/o), batch size and max length; run one after the other in this
 invocation. Prints non-padding tokens/s of each, the ratio, and model-FLOPs utilisation against
 the fp32 matmul peak measured here (2048^3 matmuls, the faster of torch's GEMM and oneDNN's; on an
-AMD CPU with AVX-512 torch's GEMM is MKL's AVX-512 one here, as in train.py: see mkl_dispatch.py).
+AMD CPU torch's GEMM is MKL's AVX-512 (or AVX2) one here, as in train.py: see mkl_dispatch.py).
 
 MFU counts useful FLOPs only (PERF-NOTES.md): tokens x (4*N + 6*N_lora) + causal attention,
 N = matmul parameters including the output head (frozen weights: forward 2N + input-gradient 2N).
@@ -84,8 +84,8 @@ def build_model(path: Path, records: list[dict]) -> None:
 def matmul_peaks(n: int = 2048, reps: int = 5, dtype: str = "float32") -> dict[str, float]:
     """Best GFLOP/s of n^3 matmuls in `dtype` (after a warm-up) by library: torch's GEMM and, where
     torch has it, oneDNN's matmul, measured alternately; the faster one sets the peak. (In fp32 torch's
-    GEMM is MKL's, which on AMD CPUs with AVX-512 runs a non-AVX-512 path; oneDNN's was 1.2-1.7x
-    faster there.)"""
+    GEMM is MKL's, which on AMD CPUs runs its generic kernels unless mkl_dispatch.load() ran; oneDNN's
+    was 1.2-1.7x faster than those on a Zen 4.)"""
     import speedups
     import torch
 
