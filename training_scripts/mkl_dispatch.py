@@ -16,8 +16,9 @@ MKL_DEBUG_CPU_TYPE). MKL then dispatches on the instruction set, as oneDNN alway
 Measured on a Zen 4 EPYC, one thread: attention's batched GEMMs 45-58 -> 89-96 GFLOP/s, the
 linear layers' 61-78 -> 87-105; the fp32 training bench 1.13x the previous tree in the same run
 (train.py then leaves its linear layers to MKL instead of oneDNN, see
-`speedups.onednn_linear_preferred`). On a Zen 3 EPYC (AVX2, no AVX-512): the frozen linear
-layers' GEMMs 1.10-1.15x (against oneDNN in the same process), train.py's fp32 steps 1.09x
+`speedups.onednn_linear_preferred`). On a Zen 3 EPYC (AVX2, no AVX-512), one thread: the frozen
+linear layers' GEMMs 1.10-1.15x the generic kernels' (each against oneDNN in the same process);
+train.py's fp32 steps 1.09x
 (three alternating pairs, 4 steps each: 830-844 against 759-776 tokens/s).
 
 Only for AMD CPUs with AVX-512 (F, BW, DQ and VL: what MKL's AVX-512 kernels need) or AVX2 and FMA

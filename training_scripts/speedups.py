@@ -25,7 +25,8 @@
   cross-entropy 8.1 -> 5.4 ms (forward + backward, one thread); +10% end to end on the fp32 bench.
   Each falls back to the library's own forward for whatever it does not cover. Tried and not kept:
   a fused SwiGLU MLP with one gate+up GEMM (2%), matmul attention instead of torch's flash kernel
-  (slower from 64 tokens up), `torch.compile` of the decoder (8% for a 37 s compile), huge pages.
+  (slower from 64 tokens up), `torch.compile` of the decoder (8% for a 37 s compile), huge pages
+  (then; train.py has since asked torch's allocator for them, which the whole-run A/Bs found faster).
 - `fuse_attention`: causal attention in blocks of query rows with the probabilities kept for
   backward (`_BlockCausalAttention`) instead of torch's CPU flash kernel, for training steps with
   no mask tensor: +3-6% end to end on the fp32 bench (AMD EPYC, AVX2), more at long sequences. Under
