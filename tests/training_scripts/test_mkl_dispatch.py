@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -42,16 +43,20 @@ def test_load_changes_nothing_once_torch_is_imported() -> None:
     assert "torch was imported first" in why or not ON_X86_LINUX
 
 
-def run_python(code: str, **env: str) -> dict:
+def run_python(code: str, **env: str | None) -> Any:
+    """Runs `code` in a fresh interpreter (`env` overrides this one's environment; None unsets a
+    variable) and returns its last line of output, parsed as JSON."""
+    full = {k: v for k, v in (os.environ | {"PYTHONPATH": str(SCRIPTS)} | env).items() if v is not None}
     proc = subprocess.run([sys.executable, "-c", code], cwd=SCRIPTS, capture_output=True, text=True, timeout=120,
-                          env=os.environ | {"PYTHONPATH": str(SCRIPTS)} | env)
+                          env=full)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 PROBE = """
 import json, sys, mkl_dispatch
 from pathlib import Path
+from typing import Any
 mkl_dispatch.PREBUILT = Path({prebuilt!r})
 why = mkl_dispatch.load({info})
 import torch
@@ -131,14 +136,9 @@ print(json.dumps({{"torch_before_load": seen, "thp": thp, "code": code}}))
     ("serve", "['--model-dir', '/nonexistent/model.tar.gz', '--port', '0']"),  # the model fails to load
 ])
 def test_the_scripts_load_the_library_before_torch(module: str, args: str, tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
-    proc = subprocess.run([sys.executable, "-c", LOAD_ORDER.format(module=module, args=args)], cwd=SCRIPTS,
-                          capture_output=True, text=True, timeout=120,
-                          env=env | {"PYTHONPATH": str(SCRIPTS), "SM_CHANNEL_TRAIN": str(tmp_path / "none"),
-                                     "SM_MODEL_DIR": str(tmp_path / "model"), "SM_OUTPUT_DIR": str(tmp_path / "out"),
-                                     "SM_HPS": json.dumps({"base_model": "tiny"})})
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    got = run_python(LOAD_ORDER.format(module=module, args=args), SM_CHANNEL_TRAIN=str(tmp_path / "none"),
+                     SM_MODEL_DIR=str(tmp_path / "model"), SM_OUTPUT_DIR=str(tmp_path / "out"),
+                     SM_HPS=json.dumps({"base_model": "tiny"}), THP_MEM_ALLOC_ENABLE=None)
     assert got["torch_before_load"] == [False]  # called once, with torch not imported yet
     assert got["code"] != 0
     # train.py turns on torch's transparent huge pages before torch reads the switch (at its first allocation)
@@ -153,8 +153,9 @@ def _thp_mode() -> str | None:
     return text.split("[", 1)[1].split("]", 1)[0] if "[" in text else None
 
 
-@pytest.mark.skipif(_thp_mode() not in ("madvise", "always") or not Path("/proc/self/smaps_rollup").exists(),
-                    reason="needs Linux with transparent huge pages on (madvise or always)")
+@pytest.mark.skipif(_thp_mode() != "madvise" or not Path("/proc/self/smaps_rollup").exists(),
+                    reason="needs Linux with transparent huge pages on request (madvise): under 'always' every "
+                           "process gets them, under 'never' none does")
 def test_torch_backs_large_tensors_with_huge_pages_when_train_py_asks() -> None:
     """THP_MEM_ALLOC_ENABLE=1 (what train.py sets) makes torch's CPU allocator madvise its blocks of
     2 MiB and more MADV_HUGEPAGE: the process then holds anonymous huge pages. A torch that dropped
@@ -164,20 +165,15 @@ def test_torch_backs_large_tensors_with_huge_pages_when_train_py_asks() -> None:
             "t = [torch.ones(64 << 20, dtype=torch.uint8) for _ in range(8)]\n"
             "s = open('/proc/self/smaps_rollup').read()\n"
             "print(int(re.search(r'AnonHugePages:\\s+(\\d+) kB', s).group(1)))")
-    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         env=env | {"THP_MEM_ALLOC_ENABLE": "1"})
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert int(out.stdout.strip()) >= 2048  # kB: at least one 2 MiB page
-    if _thp_mode() == "madvise":  # without the switch nothing asks for them
-        off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
-        assert off.returncode == 0, off.stderr[-2000:]
-        assert int(off.stdout.strip()) < int(out.stdout.strip())
+    on = run_python(code, THP_MEM_ALLOC_ENABLE="1")
+    assert on >= 2048  # kB: at least one 2 MiB page
+    off = run_python(code, THP_MEM_ALLOC_ENABLE=None)  # without the switch nothing asks for them
+    assert off < on
 
 
 def test_missed_names_a_failure_only_on_a_cpu_the_library_applies_to(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(mkl_dispatch, "_why_not", ["no C compiler (cc) to build the library"])
-    monkeypatch.setattr(mkl_dispatch, "applies", lambda *a: None)  # an AMD CPU with AVX-512
+    monkeypatch.setattr(mkl_dispatch, "applies", lambda *a: None)  # an AMD CPU with AVX-512 or AVX2
     assert mkl_dispatch.missed() == "no C compiler (cc) to build the library"
     assert mkl_dispatch.missed_message() == ("MKL keeps its generic kernels on this AMD CPU: "
                                              "no C compiler (cc) to build the library")
