@@ -467,11 +467,25 @@ def load_tokenizer_and_model(source: str, cfg: TrainConfig, rt: Runtime) -> tupl
         kwargs["dtype"] = torch.bfloat16
     elif rt.bf16 and cfg.use_lora and rt.device == "cuda":
         kwargs["dtype"] = torch.bfloat16  # frozen base in bf16; peft keeps adapters in fp32
+    if rt.device == "cpu" and hub_kernels_by_default():
+        # transformers 5 turns the `kernels` library's hub kernels on by default and re-kernelizes the
+        # model at every train()/eval() switch, which puts the library's own forward back on every
+        # layer it knows (RMSNorm): speedups.py's fused RMSNorm was silently undone when the trainer
+        # started. Its hub kernels are GPU ones (CUDA, ROCm, XPU) anyway.
+        kwargs["use_kernels"] = False
     cls = AutoModelForSeq2SeqLM if task == "seq2seq_lm" else AutoModelForCausalLM
     model = cls.from_pretrained(source, **kwargs)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return tokenizer, model, task
+
+
+def hub_kernels_by_default() -> bool:
+    """Whether this transformers kernelizes models when they switch between train() and eval() (5.x, with
+    hub kernels on unless `use_kernels=False`); older releases take no such switch."""
+    from transformers import PreTrainedModel
+
+    return hasattr(PreTrainedModel, "kernels_mode")
 
 
 def default_target_modules(model_type: str) -> list[str] | str:

@@ -286,6 +286,24 @@ def test_truncation_is_counted_not_dropped(tokenizer: Any) -> None:
     assert len(out.examples[0]["input_ids"]) == limit
 
 
+def test_cpu_models_keep_their_fused_layers_through_train_and_eval(tiny: dict[str, Path]) -> None:
+    """transformers 5 loads a model with the `kernels` library's hub kernels on by default and
+    re-kernelizes it at every train()/eval() switch (the trainer's at the start, an evaluation's):
+    that put the library's own forward back on the RMSNorms that speedups.py had fused, silently.
+    train.py loads CPU models with hub kernels off, so the fused forwards stay."""
+    torch = pytest.importorskip("torch")
+    speedups = speedups_module()
+    cfg = train.TrainConfig.from_hyperparameters({"base_model": str(tiny["llama"]), "bf16": False})
+    _, model, _ = train.load_tokenizer_and_model(str(tiny["llama"]), cfg, train.pick_runtime(cfg))
+    assert speedups.fuse_rms_norms(model) > 0
+    for mode in (True, False, True):  # Trainer.train(), an evaluation, training again
+        model.train(mode)
+    norms = [m for m in model.modules() if type(m).__name__ in speedups.LLAMA_RMS_NORMS]
+    assert norms and all("forward" in vars(m) for m in norms)
+    out = norms[0](torch.randn(2, 3, norms[0].weight.shape[0], requires_grad=True))
+    assert "_RMSNorm" in type(out.grad_fn).__name__
+
+
 def test_dynamic_padding_collator() -> None:
     batch = train.PadCollator(pad_id=0, seq2seq=False)(
         [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [5], "labels": [5]}])
