@@ -23,7 +23,11 @@
   node. These autograd Functions compute the same maths in fewer passes with hand-written backwards:
   per 4x158-token shard, LoRA layer 7.0 -> 5.9 ms, RMSNorm 1.8 -> 0.9 ms, rotary 3.6 -> 1.9 ms,
   cross-entropy 8.1 -> 5.4 ms (forward + backward, one thread); +10% end to end on the fp32 bench.
-  Each falls back to the library's own forward for whatever it does not cover. Tried and not kept:
+  Each falls back to the library's own forward for whatever it does not cover. The rotary embedding
+  writes q and k contiguous per head (the attention's reshape is then a view, not a copy) and their
+  gradients in the layout of its inputs (the projections' outputs, transposed: views on the way back).
+  The RMSNorm patch is per module: train.py loads CPU models with transformers 5's hub kernels off,
+  since re-kernelizing at a train()/eval() switch puts the library's forward back. Tried and not kept:
   a fused SwiGLU MLP with one gate+up GEMM (2%), matmul attention instead of torch's flash kernel
   (slower from 64 tokens up), `torch.compile` of the decoder (8% for a 37 s compile), huge pages
   (then; train.py has since asked torch's allocator for them, which the whole-run A/Bs found faster).
@@ -373,6 +377,17 @@ def _rotate_into(out: torch.Tensor, x: torch.Tensor, cos: torch.Tensor, sin: tor
     return out
 
 
+def _dim_order(x: torch.Tensor) -> list[int]:
+    """`x`'s dimensions from the outermost in memory to the innermost (by stride; ties keep their order)."""
+    return sorted(range(x.dim()), key=lambda d: -x.stride(d))
+
+
+def _empty_in_order(like: torch.Tensor, order: list[int]) -> torch.Tensor:
+    """An empty tensor shaped and typed like `like`, dense in memory with its dimensions laid out in `order`."""
+    out = torch.empty([like.shape[d] for d in order], dtype=like.dtype, device=like.device)
+    return out.permute(sorted(range(len(order)), key=order.__getitem__))
+
+
 class _Rotary(torch.autograd.Function):
     """Llama's `apply_rotary_pos_emb` for q and k (dtype promoted with cos/sin, as `q * cos` is).
     Backward is the inverse rotation: g1 * cos1 + g2 * sin2, g2 * cos2 - g1 * sin1."""
@@ -382,9 +397,11 @@ class _Rotary(torch.autograd.Function):
                 sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ctx.save_for_backward(cos, sin)
         ctx.dtypes = q.dtype, k.dtype
-        # empty_like keeps the strides of q and k (transposed views): sdpa sees the layout it would have seen
-        out = [_rotate_into(torch.empty_like(x, dtype=torch.promote_types(x.dtype, cos.dtype)), x, cos, sin, 1.0)
-               for x in (q, k)]
+        ctx.orders = _dim_order(q), _dim_order(k)
+        # Written contiguous (batch, heads, length, head dim): the attention's reshape of q and k to
+        # (batch * heads, length, head dim) is then a view, not a copy of each.
+        out = [_rotate_into(torch.empty(x.shape, dtype=torch.promote_types(x.dtype, cos.dtype), device=x.device),
+                            x, cos, sin, 1.0) for x in (q, k)]
         return out[0], out[1]
 
     @staticmethod
@@ -393,8 +410,10 @@ class _Rotary(torch.autograd.Function):
         h = cos.shape[-1] // 2
         # the inverse rotation: swap the halves of sin so that x1 pairs with sin1 and x2 with sin2
         sin_swapped = torch.cat((sin[..., h:], sin[..., :h]), -1)
-        grads = [None if g is None else _rotate_into(torch.empty_like(g), g, cos, sin_swapped, -1.0).to(dt)
-                 for g, dt in zip((gq, gk), ctx.dtypes, strict=True)]
+        # Each gradient in its input's memory layout (the projection's (batch, length, heads, head dim)
+        # transposed): the way back to the projection's output is then views, not a copy of each.
+        grads = [None if g is None else _rotate_into(_empty_in_order(g, order), g, cos, sin_swapped, -1.0).to(dt)
+                 for g, dt, order in zip((gq, gk), ctx.dtypes, ctx.orders, strict=True)]
         return grads[0], grads[1], None, None
 
 
