@@ -43,6 +43,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 ENV_SWITCH = "LLMTUNER_MKL_AMD"
@@ -120,7 +121,7 @@ def _load(info: dict[str, str] | None) -> str | None:
         return why
     if "torch" in sys.modules:
         return "torch was imported first (MKL's code path is bound when torch loads)"
-    if _safe_to_load(PREBUILT):
+    if safe_to_load(PREBUILT):
         return _open(PREBUILT)
     with tempfile.TemporaryDirectory(prefix="llmtuner-mkl-") as tmp:  # mode 0700, removed after loading
         lib = Path(tmp) / LIBRARY
@@ -128,15 +129,16 @@ def _load(info: dict[str, str] | None) -> str | None:
         return why or _open(lib)  # once mapped, the file may go
 
 
-def build(lib: Path) -> str | None:
-    """Compile the library to `lib`; None when done, otherwise why not."""
+def build(lib: Path, source: str = SOURCE, flags: tuple[str, ...] = ("-O2",), libs: tuple[str, ...] = ()) -> str | None:
+    """Compile `source` (this module's library unless given: cpu_kernels.py builds its own here too) to
+    the shared library `lib`; None when done, otherwise why not."""
     compiler = shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         return "no C compiler (cc) to build the library"
     src = lib.with_suffix(".c")
-    src.write_text(SOURCE)
+    src.write_text(source)
     try:
-        proc = subprocess.run([compiler, "-shared", "-fPIC", "-O2", "-o", str(lib), str(src)],
+        proc = subprocess.run([compiler, "-shared", "-fPIC", *flags, "-o", str(lib), str(src), *libs],
                               capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"building the library failed: {exc}"
@@ -145,7 +147,7 @@ def build(lib: Path) -> str | None:
     return f"building the library failed: {proc.stderr.strip()[-300:]}" if proc.returncode else None
 
 
-def _safe_to_load(path: Path) -> bool:
+def safe_to_load(path: Path) -> bool:
     """`path` exists and neither it nor its directory can be written by anyone but its owner, who is
     root or this user (a library anyone else could replace would run their code in this process)."""
     try:
@@ -187,16 +189,22 @@ def mkl_code_path() -> int | None:
     return int(detect())
 
 
-if __name__ == "__main__":  # the Docker image's build: python mkl_dispatch.py --build DIR
+def build_cli(build_to: Callable[[Path], str | None], library: str, argv: list[str] | None = None) -> None:
+    """`python MODULE.py --build DIR`, the Docker image's build of a library: writes DIR/`library` with
+    `build_to`, writable by its owner only (see `safe_to_load`), and prints its path; exits with why on failure."""
     import argparse
 
-    parser = argparse.ArgumentParser(description="build the library mkl_dispatch.load() loads")
-    parser.add_argument("--build", type=Path, required=True, metavar="DIR", help=f"writes DIR/{LIBRARY}")
-    target = parser.parse_args().build
+    parser = argparse.ArgumentParser(description=f"build {library}")
+    parser.add_argument("--build", type=Path, required=True, metavar="DIR", help=f"writes DIR/{library}")
+    target = parser.parse_args(argv).build
     target.mkdir(parents=True, exist_ok=True)
-    failure = build(target / LIBRARY)
+    failure = build_to(target / library)
     if failure:
         sys.exit(failure)
-    for built in (target, target / LIBRARY):
-        built.chmod(0o755)  # writable by its owner only, whatever the umask: see _safe_to_load
-    print(target / LIBRARY)
+    for built in (target, target / library):
+        built.chmod(0o755)  # writable by its owner only, whatever the umask
+    print(target / library)
+
+
+if __name__ == "__main__":  # the Docker image's build: python mkl_dispatch.py --build DIR
+    build_cli(build, LIBRARY)

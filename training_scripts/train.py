@@ -815,6 +815,12 @@ def choose_speedups(run: Run) -> dict[str, Any]:
         if missed := mkl_dispatch.missed_message():
             log(missed)
         chosen["fused_rms_norms"] = speedups.fuse_rms_norms(run.model)
+        chosen["compiled_swiglu_mlps"] = speedups.fuse_swiglu(run.model)
+        if not chosen["compiled_swiglu_mlps"]:
+            import cpu_kernels
+
+            if why := cpu_kernels.why_not():
+                log(f"SwiGLU MLPs keep torch's ops: the compiled CPU kernels are not available ({why})")
         chosen["fused_rotary"] = speedups.fuse_rotary(run.model)
         chosen["block_causal_attention"] = speedups.fuse_attention(run.model)  # fp32 and bf16 autocast
         if not run.rt.bf16 and speedups.onednn_linear_preferred():  # bf16 matmuls are oneDNN's already

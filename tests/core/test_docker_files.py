@@ -3,6 +3,7 @@ each other, with the repository and with the settings names of app/config.py."""
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import re
@@ -279,21 +280,26 @@ def test_healthcheck_probes_api_health(runtime: Stage) -> None:
     assert f":{port}/api/health" in line
 
 
-def test_builder_builds_the_mkl_library_where_train_py_looks(dockerfile: tuple[list[str], list[Stage]],
-                                                             runtime: Stage) -> None:
-    """The runtime image has no C compiler: the builder compiles mkl_dispatch's library into the venv."""
+@pytest.mark.parametrize("module", ["mkl_dispatch", "cpu_kernels"])
+def test_builder_builds_the_native_libraries_where_train_py_looks(dockerfile: tuple[list[str], list[Stage]],
+                                                                  runtime: Stage, module: str) -> None:
+    """The runtime image has no C compiler: the builder compiles mkl_dispatch's and cpu_kernels' libraries
+    into the venv, where each module's PREBUILT is."""
     sys.path.insert(0, str(ROOT / "training_scripts"))
-    import mkl_dispatch
+    lib = importlib.import_module(module)
 
     builder = next(s for s in dockerfile[1] if s.name == "builder")
-    build = next(r for r in builder.all("RUN") if "mkl_dispatch.py --build" in r)
+    build = next(r for r in builder.all("RUN") if f"{module}.py --build" in r)
     venv = "/opt/venv"
     assert f"--from=builder {venv} {venv}" in runtime.all("COPY"), "the runtime gets the builder's venv"
-    target = re.search(r"mkl_dispatch\.py --build (\S+)", build).group(1)  # type: ignore[union-attr]
+    target = re.search(rf"/build/{module}\.py --build (\S+)", build).group(1)  # type: ignore[union-attr]
     prefix = Path(sys.prefix)
-    assert Path(venv) / mkl_dispatch.PREBUILT.relative_to(prefix) == Path(target) / mkl_dispatch.LIBRARY
+    assert Path(venv) / lib.PREBUILT.relative_to(prefix) == Path(target) / lib.LIBRARY
     assert "gcc" in build and "*,local,*" in build, "built with the local extra (torch), which trains"
-    assert any("training_scripts/mkl_dispatch.py" in c for c in builder.all("COPY"))
+    copies = [c.split() for c in builder.all("COPY")]
+    assert any(f"training_scripts/{module}.py" in c and c[-1] == "/build/" for c in copies)
+    if module == "cpu_kernels":  # it builds with mkl_dispatch's helper, copied beside it
+        assert any("training_scripts/mkl_dispatch.py" in c and c[-1] == "/build/" for c in copies)
 
 
 def test_copied_paths_exist(dockerfile: tuple[list[str], list[Stage]]) -> None:

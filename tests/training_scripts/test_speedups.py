@@ -260,6 +260,76 @@ def test_fused_lora_layer_falls_back_when_the_layer_is_not_plain_lora() -> None:
     assert speedups.fuse_lora_linears(dora) == 0
 
 
+@pytest.fixture
+def one_thread() -> Any:
+    """One intra-op thread, as each of ShardedBackward's shard threads has on 2 cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def compiled_kernels() -> Any:
+    lib = speedups._kernels()
+    if lib is None:
+        import cpu_kernels
+
+        pytest.skip(f"no compiled CPU kernels here: {cpu_kernels.why_not()}")
+    return lib
+
+
+def test_compiled_swiglu_kernels_compute_silu_times_up_and_its_gradients() -> None:
+    compiled_kernels()
+    extremes = torch.tensor([[-1e4, -100.0, -20.0, 0.0, 20.0, 100.0, 1e4] + [1.0] * 993])  # exp over/underflows
+    gate = torch.cat([torch.randn(3, 1000) * 4, extremes])
+    gate.requires_grad_()
+    up = torch.randn(4, 1000, requires_grad=True)
+    grad = torch.randn(4, 1000)
+    want = torch.nn.functional.silu(gate) * up
+    want_grads = torch.autograd.grad(want, (gate, up), grad)
+    got = speedups._SwiGLU.apply(gate, up)
+    got_grads = torch.autograd.grad(got, (gate, up), grad)
+    assert "_SwiGLU" in type(got.grad_fn).__name__
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        assert torch.isfinite(g).all()
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+    empty = speedups._SwiGLU.apply(torch.empty(0, 8), torch.empty(0, 8))
+    assert empty.shape == (0, 8)
+
+
+def test_compiled_swiglu_mlp_trains_the_model_as_its_own_forward_does(one_thread: None) -> None:
+    compiled_kernels()
+    plain = with_lora(tiny_causal_lm(), targets=["q_proj", "v_proj", "up_proj"])
+    fused = with_lora(tiny_causal_lm(), targets=["q_proj", "v_proj", "up_proj"])
+    fused.load_state_dict(plain.state_dict())
+    assert speedups.fuse_swiglu(fused) == 2 and speedups.fuse_swiglu(fused) == 0  # once per MLP
+    assert speedups.fuse_swiglu(tiny_causal_lm("gpt2")) == 0  # GELU MLP: not SwiGLU
+    batch = right_padded_batch()
+    losses = []
+    for model in (plain, fused):
+        model.train()
+        loss = model(**batch).loss
+        loss.backward()
+        losses.append(loss)
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
+    for got, want in zip(grads(fused), grads(plain), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    mlp = fused.base_model.model.model.layers[0].mlp
+    x = torch.randn(2, 3, 32, requires_grad=True)
+    down_input = {}
+    mlp.down_proj.register_forward_pre_hook(lambda m, args: down_input.update(x=args[0]))
+    mlp(x)
+    assert "_SwiGLU" in type(down_input["x"].grad_fn).__name__
+    torch.set_num_threads(2)  # more intra-op threads than the single-threaded kernels use: the model's own ops
+    mlp(x)
+    assert "_SwiGLU" not in type(down_input["x"].grad_fn).__name__
+    torch.set_num_threads(1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mlp(x)
+    assert "_SwiGLU" not in type(down_input["x"].grad_fn).__name__
+
+
 def test_fused_rms_norm_trains_its_weight_and_keeps_other_dtypes_on_the_original() -> None:
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
 

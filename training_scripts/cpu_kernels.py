@@ -1,0 +1,116 @@
+"""Compiled CPU kernels for elementwise work of a training step that torch runs as several passes.
+
+SwiGLU, `silu(gate) * up` (the MLP of Llama, Mistral, Qwen2/3): torch's forward makes two passes
+over the [tokens, intermediate] activations (silu, then the product) and autograd keeps silu's output
+besides both inputs; its backward makes three (two products and silu's backward). These kernels make
+one pass each way and keep only the two inputs: the sigmoid is recomputed inside the backward pass.
+One thread, 4 x 330 tokens x 1408 (the bench's model): forward 1.25 -> 0.86 ms, backward 1.88 ->
+1.09 ms, operands hot in cache; 7.4 MB less kept per layer and shard. fp32 only.
+
+Built as mkl_dispatch's library is: the Docker image compiles it into its root-owned venv (`python
+cpu_kernels.py --build DIR`), where `PREBUILT` finds it; elsewhere `library()` compiles it with `cc` on
+first use into a fresh private directory, removed once loaded (a fraction of a second). Each kernel
+is compiled for AVX-512, AVX2 and the x86-64 baseline (`target_clones`; the loader picks the CPU's),
+`expf` is glibc's vector one (libmvec). x86-64 Linux only; `LLMTUNER_CPU_KERNELS=0` turns it off.
+Without a compiler or on another platform `library()` is None, says why, and the caller keeps torch's ops.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import platform
+import sys
+import tempfile
+from pathlib import Path
+
+from mkl_dispatch import build as _build
+from mkl_dispatch import build_cli, safe_to_load
+
+ENV_SWITCH = "LLMTUNER_CPU_KERNELS"
+LIBRARY = "libllmtuner_cpu_kernels.so"
+PREBUILT = Path(sys.prefix) / "lib" / "llmtuner" / LIBRARY  # where the Docker image puts it
+FLAGS = ("-O3", "-fno-math-errno")  # errno-free expf is what lets GCC call libmvec's vector expf
+LIBS = ("-lmvec", "-lm")
+SOURCE = r"""
+#include <stdint.h>
+/* glibc's vector expf (libmvec), which math.h declares only under -ffast-math */
+extern float expf(float) __attribute__((__simd__("notinbranch")));
+#define CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+
+/* a = silu(g) * u = g * sigmoid(g) * u */
+CLONES void llmtuner_swiglu_forward(const float *restrict g, const float *restrict u, float *restrict a,
+                                    int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        float x = g[i];
+        a[i] = x / (1.0f + expf(-x)) * u[i];
+    }
+}
+
+/* Given da: du = da * silu(g); dg = da * u * silu'(g), silu'(g) = s * (1 + g * (1 - s)), s = sigmoid(g) */
+CLONES void llmtuner_swiglu_backward(const float *restrict da, const float *restrict g, const float *restrict u,
+                                     float *restrict dg, float *restrict du, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        float x = g[i], s = 1.0f / (1.0f + expf(-x)), d = da[i];
+        du[i] = d * x * s;
+        dg[i] = d * u[i] * s * (1.0f + x * (1.0f - s));
+    }
+}
+"""
+_why_not: list[str] = []
+
+
+def applies(env: dict[str, str] | None = None) -> str | None:
+    """None when this process may use the kernels; otherwise why not."""
+    env = os.environ if env is None else env
+    if env.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
+        return f"{ENV_SWITCH}={env[ENV_SWITCH]}"
+    if not sys.platform.startswith("linux") or platform.machine() not in ("x86_64", "AMD64"):
+        return "not Linux on x86-64"
+    return None
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """The loaded kernels (prebuilt, or compiled now), their argument types set; None, with `why_not()`, otherwise."""
+    why = applies()
+    lib = None
+    if why is None:
+        if safe_to_load(PREBUILT):
+            lib, why = _open(PREBUILT)
+        else:
+            with tempfile.TemporaryDirectory(prefix="llmtuner-kernels-") as tmp:  # mode 0700, removed after loading
+                path = Path(tmp) / LIBRARY
+                why = build(path)
+                if why is None:
+                    lib, why = _open(path)  # once mapped, the file may go
+    _why_not[:] = [why] if why else []
+    return lib
+
+
+def why_not() -> str | None:
+    """Why `library()` is None in this process (None before it is called and once it loaded)."""
+    return _why_not[0] if _why_not else None
+
+
+def build(lib: Path) -> str | None:
+    """Compile the library to `lib`; None when done, otherwise why not."""
+    return _build(lib, SOURCE, FLAGS, LIBS)
+
+
+def _open(path: Path) -> tuple[ctypes.CDLL | None, str | None]:
+    try:
+        lib = ctypes.CDLL(str(path))  # a CDLL's calls release the GIL: shard threads run them at once
+    except OSError as exc:
+        return None, f"loading the library failed: {exc}"
+    ptr, n = ctypes.c_void_p, ctypes.c_int64
+    lib.llmtuner_swiglu_forward.argtypes = [ptr, ptr, ptr, n]
+    lib.llmtuner_swiglu_backward.argtypes = [ptr, ptr, ptr, ptr, ptr, n]
+    for fn in (lib.llmtuner_swiglu_forward, lib.llmtuner_swiglu_backward):
+        fn.restype = None
+    return lib, None
+
+
+if __name__ == "__main__":  # the Docker image's build: python cpu_kernels.py --build DIR
+    build_cli(build, LIBRARY)
