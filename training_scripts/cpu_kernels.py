@@ -1,5 +1,11 @@
 """Compiled CPU kernels for elementwise work of a training step that torch runs as several passes.
 
+Dropout (LoRA's, `speedups.FastDropout`): torch makes the mask in two passes (random 64-bit draws,
+then a comparison of their 16-bit pieces into a uint8 mask) and applies it in a third; this kernel
+draws each element's 16 bits from a counter-based hash keyed by one 64-bit draw of the shard's
+generator and writes the mask and the masked input in one pass (cold 1,320 x 512, one thread:
+1.1-1.4 -> 0.27 ms). Seeded runs stay reproducible; the masks differ from torch's path's draws.
+
 SwiGLU, `silu(gate) * up` (the MLP of Llama, Mistral, Qwen2/3): torch's forward makes two passes
 over the [tokens, intermediate] activations (silu, then the product) and autograd keeps silu's output
 besides both inputs; its backward makes three (two products and silu's backward). These kernels make
@@ -38,6 +44,32 @@ SOURCE = r"""
 /* glibc's vector expf (libmvec), which math.h declares only under -ffast-math */
 extern float expf(float) __attribute__((__simd__("notinbranch")));
 #define CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+
+static inline uint32_t mix32(uint32_t x) { /* an invertible 32-bit integer hash (C. Wellons' "lowbias32") */
+    x ^= x >> 16; x *= 0x7feb352dU; x ^= x >> 15; x *= 0x846ca68bU; x ^= x >> 16;
+    return x;
+}
+
+/* Dropout's mask and its product, one pass: keep[i] = 1 where element i's 16-bit draw is >= drop_below
+   (drop probability drop_below / 65536), xm[i] = x[i] * keep[i]. Element i's draw is the top half of
+   mix32((i + seed's low word) ^ mix32(seed's high word ^ a constant)): counter-based, so the mask
+   depends on the seed alone. In chunks with a 32-bit index, which GCC vectorizes. */
+CLONES void llmtuner_dropout(const float *restrict x, float *restrict xm, uint8_t *restrict keep, int64_t n,
+                             uint64_t seed, uint32_t drop_below) {
+    uint32_t lo = (uint32_t)seed, key = mix32((uint32_t)(seed >> 32) ^ 0x9e3779b9U);
+    for (int64_t start = 0; start < n; start += 1 << 20) {
+        int32_t m = (int32_t)(n - start < (1 << 20) ? n - start : (1 << 20));
+        const float *xs = x + start;
+        float *xo = xm + start;
+        uint8_t *ko = keep + start;
+        uint32_t base = (uint32_t)start + lo;
+        for (int32_t j = 0; j < m; j++) {
+            int32_t k = (mix32((base + (uint32_t)j) ^ key) >> 16) >= drop_below;
+            ko[j] = (uint8_t)k;
+            xo[j] = xs[j] * (float)k;
+        }
+    }
+}
 
 /* a = silu(g) * u = g * sigmoid(g) * u */
 CLONES void llmtuner_swiglu_forward(const float *restrict g, const float *restrict u, float *restrict a,
@@ -105,9 +137,10 @@ def _open(path: Path) -> tuple[ctypes.CDLL | None, str | None]:
     except OSError as exc:
         return None, f"loading the library failed: {exc}"
     ptr, n = ctypes.c_void_p, ctypes.c_int64
+    lib.llmtuner_dropout.argtypes = [ptr, ptr, ptr, n, ctypes.c_uint64, ctypes.c_uint32]
     lib.llmtuner_swiglu_forward.argtypes = [ptr, ptr, ptr, n]
     lib.llmtuner_swiglu_backward.argtypes = [ptr, ptr, ptr, ptr, ptr, n]
-    for fn in (lib.llmtuner_swiglu_forward, lib.llmtuner_swiglu_backward):
+    for fn in (lib.llmtuner_dropout, lib.llmtuner_swiglu_forward, lib.llmtuner_swiglu_backward):
         fn.restype = None
     return lib, None
 

@@ -117,10 +117,11 @@ def tune_allocator() -> bool:
 
 class _MaskedScale(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, drop: FastDropout, scale: float) -> torch.Tensor:
+        masked, keep = drop.masked(x)
         ctx.save_for_backward(keep)
         ctx.scale = scale
-        return torch.mul(x, keep).mul_(scale)
+        return masked.mul_(scale)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
@@ -139,12 +140,13 @@ class FastDropout(torch.nn.Module):
         if not 0 <= p < 1:
             raise ValueError(f"dropout probability must be in [0, 1), got {p}")
         self.p = p
-        self._threshold = round(p * 65536) - 32768  # keep an element when its int16 draw is >= this
+        self._drop_below = round(p * 65536)  # keep an element when its 16-bit draw (0..65535) is >= this
+        self._threshold = self._drop_below - 32768  # the same for a signed (int16) draw
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return x
-        out: torch.Tensor = _MaskedScale.apply(x, self.keep_mask(x), self.scale)
+        out: torch.Tensor = _MaskedScale.apply(x, self, self.scale)
         return out
 
     @property
@@ -164,8 +166,29 @@ class FastDropout(torch.nn.Module):
         keep = torch.empty(x.shape, dtype=torch.uint8, device=x.device)
         return torch.ge(draws.view(torch.int16)[:n].view(x.shape), self._threshold, out=keep)
 
+    def masked(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(`x` times a new keep mask, the mask): in one pass by cpu_kernels' compiled kernel where it
+        applies (`_one_thread_fp32`; each element's 16 bits from a counter-based hash keyed by one
+        64-bit draw of the shard's generator), otherwise `keep_mask` and a multiply."""
+        lib = _kernels() if _one_thread_fp32(x) and x.is_contiguous() else None
+        if lib is None:
+            keep = self.keep_mask(x)
+            return torch.mul(x, keep), keep
+        seed = int(torch.empty((), dtype=torch.int64).random_(generator=getattr(_shard, "generator", None)))
+        out, keep = torch.empty_like(x), torch.empty(x.shape, dtype=torch.uint8)
+        lib.llmtuner_dropout(x.data_ptr(), out.data_ptr(), keep.data_ptr(), x.numel(), seed, self._drop_below)
+        return out, keep
+
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+def _one_thread_fp32(x: torch.Tensor) -> bool:
+    """Whether cpu_kernels' single-threaded kernels should take `x`: fp32 on a CPU, not under autocast,
+    with one intra-op thread (each of ShardedBackward's shard threads on 2 cores, or a 1-core run;
+    with more, torch's own ops split across them)."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+            and torch.get_num_threads() == 1)
 
 
 def use_fast_lora_dropout(model: torch.nn.Module) -> int:
@@ -243,7 +266,7 @@ class _FusedLoraLinear(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, keep: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor,
+    def forward(ctx: Any, x: torch.Tensor, drop: FastDropout | None, a: torch.Tensor, b: torch.Tensor,
                 w: torch.Tensor, bias: torch.Tensor | None, alpha: float, dtype: torch.dtype,
                 onednn: bool = False) -> torch.Tensor:
         shape = x.shape
@@ -251,7 +274,7 @@ class _FusedLoraLinear(torch.autograd.Function):
         with torch.autocast(x.device.type, enabled=False):
             x2 = x.reshape(-1, shape[-1]).to(dtype)
             a, b, w = a.to(dtype), b.to(dtype), w.to(dtype)
-            xm = x2 if keep is None else torch.mul(x2, keep.view(x2.shape))
+            xm, keep = (x2, None) if drop is None else drop.masked(x2)
             h = xm @ a.t()
             if onednn:
                 y = _onednn_linear(x2, w, None if bias is None else bias.to(dtype))
@@ -305,12 +328,12 @@ def _fused_lora_forward(layer: Any, original: Any, x: torch.Tensor, *args: Any, 
     if plan is None:
         return original(x, *args, **kwargs)  # type: ignore[no-any-return]
     a, b, base, drop, alpha = plan
-    keep = None
-    if isinstance(drop, FastDropout) and drop.training and drop.p > 0:
-        keep, alpha = drop.keep_mask(x), alpha * drop.scale
+    dropping = isinstance(drop, FastDropout) and drop.training and drop.p > 0
+    if dropping:
+        alpha *= drop.scale
     dtype = _cpu_compute_dtype(base.weight.dtype)
-    out: torch.Tensor = _FusedLoraLinear.apply(x, keep, a.weight, b.weight, base.weight, base.bias, alpha, dtype,
-                                               getattr(base, "onednn_linear", False))
+    out: torch.Tensor = _FusedLoraLinear.apply(x, drop if dropping else None, a.weight, b.weight, base.weight,
+                                               base.bias, alpha, dtype, getattr(base, "onednn_linear", False))
     return out
 
 
@@ -404,10 +427,7 @@ _SILUS = frozenset({"SiLUActivation", "SiLU"})
 
 
 def _fused_swiglu_forward(mlp: Any, original: Any, x: torch.Tensor) -> torch.Tensor:
-    # One intra-op thread only (each of ShardedBackward's shard threads on 2 cores, or a 1-core run):
-    # the kernels are single-threaded, where torch's own ops would split across the threads it has.
-    if (x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu")
-            or torch.get_num_threads() != 1 or type(mlp.act_fn).__name__ not in _SILUS):
+    if not _one_thread_fp32(x) or type(mlp.act_fn).__name__ not in _SILUS:
         return original(x)  # type: ignore[no-any-return]
     gate, up = mlp.gate_proj(x), mlp.up_proj(x)  # in the original's order (LoRA dropouts draw in it)
     if (gate.dtype == up.dtype == torch.float32 and gate.shape == up.shape and gate.is_contiguous()

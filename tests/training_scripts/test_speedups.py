@@ -84,7 +84,21 @@ def test_models_with_a_scaled_or_capped_head_keep_the_plain_loss() -> None:
     assert speedups.causal_parts(tiny_causal_lm()) is not None
 
 
-def test_fast_dropout_drops_at_rate_p_and_scales_the_rest() -> None:
+@pytest.fixture(params=["torch's ops", "compiled, one thread"])
+def dropout_path(request: pytest.FixtureRequest) -> Any:
+    """FastDropout's two ways to a mask: torch's ops (several intra-op threads) and, with one thread as a
+    shard thread has on 2 cores, cpu_kernels' one-pass kernel."""
+    threads = torch.get_num_threads()
+    if request.param != "torch's ops":
+        compiled_kernels()
+        torch.set_num_threads(1)
+    elif threads == 1:
+        torch.set_num_threads(2)
+    yield request.param
+    torch.set_num_threads(threads)
+
+
+def test_fast_dropout_drops_at_rate_p_and_scales_the_rest(dropout_path: str) -> None:
     drop = speedups.FastDropout(0.1)
     x = torch.ones(1_000_003, requires_grad=True)  # not a multiple of 4: the tail draw is cut
     torch.manual_seed(1)
@@ -97,6 +111,35 @@ def test_fast_dropout_drops_at_rate_p_and_scales_the_rest() -> None:
     torch.testing.assert_close(x.grad[kept], torch.full_like(y[kept], 2 / 0.9))
     torch.manual_seed(1)
     assert torch.equal(drop(x.detach()), y.detach())  # seeded like torch's own dropout
+
+
+@pytest.mark.parametrize("p", [0.05, 0.5])
+def test_compiled_dropout_masks_are_uniform_seeded_and_independent(p: float) -> None:
+    compiled_kernels()
+    drop = speedups.FastDropout(p)
+    x = torch.randn(3, 700_001)  # over one 2^20-element chunk of the kernel, and not a multiple of 16
+    gen = torch.Generator().manual_seed(7)
+    speedups._shard.generator = gen
+    try:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        masked, keep = drop.masked(x)
+        again = drop.masked(x)[1]
+        gen.manual_seed(7)
+        replay = drop.masked(x)[1]
+    finally:
+        torch.set_num_threads(threads)
+        speedups._shard.generator = None
+    assert keep.dtype == torch.uint8 and keep.shape == x.shape and set(keep.unique().tolist()) == {0, 1}
+    assert torch.equal(masked, x * keep)
+    rate = 1 - keep.float().mean().item()
+    assert abs(rate - p) < 5 * (p * (1 - p) / keep.numel()) ** 0.5  # 5 sigma
+    assert torch.equal(replay, keep) and not torch.equal(again, keep)  # from the seed; each call draws anew
+    flat = keep.flatten().float()  # neighbouring elements (one hash each) are uncorrelated
+    corr = torch.corrcoef(torch.stack([flat[:-1], flat[1:]]))[0, 1].item()
+    assert abs(corr) < 5 / keep.numel() ** 0.5
+    for row in keep.float():  # each 2^20-element chunk and row keeps at rate 1 - p too
+        assert abs(1 - row.mean().item() - p) < 5 * (p * (1 - p) / row.numel()) ** 0.5
 
 
 def test_fast_dropout_is_the_identity_in_eval_and_at_p_zero() -> None:
@@ -208,7 +251,8 @@ def rotary_restored() -> Any:
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.2])
-def test_fused_kernels_give_the_models_loss_and_gradients(dropout: float, rotary_restored: None) -> None:
+def test_fused_kernels_give_the_models_loss_and_gradients(dropout: float, rotary_restored: None,
+                                                          dropout_path: str) -> None:
     plain = lora_with_trained_b(dropout)
     speedups.use_fast_lora_dropout(plain)  # the same random masks on both sides (same seed, same draws)
     fused = fused_variant(plain)
