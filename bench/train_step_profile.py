@@ -11,7 +11,8 @@ nearest `--length` tokens, right-padded. Prints
 * the step's time alone (median of `--steps`), its useful FLOPs (counted as the throughput bench
   counts them) and its MFU against the one-thread peak;
 * each aten op's time per step, timed by a TorchDispatchMode around the real call (about 10 us per
-  op; the ops' total is printed next to the step's time, which it should match), GEMMs grouped by
+  op), and each call of cpu_kernels' compiled kernels (timed around the call: they are no aten ops);
+  their total is printed next to the step's time, which it should match; GEMMs grouped by
   op and their smallest dimension (LoRA's rank, attention's 64-row blocks) with their GFLOP/s;
 * the MFU ceiling if everything but the GEMMs took no time (GEMMs at their in-place rates);
 * with `--pair`, the same shard and the next `--rows` rows on two threads at once, as train.py's
@@ -88,6 +89,25 @@ def op_timer():  # type: ignore[no-untyped-def]
     return OpTimer()
 
 
+def timed_kernels(lib: Any, timer: Any) -> Any:
+    """A stand-in for cpu_kernels' library (`speedups._kernels()`) whose calls add their time and count to
+    `timer` as "cpu_kernels.NAME": the compiled kernels are no aten ops, so the dispatch mode does not see them."""
+
+    class Timed:
+        def __getattr__(self, name: str) -> Any:
+            kernel, key = getattr(lib, name), f"cpu_kernels.{name.removeprefix('llmtuner_')}"
+
+            def call(*args: Any) -> None:
+                start = time.perf_counter()
+                kernel(*args)
+                timer.seconds[key] += time.perf_counter() - start
+                timer.calls[key] += 1
+
+            return call
+
+    return Timed()
+
+
 def shard_of(dataset: Any, pad_id: int, rows: int, length: int, skip: int = 0) -> dict:
     """`rows` training rows of the tokenized data nearest `length` tokens (after the `skip` nearest),
     right-padded as train.py's collator pads them."""
@@ -159,9 +179,16 @@ def main() -> None:
 
         alone = statistics.median([step(shard) for _ in range(max(2, args.steps))][1:])
         timer = op_timer()
-        with timer:
-            for _ in range(3):
-                step(shard)
+        kernels = speedups._kernels
+        compiled = kernels()  # None where the library is not to be had: torch's ops then
+        if compiled is not None:
+            speedups._kernels = lambda: timed_kernels(compiled, timer)  # type: ignore[assignment]
+        try:
+            with timer:
+                for _ in range(3):
+                    step(shard)
+        finally:
+            speedups._kernels = kernels  # type: ignore[assignment]
         per_step = {k: v / 3 for k, v in timer.seconds.items()}
         total = sum(per_step.values())
         print(f"shard {tuple(shard['input_ids'].shape)}, {sum(lengths)} tokens (lengths {lengths}); {dtype}; "

@@ -7,6 +7,9 @@
   `bernoulli_`; this one takes 16 bits per element from a quarter as many 64-bit draws and keeps a
   1-byte mask for backward (~2x faster forward+backward here). The drop probability is rounded to a
   multiple of 1/65536 (0.05 -> 0.0500031). Used for LoRA's dropout on CPU only; CUDA's is already fast.
+  In fp32 with one intra-op thread (each shard thread on 2 cores), `FastDropout.masked` has
+  cpu_kernels.py's compiled kernel write the mask and the masked input in one pass, the 16 bits of
+  each element from a counter-based hash keyed by one 64-bit draw of the shard's generator.
 - `labelled_loss`: the causal-LM loss computed as `model(**batch).loss` is, but the output head and
   the log-softmax run only at the positions that have a label. With the loss on the response only
   (`train_on_inputs: false`), the prompt's logits were computed and thrown away. A frozen head (LoRA)

@@ -51,3 +51,15 @@ def test_timer_sees_the_real_ops_forward_and_backward(profile) -> None:  # type:
     assert timer.calls["mul.Tensor"] >= 1 and "mul.Tensor" not in timer.flops
     assert all(s >= 0 for s in timer.seconds.values())
     assert torch.allclose(a.grad, 2 * w.sum(0).expand(6, 5))
+
+
+def test_timer_sees_the_compiled_kernels_calls(profile) -> None:  # type: ignore[no-untyped-def]
+    calls = []
+    lib = type("Lib", (), {"llmtuner_swiglu_forward": staticmethod(lambda *a: calls.append(a))})()
+    timer = profile.op_timer()
+    timed = profile.timed_kernels(lib, timer)
+    timed.llmtuner_swiglu_forward(1, 2, 3, 4)
+    timed.llmtuner_swiglu_forward(5, 6, 7, 8)
+    assert calls == [(1, 2, 3, 4), (5, 6, 7, 8)]  # the real kernel runs, with its arguments
+    assert timer.calls["cpu_kernels.swiglu_forward"] == 2 and timer.seconds["cpu_kernels.swiglu_forward"] >= 0
+    assert "cpu_kernels.swiglu_forward" not in timer.flops
