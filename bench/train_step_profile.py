@@ -16,12 +16,15 @@ nearest `--length` tokens, right-padded. Prints
   op and their smallest dimension (LoRA's rank, attention's 64-row blocks) with their GFLOP/s;
 * the MFU ceiling if everything but the GEMMs took no time (GEMMs at their in-place rates);
 * with `--pair`, the same shard and the next `--rows` rows on two threads at once, as train.py's
-  two shard threads run, next to the shard alone (what two threads cost each other).
+  two shard threads run, next to the shard alone (what two threads cost each other);
+* with `--compare-compiled N`, the step with cpu_kernels' compiled kernels against the same step
+  with torch's ops, N alternating rounds in this process, alone and (with `--pair`) paired.
 
 torch.profiler is not used: with `record_shapes` it slowed a step 2.7x on the Intel host and
 inflated the elementwise ops several-fold (README, Performance).
 
     .venv/bin/python bench/train_step_profile.py [--rows 4] [--length 330] [--steps 6] [--bf16] [--pair]
+        [--compare-compiled ROUNDS]
 """
 
 from __future__ import annotations
@@ -131,6 +134,9 @@ def main() -> None:
     p.add_argument("--bf16", action="store_true", help="bf16 autocast, as train.py's default on a CPU with native bf16")
     p.add_argument("--pair", action="store_true", help="also two shards on two threads at once")
     p.add_argument("--top", type=int, default=24, help="ops to list")
+    p.add_argument("--compare-compiled", type=int, default=0, metavar="ROUNDS",
+                   help="also time the step with cpu_kernels' compiled kernels and with torch's ops instead, "
+                        "alternating for ROUNDS rounds, alone and (with --pair) as two shards on two threads")
     args = p.parse_args()
     if not bench.DATA.exists():
         print(f"SKIP: {bench.DATA} not found (the shared Alpaca demo data set)")
@@ -217,6 +223,35 @@ def main() -> None:
             mine, by_itself = statistics.median(x[1] for x in pairs[1:]), statistics.median(solo[1:])
             print(f"two shards on two threads: wall {wall:.3f} s, this shard {mine:.3f} s against "
                   f"{by_itself:.3f} s alone in the same rounds: {mine / by_itself:.2f}x")
+        if args.compare_compiled and compiled is not None:
+            def pair() -> float:
+                start = time.perf_counter()
+                list(sharded._pool.map(step, [shard, other], [0, 1]))
+                return time.perf_counter() - start
+
+            compare_compiled(args.compare_compiled, speedups, lambda: step(shard), pair if args.pair else None)
+
+
+def compare_compiled(rounds: int, speedups: Any, alone: Any, pair: Any | None) -> None:
+    """The step with cpu_kernels' compiled kernels (dropout, SwiGLU) against the same step with torch's
+    ops (`speedups._kernels()` answering None, as where the library cannot be built), alternating in this
+    process, which takes the host's drift out of the ratio; prints the medians and their ratio."""
+    kernels = speedups._kernels
+    cases = [("alone (one thread)", alone)] + ([("two shards on two threads", pair)] if pair else [])
+    try:
+        for name, fn in cases:
+            times: dict[bool, list[float]] = {True: [], False: []}
+            for i in range(rounds + 1):
+                for on in ((True, False) if i % 2 else (False, True)):
+                    speedups._kernels = kernels if on else (lambda: None)
+                    seconds = fn()
+                    if i:  # the first round warms both up
+                        times[on].append(seconds)
+            with_, without = statistics.median(times[True]), statistics.median(times[False])
+            print(f"compiled kernels, {name}: {with_:.3f} s a step, torch's ops {without:.3f} s "
+                  f"(medians of {rounds} alternating rounds): {without / with_:.3f}x")
+    finally:
+        speedups._kernels = kernels
 
 
 if __name__ == "__main__":

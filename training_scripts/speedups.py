@@ -430,7 +430,7 @@ _SILUS = frozenset({"SiLUActivation", "SiLU"})
 
 
 def _fused_swiglu_forward(mlp: Any, original: Any, x: torch.Tensor) -> torch.Tensor:
-    if not _one_thread_fp32(x) or type(mlp.act_fn).__name__ not in _SILUS:
+    if not _one_thread_fp32(x) or type(mlp.act_fn).__name__ not in _SILUS or _kernels() is None:
         return original(x)  # type: ignore[no-any-return]
     gate, up = mlp.gate_proj(x), mlp.up_proj(x)  # in the original's order (LoRA dropouts draw in it)
     if (gate.dtype == up.dtype == torch.float32 and gate.shape == up.shape and gate.is_contiguous()

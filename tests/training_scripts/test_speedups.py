@@ -342,7 +342,8 @@ def test_compiled_swiglu_kernels_compute_silu_times_up_and_its_gradients() -> No
     assert empty.shape == (0, 8)
 
 
-def test_compiled_swiglu_mlp_trains_the_model_as_its_own_forward_does(one_thread: None) -> None:
+def test_compiled_swiglu_mlp_trains_the_model_as_its_own_forward_does(one_thread: None,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     compiled_kernels()
     plain = with_lora(tiny_causal_lm(), targets=["q_proj", "v_proj", "up_proj"])
     fused = with_lora(tiny_causal_lm(), targets=["q_proj", "v_proj", "up_proj"])
@@ -372,6 +373,11 @@ def test_compiled_swiglu_mlp_trains_the_model_as_its_own_forward_does(one_thread
     with torch.autocast("cpu", dtype=torch.bfloat16):
         mlp(x)
     assert "_SwiGLU" not in type(down_input["x"].grad_fn).__name__
+    monkeypatch.setattr(speedups, "_kernels", lambda: None)  # no library (as bench/train_step_profile.py compares)
+    mlp(x)
+    assert "_SwiGLU" not in type(down_input["x"].grad_fn).__name__
+    keep = speedups.FastDropout(0.5).masked(torch.randn(64, 64))[1]
+    assert keep.dtype == torch.uint8  # torch's ops made the mask
 
 
 def test_fused_rms_norm_trains_its_weight_and_keeps_other_dtypes_on_the_original() -> None:
