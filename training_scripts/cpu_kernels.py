@@ -29,6 +29,7 @@ import os
 import platform
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 from mkl_dispatch import build as _build
@@ -91,6 +92,7 @@ CLONES void llmtuner_swiglu_backward(const float *restrict da, const float *rest
 }
 """
 _why_not: list[str] = []
+_lock = threading.Lock()
 
 
 def applies(env: dict[str, str] | None = None) -> str | None:
@@ -103,9 +105,15 @@ def applies(env: dict[str, str] | None = None) -> str | None:
     return None
 
 
-@functools.cache
 def library() -> ctypes.CDLL | None:
-    """The loaded kernels (prebuilt, or compiled now), their argument types set; None, with `why_not()`, otherwise."""
+    """The loaded kernels (prebuilt, or compiled now, once: shard threads may ask at the same moment),
+    their argument types set; None, with `why_not()`, otherwise."""
+    with _lock:
+        return _library()
+
+
+@functools.cache
+def _library() -> ctypes.CDLL | None:
     why = applies()
     lib = None
     if why is None:

@@ -815,12 +815,12 @@ def choose_speedups(run: Run) -> dict[str, Any]:
         if missed := mkl_dispatch.missed_message():
             log(missed)
         chosen["fused_rms_norms"] = speedups.fuse_rms_norms(run.model)
-        chosen["compiled_swiglu_mlps"] = speedups.fuse_swiglu(run.model)
-        if not chosen["compiled_swiglu_mlps"]:
-            import cpu_kernels
+        import cpu_kernels
 
-            if why := cpu_kernels.why_not():
-                log(f"SwiGLU MLPs keep torch's ops: the compiled CPU kernels are not available ({why})")
+        chosen["compiled_cpu_kernels"] = cpu_kernels.library() is not None  # LoRA dropout, SwiGLU (fp32)
+        if not chosen["compiled_cpu_kernels"]:
+            log(f"the compiled CPU kernels are not available, torch's ops run instead: {cpu_kernels.why_not()}")
+        chosen["compiled_swiglu_mlps"] = speedups.fuse_swiglu(run.model)
         chosen["fused_rotary"] = speedups.fuse_rotary(run.model)
         chosen["block_causal_attention"] = speedups.fuse_attention(run.model)  # fp32 and bf16 autocast
         if not run.rt.bf16 and speedups.onednn_linear_preferred():  # bf16 matmuls are oneDNN's already

@@ -371,6 +371,11 @@ def test_run_loss_falls_and_outputs_are_complete(runs: dict[str, Future[Any]]) -
 
     compiler = shutil.which("cc") or shutil.which("gcc")
     assert s["speedups"]["mkl_intel_kernels_on_amd"] is (mkl_dispatch.applies() is None and compiler is not None)
+    import cpu_kernels
+
+    compiled = cpu_kernels.applies() is None and compiler is not None
+    assert s["speedups"]["compiled_cpu_kernels"] is compiled
+    assert s["speedups"]["compiled_swiglu_mlps"] == (2 if compiled else 0)  # the tiny Llama's 2 MLPs
     preferred = fp32 and speedups_module().onednn_linear_preferred() and not s["speedups"]["mkl_intel_kernels_on_amd"]
     assert s["speedups"].get("onednn_linears", 0) == (2 * (3 + 4 * 3) + 1 if preferred else 0)  # + the head
     import torch
