@@ -138,7 +138,7 @@ def test_compiled_dropout_masks_are_uniform_seeded_and_independent(p: float) -> 
     flat = keep.flatten().float()  # neighbouring elements (one hash each) are uncorrelated
     corr = torch.corrcoef(torch.stack([flat[:-1], flat[1:]]))[0, 1].item()
     assert abs(corr) < 5 / keep.numel() ** 0.5
-    for row in keep.float():  # each 2^20-element chunk and row keeps at rate 1 - p too
+    for row in keep.float():  # each row keeps at rate 1 - p too (the second spans the 2^20-element chunks' seam)
         assert abs(1 - row.mean().item() - p) < 5 * (p * (1 - p) / row.numel()) ** 0.5
 
 
