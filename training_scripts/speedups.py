@@ -67,6 +67,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F  # noqa: N812 - the usual name
+from cpu_kernels import library as _kernels  # a module global: tests and the profile swap it
 from mkl_dispatch import active as mkl_intel_kernels_on_amd
 from mkl_dispatch import cpuinfo as _cpuinfo
 
@@ -416,12 +417,6 @@ class _SwiGLU(torch.autograd.Function):
         _kernels().llmtuner_swiglu_backward(grad.data_ptr(), gate.data_ptr(), up.data_ptr(), grad_gate.data_ptr(),
                                             grad_up.data_ptr(), gate.numel())
         return grad_gate, grad_up
-
-
-def _kernels() -> Any:
-    import cpu_kernels
-
-    return cpu_kernels.library()
 
 
 # MLPs whose forward is exactly `down_proj(act_fn(gate_proj(x)) * up_proj(x))`, and the SiLUs act_fn may be

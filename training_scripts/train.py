@@ -815,12 +815,13 @@ def choose_speedups(run: Run) -> dict[str, Any]:
         if missed := mkl_dispatch.missed_message():
             log(missed)
         chosen["fused_rms_norms"] = speedups.fuse_rms_norms(run.model)
-        import cpu_kernels
+        if not run.rt.bf16:  # the compiled kernels (LoRA dropout, SwiGLU) are fp32: no build for a bf16 run
+            import cpu_kernels
 
-        chosen["compiled_cpu_kernels"] = cpu_kernels.library() is not None  # LoRA dropout, SwiGLU (fp32)
-        if not chosen["compiled_cpu_kernels"]:
-            log(f"the compiled CPU kernels are not available, torch's ops run instead: {cpu_kernels.why_not()}")
-        chosen["compiled_swiglu_mlps"] = speedups.fuse_swiglu(run.model)
+            chosen["compiled_cpu_kernels"] = cpu_kernels.library() is not None
+            if not chosen["compiled_cpu_kernels"]:
+                log(f"the compiled CPU kernels are not available, torch's ops run instead: {cpu_kernels.why_not()}")
+            chosen["compiled_swiglu_mlps"] = speedups.fuse_swiglu(run.model)
         chosen["fused_rotary"] = speedups.fuse_rotary(run.model)
         chosen["block_causal_attention"] = speedups.fuse_attention(run.model)  # fp32 and bf16 autocast
         if not run.rt.bf16 and speedups.onednn_linear_preferred():  # bf16 matmuls are oneDNN's already
