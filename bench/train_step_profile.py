@@ -128,7 +128,9 @@ def shard_of(dataset: Any, pad_id: int, rows: int, length: int, skip: int = 0) -
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rows", type=int, default=4, help="rows in the shard (train.py: batch size / threads)")
+    p.add_argument("--rows", type=int, default=4,
+                   help="rows in the shard (train.py: batch size / threads, fewer where that would hold more "
+                        "than speedups.SHARD_MAX_TOKENS padded tokens: 2 rows of 512 on 2 cores)")
     p.add_argument("--length", type=int, default=330, help="pick rows nearest this many tokens")
     p.add_argument("--steps", type=int, default=6, help="timed steps alone (the first is a warm-up)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast, as train.py's default on a CPU with native bf16")

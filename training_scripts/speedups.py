@@ -20,7 +20,13 @@
   forward and backward on its own thread with one intra-op thread, beats every op splitting itself
   across the cores (small matmuls and elementwise ops scale badly; OpenMP barriers cost). Shard
   gradients are summed in a fixed order and each shard's dropout has its own seeded generator, so a
-  seeded run stays reproducible.
+  seeded run stays reproducible. A batch with more than `SHARD_MAX_TOKENS` padded tokens per thread
+  (1,024 in fp32: 8 rows of 512 tokens on 2 cores) is cut in more shards, a multiple of the threads,
+  which take the next as they finish, the longest rows first. That halves the activation memory a
+  thread holds at once, and with it the first step's page faults (on these VMs first-touched memory
+  costs ~1 s/GiB of system time per thread): the bench's first step took 3.7-4.0 s instead of
+  4.4-4.9, and 2-row shards of 320-480 tokens ran as fast per token as 4-row ones or faster. Under
+  bf16 autocast (activations half the bytes) the cap is twice that: 2-row shards ran slower there.
 - `fuse_lora_linears`, `fuse_rms_norms`, `fuse_rotary`, `_SumCrossEntropy`: on a CPU a step's
   non-GEMM time is dozens of small elementwise passes over the activations, each with its autograd
   node. These autograd Functions compute the same maths in fewer passes with hand-written backwards:
@@ -813,6 +819,11 @@ def labelled_loss(parts: tuple[Any, Any], batch: dict[str, torch.Tensor],
     return loss / num_items_in_batch
 
 
+# padded tokens per shard beyond which a batch is cut in more shards than threads (ShardedBackward.shards);
+# twice as many under bf16 autocast, whose activations take about half the bytes
+SHARD_MAX_TOKENS = 1024
+
+
 class ShardedBackward:
     """Forward and backward of a batch as `workers` shards on as many threads (see the module docstring).
 
@@ -833,13 +844,10 @@ class ShardedBackward:
     def __call__(self, batch: dict[str, torch.Tensor], num_items: torch.Tensor | int,
                  bf16: bool = False) -> torch.Tensor:
         """Accumulates the batch's gradients into `.grad` as `labelled_loss(...).backward()` would; returns the loss."""
-        rows = batch["input_ids"].shape[0]
-        bounds = [rows * i // self.workers for i in range(self.workers + 1)]
-        shards = [self._trimmed({k: v[a:b] for k, v in batch.items()})
-                  for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
+        shards = self.shards(batch, self.workers, SHARD_MAX_TOKENS * (2 if bf16 else 1))
         seeds = torch.randint(0, 2**62, (len(shards),)).tolist()  # from the seeded global generator
         threads = torch.get_num_threads()
-        torch.set_num_threads(max(1, threads // len(shards)))
+        torch.set_num_threads(max(1, threads // min(self.workers, len(shards))))
         try:
             results = list(self._pool.map(self._run, shards, seeds, [num_items] * len(shards),
                                           [bf16] * len(shards)))
@@ -851,6 +859,34 @@ class ShardedBackward:
                 total = torch.stack(grads).sum(0) if len(grads) > 1 else grads[0]
                 p.grad = total if p.grad is None else p.grad.add_(total)
         return torch.stack([r[0] for r in results]).sum()
+
+    @classmethod
+    def shards(cls, batch: dict[str, torch.Tensor], workers: int,
+               max_tokens: int = SHARD_MAX_TOKENS) -> list[dict[str, torch.Tensor]]:
+        """The batch's rows, longest first, in shards of about equal row counts, each cut to its own
+        longest row: `workers` shards, or a multiple of `workers` such that no shard holds more than
+        `max_tokens` padded tokens where rows allow (a shard has one row at least).
+
+        The pool's threads take the shards in this order, each the next as it finishes its own (the
+        longest first, so the threads finish close together). Capping a shard's tokens caps the
+        activation memory one shard thread holds at a time: that is what the first step of a run
+        first touches (train.py's longest batch comes first), which on a VM costs more per byte
+        than anything else in a step."""
+        rows = batch["input_ids"].shape[0]
+        mask = batch.get("attention_mask")
+        if mask is not None and rows > 1:
+            lengths = mask.sum(1)
+            order = torch.sort(lengths, descending=True, stable=True).indices
+            if not torch.equal(order, torch.arange(rows)):
+                batch = {k: v[order] for k, v in batch.items()}
+            width = int(lengths.max())
+        else:
+            width = batch["input_ids"].shape[1]
+        wanted = -(-rows * width // max_tokens)  # shards needed to keep each under max_tokens
+        count = min(rows, workers * max(1, -(-wanted // workers)))
+        bounds = [rows * i // count for i in range(count + 1)]
+        return [cls._trimmed({k: v[a:b] for k, v in batch.items()})
+                for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
 
     @staticmethod
     def _trimmed(shard: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

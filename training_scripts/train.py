@@ -829,7 +829,8 @@ def choose_speedups(run: Run) -> dict[str, Any]:
     if run.cfg.use_lora and run.rt.device == "cpu":
         workers = min(torch.get_num_threads(), run.cfg.batch_size)
         if labelled and workers > 1 and speedups.ShardedBackward.usable(run.model):
-            chosen["batch_shards"] = workers
+            chosen["batch_shards"] = workers  # shard threads; a long batch is cut in more shards than that
+            chosen["shard_max_tokens"] = speedups.SHARD_MAX_TOKENS * (2 if run.rt.bf16 else 1)
     return chosen
 
 

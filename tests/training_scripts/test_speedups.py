@@ -171,6 +171,57 @@ def test_tune_allocator_reports_whether_it_applied() -> None:
         assert applied is True
 
 
+def batch_of_lengths(lengths: list[int]) -> dict[str, Any]:
+    """Right-padded rows of these lengths (in this order), the first 3 positions of each unlabelled."""
+    width = max(lengths)
+    ids = torch.randint(3, 97, (len(lengths), width))
+    mask = (torch.arange(width)[None] < torch.tensor(lengths)[:, None]).long()
+    ids = ids * mask
+    labels = ids.masked_fill(mask == 0, -100)
+    labels[:, :3] = -100
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def test_shards_are_length_sorted_trimmed_and_capped_in_tokens() -> None:
+    lengths = [7, 12, 3, 12, 9, 5, 11, 6]
+    batch = batch_of_lengths(lengths)
+    plain = speedups.ShardedBackward.shards(batch, 2, max_tokens=10**9)
+    assert [s["attention_mask"].sum(1).tolist() for s in plain] == [[12, 12, 11, 9], [7, 6, 5, 3]]
+    assert [s["input_ids"].shape for s in plain] == [(4, 12), (4, 7)]  # each cut to its own longest row
+    # 8 rows x 12 tokens over a 30-token cap: 4 shards would do (a multiple of the 2 threads), 2 rows each
+    capped = speedups.ShardedBackward.shards(batch, 2, max_tokens=30)
+    assert [s["attention_mask"].sum(1).tolist() for s in capped] == [[12, 12], [11, 9], [7, 6], [5, 3]]
+    assert all(s["input_ids"].numel() <= 30 for s in capped)
+    assert len(speedups.ShardedBackward.shards(batch, 2, max_tokens=40)) == 4  # 3 would do: rounded up to 4
+    assert len(speedups.ShardedBackward.shards(batch, 2, max_tokens=1)) == 8  # a row per shard at least
+    assert len(speedups.ShardedBackward.shards(batch_of_lengths([5]), 2)) == 1
+    sources = []  # every row exactly once, its ids, mask and labels together
+    for shard in capped:
+        for ids, labels, mask in zip(shard["input_ids"], shard["labels"], shard["attention_mask"], strict=True):
+            source = next(i for i in range(8) if torch.equal(batch["input_ids"][i, :len(ids)], ids)
+                          and i not in sources)
+            assert torch.equal(batch["labels"][source, :len(labels)], labels)
+            assert torch.equal(batch["attention_mask"][source, :len(mask)], mask)
+            assert int(batch["attention_mask"][source].sum()) == int(mask.sum())  # only padding was cut
+            sources.append(source)
+    assert sorted(sources) == list(range(8))
+
+
+def test_sharded_backward_in_more_shards_than_threads_gives_the_batch_gradients(monkeypatch: Any) -> None:
+    model = with_lora(tiny_causal_lm())
+    model.train()
+    batch = batch_of_lengths([12, 9, 12, 4, 7, 11, 10, 6])
+    reference = speedups.labelled_loss(speedups.causal_parts(model), batch)
+    reference.backward()
+    expected = grads(model)
+    monkeypatch.setattr(speedups, "SHARD_MAX_TOKENS", 12)  # 8 shards of a row on 2 threads
+    assert len(speedups.ShardedBackward.shards(batch, 2, speedups.SHARD_MAX_TOKENS)) == 8
+    loss, got = sharded_grads(model, batch, 2)
+    torch.testing.assert_close(loss, reference, rtol=1e-5, atol=1e-6)
+    for g, want in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, want, rtol=1e-4, atol=1e-6)
+
+
 def sharded_grads(model: Any, batch: dict[str, Any], workers: int, seed: int = 0) -> tuple[Any, list[Any]]:
     params = [p for p in model.parameters() if p.requires_grad]
     model.zero_grad()

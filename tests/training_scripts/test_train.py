@@ -384,6 +384,8 @@ def test_run_loss_falls_and_outputs_are_complete(runs: dict[str, Future[Any]]) -
     import torch
 
     assert s["speedups"].get("batch_shards", 1) == min(torch.get_num_threads(), 4)  # a shard per core, batch 4
+    if s["speedups"].get("batch_shards", 1) > 1:  # a long batch in shards of at most this many tokens
+        assert s["speedups"]["shard_max_tokens"] == speedups_module().SHARD_MAX_TOKENS * (1 if fp32 else 2)
 
 
 def test_adapter_loads_and_generates(runs: dict[str, Future[Any]], tiny: dict[str, Path]) -> None:
