@@ -23,10 +23,11 @@
   seeded run stays reproducible. A batch with more than `SHARD_MAX_TOKENS` padded tokens per thread
   (1,024 in fp32: 8 rows of 512 tokens on 2 cores) is cut in more shards, a multiple of the threads,
   which take the next as they finish, the longest rows first. That halves the activation memory a
-  thread holds at once, and with it the first step's page faults (on these VMs first-touched memory
-  costs ~1 s/GiB of system time per thread): the bench's first step took 3.7-4.0 s instead of
-  4.4-4.9, and 2-row shards of 320-480 tokens ran as fast per token as 4-row ones or faster. Under
-  bf16 autocast (activations half the bytes) the cap is twice that: 2-row shards ran slower there.
+  thread holds at once, and with it the first step's page-fault time (on these VMs first-touched
+  memory costs ~1 s/GiB of system time per thread): the bench's first step took 3.7-4.0 s instead of
+  4.4-4.9, while the steps after it measured 0.96-1.07x by length with 2-row shards (in-process
+  A/Bs); the whole fp32 bench 1.045x. Under bf16 autocast (activations half the bytes) the cap is
+  twice that: 2-row shards ran slower there (bench 0.87x).
 - `fuse_lora_linears`, `fuse_rms_norms`, `fuse_rotary`, `_SumCrossEntropy`: on a CPU a step's
   non-GEMM time is dozens of small elementwise passes over the activations, each with its autograd
   node. These autograd Functions compute the same maths in fewer passes with hand-written backwards:
@@ -556,6 +557,22 @@ def _upper_triangle(n: int) -> torch.Tensor:
     return mask
 
 
+_ATTENTION_GROUP_BYTES = 512 * 1024  # one head group's K (or V): half of a Zen 4 core's 1 MiB L2
+
+
+def _head_group(heads: int, length: int, dim: int, dtype: torch.dtype) -> int:
+    """Heads (of batch*heads) taken together by `_BlockCausalAttention`: in fp32 the largest power of
+    two whose keys fit in `_ATTENTION_GROUP_BYTES` (at least 1, at most all); in bf16 all of them:
+    its GEMMs are fast enough that more, smaller calls cost more than the cache saves (grouped
+    heads measured 0.58-1.12x there, one thread)."""
+    if dtype != torch.float32:
+        return heads
+    group = 1
+    while group < heads and 2 * group * length * dim * dtype.itemsize <= _ATTENTION_GROUP_BYTES:
+        group *= 2
+    return min(group, heads)
+
+
 class _BlockCausalAttention(torch.autograd.Function):
     """Causal softmax attention of [batch*heads, L, head_dim] tensors, one block of query rows at a time.
 
@@ -565,42 +582,54 @@ class _BlockCausalAttention(torch.autograd.Function):
     torch's CPU flash kernel recomputes the probabilities in backward and runs its small GEMMs at
     about a third of the matmul peak; this is 20-35% faster forward+backward at 158-512 tokens
     (one thread, 4 x 8 heads x 64 dims), at the price of keeping ~L^2/2 probabilities per head.
+    The heads go a group at a time (`_head_group`), all blocks of one group before the next, so the
+    group's keys, values and scores stay in the core's L2 cache across its blocks: in fp32
+    1.02-1.24x faster forward+backward than all 32 heads of a 4-row shard at once (one thread,
+    128-512 tokens, in-process A/B), where each block's GEMMs had streamed every head's key prefix
+    from L3.
     """
 
     @staticmethod
     def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-        length = q.shape[1]
+        heads, length, dim = q.shape
         qs = q if scale == 1 else q * scale
-        kt = k.transpose(1, 2)
         out = torch.empty_like(q)
+        group = _head_group(heads, length, dim, q.dtype)
         probs = []
-        for start in range(0, length, _ATTENTION_BLOCK):
-            end = min(start + _ATTENTION_BLOCK, length)
-            scores = torch.bmm(qs[:, start:end], kt[:, :, :end])
-            scores[:, :, start:end].masked_fill_(_upper_triangle(end - start), float("-inf"))
-            p = torch.softmax(scores, -1)
-            torch.bmm(p, v[:, :end], out=out[:, start:end])
-            probs.append(p)
+        for h in range(0, heads, group):
+            qg, kt, vg, og = qs[h:h + group], k[h:h + group].transpose(1, 2), v[h:h + group], out[h:h + group]
+            for start in range(0, length, _ATTENTION_BLOCK):
+                end = min(start + _ATTENTION_BLOCK, length)
+                scores = torch.bmm(qg[:, start:end], kt[:, :, :end])
+                scores[:, :, start:end].masked_fill_(_upper_triangle(end - start), float("-inf"))
+                p = torch.softmax(scores, -1)
+                torch.bmm(p, vg[:, :end], out=og[:, start:end])
+                probs.append(p)
         ctx.save_for_backward(qs, k, v, *probs)
-        ctx.scale = scale
+        ctx.scale, ctx.group = scale, group
         return out
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         qs, k, v, *probs = ctx.saved_tensors
+        heads, length, _ = qs.shape
         grad = grad.contiguous()
-        vt = v.transpose(1, 2)
         dq, dk, dv = torch.empty_like(qs), torch.zeros_like(k), torch.zeros_like(v)
-        for i, p in enumerate(probs):
-            start = i * _ATTENTION_BLOCK
-            end = start + p.shape[1]
-            g = grad[:, start:end]
-            dv[:, :end].baddbmm_(p.transpose(1, 2), g)
-            ds = torch._softmax_backward_data(torch.bmm(g, vt[:, :, :end]), p, -1, p.dtype)
-            dq_block = torch.bmm(ds, k[:, :end], out=dq[:, start:end])
-            if ctx.scale != 1:
-                dq_block.mul_(ctx.scale)
-            dk[:, :end].baddbmm_(ds.transpose(1, 2), qs[:, start:end])  # dS^T (q * scale)
+        blocks = -(-length // _ATTENTION_BLOCK)
+        for n, h in enumerate(range(0, heads, ctx.group)):
+            heads_in = slice(h, h + ctx.group)
+            qg, kg, vt, gg = qs[heads_in], k[heads_in], v[heads_in].transpose(1, 2), grad[heads_in]
+            dqg, dkg, dvg = dq[heads_in], dk[heads_in], dv[heads_in]
+            for i, p in enumerate(probs[n * blocks:(n + 1) * blocks]):
+                start = i * _ATTENTION_BLOCK
+                end = start + p.shape[1]
+                g = gg[:, start:end]
+                dvg[:, :end].baddbmm_(p.transpose(1, 2), g)
+                ds = torch._softmax_backward_data(torch.bmm(g, vt[:, :, :end]), p, -1, p.dtype)
+                dq_block = torch.bmm(ds, kg[:, :end], out=dqg[:, start:end])
+                if ctx.scale != 1:
+                    dq_block.mul_(ctx.scale)
+                dkg[:, :end].baddbmm_(ds.transpose(1, 2), qg[:, start:end])  # dS^T (q * scale)
         return dq, dk, dv, None
 
 

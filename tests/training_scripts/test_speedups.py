@@ -646,6 +646,36 @@ def test_block_attention_trains_the_model_as_sdpa_does_and_falls_back_elsewhere(
     assert not speedups.fuse_attention(tiny_causal_lm("gpt2"))
 
 
+@pytest.mark.parametrize("group_bytes", [1, 70 * 16 * 4 * 2])  # a head at a time; 2 of the 7 heads (a last group of 1)
+def test_block_attention_in_head_groups_gives_sdpas_values_and_gradients(group_bytes: int, monkeypatch: Any) -> None:
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(7, 70, 16, requires_grad=True) for _ in range(3))  # 70 tokens: a block and a part
+    g = torch.randn(7, 70, 16)
+    monkeypatch.setattr(speedups, "_ATTENTION_GROUP_BYTES", group_bytes)
+    assert speedups._head_group(7, 70, 16, torch.float32) == (1 if group_bytes == 1 else 2)
+    out = speedups._BlockCausalAttention.apply(q, k, v, 0.3)
+    out.backward(g)
+    got = [out.detach(), q.grad.clone(), k.grad.clone(), v.grad.clone()]
+    q.grad = k.grad = v.grad = None
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.3)
+    want.backward(g)
+    for a, b in zip(got, [want.detach(), q.grad, k.grad, v.grad], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_head_groups_fit_their_keys_in_the_group_budget() -> None:
+    budget = speedups._ATTENTION_GROUP_BYTES
+    fp32 = torch.float32
+    assert speedups._head_group(32, 512, 64, fp32) == 4  # fp32 keys of 4 heads x 512 x 64: 512 KiB
+    assert speedups._head_group(32, 256, 64, fp32) == 8
+    assert speedups._head_group(32, 4096, 128, fp32) == 1  # one head over the budget still goes alone
+    assert speedups._head_group(6, 16, 64, fp32) == 6  # short: all heads at once
+    assert speedups._head_group(32, 512, 64, torch.bfloat16) == 32  # bf16: all heads at once
+    for heads, length in [(32, 100), (16, 333), (64, 700)]:
+        group = speedups._head_group(heads, length, 64, fp32)
+        assert group == heads or group * length * 64 * 4 <= budget < 2 * group * length * 64 * 4
+
+
 def relative_errors(got: list[torch.Tensor], want: list[torch.Tensor]) -> list[float]:
     return [float((a.float() - b).norm() / b.norm()) for a, b in zip(got, want, strict=True)]
 
