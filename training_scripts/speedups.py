@@ -24,7 +24,7 @@
   (1,024 in fp32: 8 rows of 512 tokens on 2 cores) is cut in more shards, a multiple of the threads,
   which take the next as they finish, the longest rows first. That halves the activation memory a
   thread holds at once, and with it the first step's page-fault time (on these VMs first-touched
-  memory costs ~1 s/GiB of system time per thread): the bench's first step took 3.7-4.0 s instead of
+  memory costs ~1 s/GiB of system time per thread): the bench's first step took 3.5-4.2 s instead of
   4.4-4.9, while the steps after it measured 0.96-1.07x by length with 2-row shards (in-process
   A/Bs); the whole fp32 bench 1.045x. Under bf16 autocast (activations half the bytes) the cap is
   twice that: 2-row shards ran slower there (bench 0.87x).
