@@ -848,9 +848,14 @@ def labelled_loss(parts: tuple[Any, Any], batch: dict[str, torch.Tensor],
     return loss / num_items_in_batch
 
 
-# padded tokens per shard beyond which a batch is cut in more shards than threads (ShardedBackward.shards);
-# twice as many under bf16 autocast, whose activations take about half the bytes
+# padded tokens per shard beyond which a batch is cut in more shards than threads (ShardedBackward.shards)
 SHARD_MAX_TOKENS = 1024
+
+
+def shard_max_tokens(bf16: bool) -> int:
+    """ShardedBackward's cap on a shard's padded tokens: `SHARD_MAX_TOKENS` in fp32, twice that under
+    bf16 autocast, whose activations take about half the bytes (and where 2-row shards ran slower)."""
+    return SHARD_MAX_TOKENS * (2 if bf16 else 1)
 
 
 class ShardedBackward:
@@ -873,7 +878,7 @@ class ShardedBackward:
     def __call__(self, batch: dict[str, torch.Tensor], num_items: torch.Tensor | int,
                  bf16: bool = False) -> torch.Tensor:
         """Accumulates the batch's gradients into `.grad` as `labelled_loss(...).backward()` would; returns the loss."""
-        shards = self.shards(batch, self.workers, SHARD_MAX_TOKENS * (2 if bf16 else 1))
+        shards = self.shards(batch, self.workers, shard_max_tokens(bf16))
         seeds = torch.randint(0, 2**62, (len(shards),)).tolist()  # from the seeded global generator
         threads = torch.get_num_threads()
         torch.set_num_threads(max(1, threads // min(self.workers, len(shards))))
@@ -911,8 +916,9 @@ class ShardedBackward:
             width = int(lengths.max())
         else:
             width = batch["input_ids"].shape[1]
-        wanted = -(-rows * width // max_tokens)  # shards needed to keep each under max_tokens
-        count = min(rows, workers * max(1, -(-wanted // workers)))
+        per_shard = max(1, max_tokens // max(1, width))  # rows a shard may hold
+        wanted = -(-rows // per_shard)
+        count = min(rows, workers * max(1, -(-wanted // workers)))  # more shards never hold more rows
         bounds = [rows * i // count for i in range(count + 1)]
         return [cls._trimmed({k: v[a:b] for k, v in batch.items()})
                 for a, b in zip(bounds, bounds[1:], strict=False) if b > a]

@@ -830,7 +830,7 @@ def choose_speedups(run: Run) -> dict[str, Any]:
         workers = min(torch.get_num_threads(), run.cfg.batch_size)
         if labelled and workers > 1 and speedups.ShardedBackward.usable(run.model):
             chosen["batch_shards"] = workers  # shard threads; a long batch is cut in more shards than that
-            chosen["shard_max_tokens"] = speedups.SHARD_MAX_TOKENS * (2 if run.rt.bf16 else 1)
+            chosen["shard_max_tokens"] = speedups.shard_max_tokens(run.rt.bf16)
     return chosen
 
 

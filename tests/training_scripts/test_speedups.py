@@ -195,6 +195,8 @@ def test_shards_are_length_sorted_trimmed_and_capped_in_tokens() -> None:
     assert len(speedups.ShardedBackward.shards(batch, 2, max_tokens=40)) == 4  # 3 would do: rounded up to 4
     assert len(speedups.ShardedBackward.shards(batch, 2, max_tokens=1)) == 8  # a row per shard at least
     assert len(speedups.ShardedBackward.shards(batch_of_lengths([5]), 2)) == 1
+    odd = speedups.ShardedBackward.shards(batch_of_lengths([12] * 5), 2, max_tokens=20)  # 5 rows, 1 fits
+    assert len(odd) == 5 and all(s["input_ids"].numel() <= 20 for s in odd)
     sources = []  # every row exactly once, its ids, mask and labels together
     for shard in capped:
         for ids, labels, mask in zip(shard["input_ids"], shard["labels"], shard["attention_mask"], strict=True):
