@@ -16,6 +16,7 @@ from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
 from fastapi.security.base import SecurityBase
 from sqlalchemy.orm import Session
 
+from app.api_keys.service import looks_like_key, user_row_for_key
 from app.auth.lookup import detached_user, user_row
 from app.auth.models import User
 from app.config import Settings
@@ -59,7 +60,8 @@ class _CurrentUser(SecurityBase):
     header is read from the ASGI scope (bench/api_load.py)."""
 
     def __init__(self) -> None:
-        self.model = HTTPBearerModel(bearerFormat="JWT", description="A token from POST /api/auth/token")
+        self.model = HTTPBearerModel(
+            bearerFormat="JWT", description="A token from POST /api/auth/token, or an API key (llmt_...)")
         self.scheme_name = "bearer"
         # For a route that calls `row()` itself rather than depending on this: its OpenAPI security.
         self.openapi: dict[str, Any] = {"security": [{self.scheme_name: []}]}
@@ -82,7 +84,10 @@ class _CurrentUser(SecurityBase):
         if scheme.lower() != "bearer" or not token:
             raise Unauthorized("Authorization header must be `Bearer <token>`", code="invalid_token")
         state = request.app.state
-        row = await user_row(state.sessionmaker, state.tokens.subject(token.strip()))
+        if looks_like_key(token.strip()):  # an API key (app/api_keys): its owner, within its scope
+            row = await user_row_for_key(request, token.strip())
+        else:
+            row = await user_row(state.sessionmaker, state.tokens.subject(token.strip()))
         if row is None:
             raise Unauthorized("The user this token was issued to no longer exists", code="invalid_token")
         return row

@@ -1,13 +1,15 @@
 """Imports every ORM model so that Base.metadata is complete (Alembic, tests)."""
 
+from app.api_keys.models import ApiKey
 from app.auth.models import User
 from app.datasets.models import Dataset
 from app.deployments.models import Endpoint
 from app.evaluation.models import Evaluation
 from app.events import Event
 from app.idempotency import IdempotencyRecord
+from app.leases import Lease
 from app.registry.models import RegisteredModel
 from app.training.models import JobMetric, TrainingJob
 
-__all__ = ["User", "Dataset", "Endpoint", "Evaluation", "Event", "IdempotencyRecord", "RegisteredModel",
+__all__ = ["ApiKey", "User", "Dataset", "Endpoint", "Evaluation", "Event", "IdempotencyRecord", "Lease", "RegisteredModel",
            "JobMetric", "TrainingJob"]
