@@ -9,12 +9,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app import events
-from app.backends.base import JOB_ACTIVE, BackendJobStatus
+from app.backends.base import BackendJobStatus
 from app.db import utcnow
 from app.errors import AppError
+from app.statuses import JOB_ACTIVE, JOB_ENDED, JobStatus
 from app.training import cost, logparse
 from app.training.models import JobMetric, TrainingJob
 from app.training.service import RESOURCE, note_submit_failure, submit
+from app.training.slots import local_slot_free
 
 log = logging.getLogger("llmtuner.worker.training")
 
@@ -32,7 +34,7 @@ def reconcile(ctx: Any) -> None:
             except AppError as e:
                 session.rollback()
                 if not job.backend_handle and note_submit_failure(session, job, e):
-                    _end(session, job, "Failed", e.code, e.message)
+                    _end(session, job, JobStatus.FAILED, e.code, e.message)
                     session.commit()
                 elif job.backend_handle:
                     log.warning("job %s: backend call failed: %s", job.job_name, e.message)
@@ -43,12 +45,10 @@ def reconcile(ctx: Any) -> None:
 
 def _maybe_submit(session: Session, ctx: Any, job: TrainingJob) -> None:
     if job.stop_requested:
-        _end(session, job, "Stopped", None, None)
+        _end(session, job, JobStatus.STOPPED, None, None)
         session.commit()
         return
-    running = sum(1 for j in session.scalars(select(TrainingJob).where(
-        TrainingJob.backend == "local", TrainingJob.status.in_(JOB_ACTIVE))) if j.backend_handle)
-    if ctx.backends.name == "local" and running >= ctx.settings.worker.max_concurrent_local_jobs:
+    if not local_slot_free(session, ctx.settings, job):
         return
     submit(session, ctx.settings, ctx.store, ctx.backends, job)
 
@@ -63,16 +63,15 @@ def follow(session: Session, ctx: Any, job: TrainingJob) -> None:
                       data={k: str(v) for k, v in tr.items()})
     if st.billable_seconds is not None:
         job.billable_seconds = int(st.billable_seconds)
-    if st.secondary_status and st.secondary_status != job.secondary_status and st.status not in \
-            ("Completed", "Failed", "Stopped"):
+    if st.secondary_status and st.secondary_status != job.secondary_status and st.status not in JOB_ENDED:
         events.record(session, user_id=job.user_id, resource_type=RESOURCE, resource_id=job.id, type="status",
                       message=f"{job.secondary_status} -> {st.secondary_status}",
                       data={"secondary_status": st.secondary_status})
         job.secondary_status = st.secondary_status
-    if st.status == "Stopping" and job.status == "InProgress":
-        job.status = "Stopping"
-    if st.status in ("Completed", "Failed", "Stopped"):
-        code, message = _split_reason(st.failure_reason) if st.status == "Failed" else (None, None)
+    if st.status == JobStatus.STOPPING and job.status == JobStatus.IN_PROGRESS:
+        job.status = JobStatus.STOPPING
+    if st.status in JOB_ENDED:
+        code, message = _split_reason(st.failure_reason) if st.status == JobStatus.FAILED else (None, None)
         if st.artifact_uri:
             job.model_artifacts_uri = st.artifact_uri
         _end(session, job, st.status, code, message)
@@ -127,10 +126,10 @@ def _end(session: Session, job: TrainingJob, status: str, code: str | None, mess
     job.ended_at = utcnow()
     job.error_code, job.error_message = code, message
     job.actual_cost = cost.actual(job.billable_seconds, job.price_per_hour)
-    if status == "Completed" and job.progress.get("total_steps"):
+    if status == JobStatus.COMPLETED and job.progress.get("total_steps"):
         job.progress = {**job.progress, "percent": 100.0}
     events.record(session, user_id=job.user_id, resource_type=RESOURCE, resource_id=job.id, type="status",
-                  level="error" if status == "Failed" else "info",
+                  level="error" if status == JobStatus.FAILED else "info",
                   message=f"{previous} -> {status}" + (f": {code}: {message}" if code else "")
                   + f"; cost ${job.actual_cost:.4f} for {job.billable_seconds} billable seconds",
                   data={"status": status, "error": {"code": code, "message": message} if code else None,

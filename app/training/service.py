@@ -14,20 +14,21 @@ from sqlalchemy.orm import Session
 
 from app import catalog, events, idempotency
 from app.auth.models import User
-from app.backends.base import JOB_ACTIVE, TrainingSpec
+from app.backends.base import TrainingSpec
 from app.config import Settings
 from app.datasets.models import Dataset
 from app.datasets.service import ready_dataset
 from app.db import utcnow
 from app.errors import AppError, Conflict, NotFound, ValidationFailed
 from app.pagination import paginate
+from app.statuses import JOB_ENDED, JobStatus
 from app.storage import model_key
 from app.training import cost, naming
 from app.training.models import JobMetric, TrainingJob
 from app.training.schemas import CostEstimateRequest, Hyperparameters, TrainingJobCreate
+from app.training.slots import local_slot_free
 
 RESOURCE = "training_job"
-ENDED = ("Completed", "Failed", "Stopped")
 
 
 def iter_lines(stream: Any, chunk: int = 1 << 20) -> Iterator[bytes]:
@@ -99,8 +100,8 @@ class TrainingService:
         job = TrainingJob(
             job_name=name, user_id=self.user.id, dataset_id=ds.id, base_model=model["id"],
             hyperparameters=req.hyperparameters.model_dump(), instance_type=inst["name"],
-            validation_split=req.validation_split, backend=self.backends.name, status="InProgress",
-            secondary_status="Pending", price_per_hour=float(inst["training"]),
+            validation_split=req.validation_split, backend=self.backends.name, status=JobStatus.IN_PROGRESS,
+            secondary_status=JobStatus.PENDING, price_per_hour=float(inst["training"]),
             estimated_cost=est["estimated_cost"], data={"estimate": est},
         )
         self.session.add(job)
@@ -110,8 +111,7 @@ class TrainingService:
                       type="created", message=f"Job created on the {job.backend} backend ({job.instance_type}); "
                       f"estimated cost ${job.estimated_cost:.2f}", data={"estimate": est})
         self.session.commit()
-        if active_local_jobs(self.session) <= self.settings.worker.max_concurrent_local_jobs \
-                or self.backends.name != "local":
+        if local_slot_free(self.session, self.settings, job):
             try:
                 submit(self.session, self.settings, self.store, self.backends, job)
             except AppError as e:
@@ -184,20 +184,20 @@ class TrainingService:
     # Stop ---------------------------------------------------------------------------------
     def stop(self, job_name: str) -> TrainingJob:
         job = self.owned(job_name)
-        if job.status in ENDED:
+        if job.status in JOB_ENDED:
             raise Conflict(f"Job {job_name!r} has already ended ({job.status})", code="job_not_running",
                            param="job_name")
-        if job.status == "Stopping":
+        if job.status == JobStatus.STOPPING:
             return job
         job.stop_requested = True
         previous = job.status
         if not job.backend_handle:  # never started: nothing to stop
-            job.status, job.secondary_status, job.ended_at = "Stopped", "Stopped", utcnow()
+            job.status, job.secondary_status, job.ended_at = JobStatus.STOPPED, JobStatus.STOPPED, utcnow()
             job.actual_cost = 0.0
         else:
             self.backends.training.stop(job.backend_handle)
             job.backend_handle = {**job.backend_handle, "stopping": True}
-            job.status, job.secondary_status = "Stopping", "Stopping"
+            job.status, job.secondary_status = JobStatus.STOPPING, JobStatus.STOPPING
         events.record(self.session, user_id=job.user_id, resource_type=RESOURCE, resource_id=job.id,
                       type="status", message=f"{previous} -> {job.status} (stop requested)",
                       data={"status": job.status})
@@ -207,7 +207,7 @@ class TrainingService:
     # Download -----------------------------------------------------------------------------
     def download(self, job_name: str, expires_in: int = 3600) -> dict[str, Any]:
         job = self.owned(job_name)
-        if job.status != "Completed" or not job.model_artifacts_uri:
+        if job.status != JobStatus.COMPLETED or not job.model_artifacts_uri:
             raise Conflict(f"Job {job_name!r} has no model to download yet (status {job.status})",
                            code="job_not_completed", param="job_name")
         key = self.store.key_from_uri(job.model_artifacts_uri)
@@ -216,11 +216,6 @@ class TrainingService:
                            code="artifact_missing")
         return {"download_url": self.store.signed_url(key, expires_in), "model_s3_uri": job.model_artifacts_uri,
                 "job_name": job.job_name, "expires_in": expires_in}
-
-
-def active_local_jobs(session: Session) -> int:
-    q = select(TrainingJob).where(TrainingJob.backend == "local", TrainingJob.status.in_(JOB_ACTIVE))
-    return sum(1 for j in session.scalars(q) if j.backend_handle or j.secondary_status == "Pending")
 
 
 def submit(session: Session, settings: Settings, store: Any, backends: Any, job: TrainingJob) -> None:
