@@ -5,11 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-# Our job states (seed 000 / API.md) and secondary states.
-JOB_ACTIVE = ("Pending", "InProgress", "Stopping")
-JOB_ENDED = ("Completed", "Failed", "Stopped")
-ENDPOINT_LIVE = ("Creating", "InService", "Updating")
-
 
 @dataclass
 class TrainingSpec:

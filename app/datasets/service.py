@@ -13,7 +13,6 @@ from sqlalchemy.orm import Session
 
 from app import catalog
 from app.auth.models import User
-from app.backends.base import JOB_ACTIVE
 from app.config import Settings
 from app.datasets import tokens, validation
 from app.datasets.formats import DatasetFileError
@@ -21,6 +20,7 @@ from app.datasets.models import Dataset
 from app.db import new_id
 from app.errors import AppError, Conflict, NotFound, PayloadTooLarge
 from app.pagination import paginate
+from app.statuses import JOB_ACTIVE
 from app.storage import dataset_key, user_prefix
 from app.training.models import TrainingJob
 

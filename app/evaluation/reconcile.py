@@ -19,6 +19,7 @@ from app.db import utcnow
 from app.errors import AppError
 from app.evaluation.models import Evaluation
 from app.evaluation.service import RESOURCE, base_source, evaluation_key
+from app.statuses import EVALUATION_ACTIVE, EvaluationStatus, JobStatus
 
 log = logging.getLogger("llmtuner.worker.evaluation")
 
@@ -31,44 +32,45 @@ MAX_RESULT_BYTES = 16 * 1024 * 1024
 
 def reconcile(ctx: Any) -> None:
     with ctx.sessionmaker() as session:
-        active = list(session.scalars(select(Evaluation).where(Evaluation.status.in_(("Pending", "InProgress")))
+        active = list(session.scalars(select(Evaluation).where(Evaluation.status.in_(EVALUATION_ACTIVE))
                                       .order_by(Evaluation.created_at)))
         for ev in active:
             try:
-                if ev.status == "InProgress":
+                if ev.status == EvaluationStatus.IN_PROGRESS:
                     follow(session, ctx, ev)
                 else:
                     _maybe_submit(session, ctx, ev, active)
             except Exception as e:  # noqa: BLE001 - one evaluation's trouble must not stop the others
                 session.rollback()
                 log.exception("evaluation %s: reconcile failed", ev.id)
-                if ev.status == "InProgress" and isinstance(e, AppError):
-                    _end(session, ev, "Failed", e.code, e.message)
+                if ev.status == EvaluationStatus.IN_PROGRESS and isinstance(e, AppError):
+                    _end(session, ev, EvaluationStatus.FAILED, e.code, e.message)
                     session.commit()
 
 
 def _maybe_submit(session: Session, ctx: Any, ev: Evaluation, active: list[Evaluation]) -> None:
-    running = sum(1 for e in active if e.status == "InProgress")
+    running = sum(1 for e in active if e.status == EvaluationStatus.IN_PROGRESS)
     if ctx.backends.name == "local" and running >= MAX_LOCAL_EVALUATIONS:
         return
     try:
         submit(ctx, ev)
     except AppError as e:
-        _end(session, ev, "Failed", e.code, e.message)
+        _end(session, ev, EvaluationStatus.FAILED, e.code, e.message)
         session.commit()
         return
     except Exception as e:  # a transient backend problem: retry on the next passes, then give up
         attempts = int(ev.backend_handle.get("submit_attempts", 0)) + 1
         ev.backend_handle = {**ev.backend_handle, "submit_attempts": attempts}
         if attempts >= MAX_SUBMIT_ATTEMPTS:
-            _end(session, ev, "Failed", "backend_error", f"The compute backend refused the evaluation job: {e}")
+            _end(session, ev, EvaluationStatus.FAILED, "backend_error",
+                 f"The compute backend refused the evaluation job: {e}")
         session.commit()
         log.warning("evaluation %s: submit failed (attempt %d): %s", ev.id, attempts, e)
         return
-    ev.status, ev.started_at = "InProgress", utcnow()
+    ev.status, ev.started_at = EvaluationStatus.IN_PROGRESS, utcnow()
     events.record(session, user_id=ev.user_id, resource_type=RESOURCE, resource_id=ev.id, type="status",
                   message=f"Submitted to the {ctx.backends.name} backend as {ev.backend_handle['job_name']}: "
-                  "Pending -> InProgress", data={"status": "InProgress"})
+                  "Pending -> InProgress", data={"status": EvaluationStatus.IN_PROGRESS})
     session.commit()
 
 
@@ -111,14 +113,15 @@ def follow(session: Session, ctx: Any, ev: Evaluation) -> None:
     if st.billable_seconds is not None:
         state["billable_seconds"] = int(st.billable_seconds)
     ev.backend_handle = state
-    if st.status == "Completed":
+    if st.status == JobStatus.COMPLETED:
         ev.results = _read_results(ctx.store, st.artifact_uri, state["output_key"])
-        _end(session, ev, "Completed", None, None)
-    elif st.status == "Failed":
+        _end(session, ev, EvaluationStatus.COMPLETED, None, None)
+    elif st.status == JobStatus.FAILED:
         code, message = _split_reason(st.failure_reason)
-        _end(session, ev, "Failed", code, message)
-    elif st.status == "Stopped":
-        _end(session, ev, "Failed", "evaluation_stopped", "The evaluation job was stopped before it finished")
+        _end(session, ev, EvaluationStatus.FAILED, code, message)
+    elif st.status == JobStatus.STOPPED:
+        _end(session, ev, EvaluationStatus.FAILED, "evaluation_stopped",
+             "The evaluation job was stopped before it finished")
     session.commit()
 
 
@@ -168,10 +171,10 @@ def _end(session: Session, ev: Evaluation, status: str, code: str | None, messag
     ev.status, ev.ended_at = status, utcnow()
     ev.error_code, ev.error_message = code, message
     summary = ""
-    if status == "Completed":
+    if status == EvaluationStatus.COMPLETED:
         tuned = (ev.results or {}).get("tuned") or {}
         summary = "; " + ", ".join(f"{k}={v:.4g}" for k, v in tuned.items() if isinstance(v, int | float))
     events.record(session, user_id=ev.user_id, resource_type=RESOURCE, resource_id=ev.id, type="status",
-                  level="error" if status == "Failed" else "info",
+                  level="error" if status == EvaluationStatus.FAILED else "info",
                   message=f"{previous} -> {status}" + (f": {code}: {message}" if code else summary),
                   data={"status": status, "error": {"code": code, "message": message} if code else None})

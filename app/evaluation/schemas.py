@@ -6,6 +6,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.evaluation.metrics import ALL_METRICS
+from app.statuses import EvaluationStatus
 
 Metric = Literal["perplexity", "bleu", "rouge_l", "exact_match", "json_valid_rate", "mean_generated_length"]
 __all__ = ["ALL_METRICS", "Metric"]
@@ -93,7 +94,7 @@ class EvaluationRead(BaseModel):
     model_config = ConfigDict(protected_namespaces=())
 
     id: str
-    status: Literal["Pending", "InProgress", "Completed", "Failed"]
+    status: EvaluationStatus
     model: str
     job_name: str
     registered_model_id: str | None

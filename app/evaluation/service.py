@@ -18,12 +18,13 @@ from app.evaluation.models import Evaluation
 from app.evaluation.schemas import ALL_METRICS, EvaluationCreate, EvaluationRead
 from app.pagination import paginate
 from app.registry.service import require_completed, resolve_model
+from app.statuses import EvaluationStatus
 from app.storage import check_key, model_key
 from app.training.models import TrainingJob
+from app.usage.service import check_budget
 
 RESOURCE = "evaluation"
 ROUTE = "POST /api/evaluations"
-ACTIVE = ("Pending", "InProgress")
 # Rough wall time of one example on one model (forward pass + generation), for the budget check only.
 SECONDS_PER_EXAMPLE = 2.0
 
@@ -91,11 +92,9 @@ class EvaluationService:
         models = 1 + req.compare_with_base
         estimate = (float(inst.get("startup_seconds") or 0) + models * req.max_examples * SECONDS_PER_EXAMPLE) \
             / 3600 * price
-        from app.usage.service import check_budget
-
         check_budget(self.session, self.user, round(estimate, 4))
         ev = Evaluation(
-            user_id=self.user.id, status="Pending", model_ref=req.model, job_id=job.id,
+            user_id=self.user.id, status=EvaluationStatus.PENDING, model_ref=req.model, job_id=job.id,
             registered_model_id=registered.id if registered else None, dataset_id=req.dataset_id,
             request={
                 "metrics": list(dict.fromkeys(req.metrics or ALL_METRICS)),

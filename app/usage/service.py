@@ -15,7 +15,6 @@ endpoint running past it is reported in `warnings` and recorded once per month a
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,8 +25,10 @@ from app import events
 from app.auth.models import User
 from app.db import utcnow
 from app.deployments.models import Endpoint
+from app.deployments.service import accrued_cost
 from app.errors import AppError
 from app.evaluation.models import Evaluation
+from app.statuses import ENDPOINT_LIVE, JOB_ENDED
 from app.training.models import TrainingJob
 from app.usage.schemas import (
     Budget,
@@ -42,7 +43,6 @@ from app.usage.schemas import (
 )
 
 log = logging.getLogger("llmtuner.usage")
-JOB_ENDED = ("Completed", "Failed", "Stopped")
 BUDGET_EVENT = "budget_exceeded"
 BUDGET_EXCEEDED_CODE = "budget_exceeded"
 
@@ -55,21 +55,6 @@ def job_cost(job: TrainingJob) -> float:
     if job.status in JOB_ENDED and job.actual_cost is not None:
         return float(job.actual_cost)
     return round((job.billable_seconds or 0) / 3600 * (job.price_per_hour or 0.0), 4)
-
-
-def _fallback_accrued_cost(endpoint: Endpoint, now: datetime | None = None) -> float:
-    seconds = endpoint.accrued_seconds or 0.0
-    if endpoint.status == "InService" and endpoint.accrual_started_at is not None:
-        seconds += max(0.0, ((now or utcnow()) - endpoint.accrual_started_at).total_seconds())
-    return round(seconds * (endpoint.price_per_hour or 0.0) / 3600.0, 6)
-
-
-def _accrued_cost_fn() -> Callable[[Endpoint, datetime], float]:
-    try:
-        from app.deployments.service import accrued_cost
-    except ImportError:
-        return _fallback_accrued_cost
-    return accrued_cost  # type: ignore[no-any-return]
 
 
 def endpoint_month_cost(endpoint: Endpoint, total: float, now: datetime) -> float:
@@ -98,12 +83,11 @@ def usage(session: Session, user: User, now: datetime | None = None) -> Usage:
     job_rows = [JobCost(job_name=j.job_name, status=j.status, cost=job_cost(j), billable_seconds=j.billable_seconds,
                         estimated_cost=j.estimated_cost, instance_type=j.instance_type, created_at=j.created_at)
                 for j in jobs]
-    accrued = _accrued_cost_fn()
     endpoints = list(session.scalars(select(Endpoint).where(Endpoint.user_id == user.id)
                                      .order_by(Endpoint.created_at.desc())))
     ep_rows = []
     for ep in endpoints:
-        total = float(accrued(ep, now))
+        total = float(accrued_cost(ep, now))
         ep_rows.append(EndpointCost(
             endpoint_name=ep.endpoint_name, status=ep.status, accrued_cost=total,
             this_month=endpoint_month_cost(ep, total, now), price_per_hour=ep.price_per_hour,
@@ -132,7 +116,7 @@ def usage(session: Session, user: User, now: datetime | None = None) -> Usage:
                 f"You have spent ${this_month:.2f} this month, over your ${limit:.2f} monthly budget; new "
                 "training jobs and evaluations are refused until next month or a higher budget")))
             for ep in endpoints:
-                if ep.status in ("Creating", "InService", "Updating"):
+                if ep.status in ENDPOINT_LIVE:
                     warnings.append(UsageWarning(code="endpoint_over_budget", endpoint_name=ep.endpoint_name,
                                                  message=_endpoint_message(ep, limit)))
     return Usage(month=f"{start:%Y-%m}", training=training, inference=inference, evaluation=evaluation,
@@ -175,7 +159,7 @@ def flag_endpoints_over_budget(session: Session, user: User, now: datetime | Non
     if user.monthly_budget is None:
         return 0
     live = list(session.scalars(select(Endpoint).where(
-        Endpoint.user_id == user.id, Endpoint.status.in_(("Creating", "InService", "Updating")))))
+        Endpoint.user_id == user.id, Endpoint.status.in_(ENDPOINT_LIVE))))
     if not live:
         return 0
     spent = month_spend(session, user, now)
@@ -198,10 +182,10 @@ def flag_endpoints_over_budget(session: Session, user: User, now: datetime | Non
 
 
 def reconcile(ctx: Any) -> None:
-    """Worker pass (add "app.usage.service" to app.worker.RECONCILERS): flag endpoints over budget."""
+    """Worker pass: flag endpoints over budget."""
     with ctx.sessionmaker() as session:
         user_ids = set(session.scalars(select(Endpoint.user_id).where(
-            Endpoint.status.in_(("Creating", "InService", "Updating")))))
+            Endpoint.status.in_(ENDPOINT_LIVE))))
         for uid in user_ids:
             user = session.get(User, uid)
             if user is not None and flag_endpoints_over_budget(session, user):
