@@ -9,7 +9,7 @@ no access log) on free loopback ports; the real app gets its own data directory 
 migrations applied, a registered user and a token. The load generator is wrk from Debian's
 packages (`apt-get install wrk`: `wrk -t2 -c64 -d{N}s --latency`), or, when wrk is absent, a Python
 asyncio + httpx generator (slower than the server: its figures are a floor; the script says which
-it used). The load generator shares the 2 cores with the server, as in PERF-NOTES.md.
+it used). The load generator runs on the same machine and shares its cores with the servers.
 
 Each round runs bare then /me back to back; the table gives the median of the rounds, the ratio
 to the bare route's median, and the CPU other processes used meanwhile (cores, from /proc).
@@ -538,8 +538,6 @@ def main() -> int:
                   f" {cpu['me_concurrent']:5.0f} us {INPROCESS_CONCURRENCY} at a time")
     if verdict:
         print(verdict)
-    print("\nPERF-NOTES anchors (2 workers): bare async ~13,041 req/s (p99 12 ms); naive JWT + two-row "
-          "PostgreSQL route ~1,093 req/s (p99 233 ms), 8% of bare.")
     return 0 if ok else 1
 
 

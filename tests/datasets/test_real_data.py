@@ -1,6 +1,9 @@
-"""The real files in ../shared/data are recognised with the right format and record count.
+"""Public sample datasets (Alpaca and identity demos, ShareGPT and tool-call conversations, an OpenAI
+chat file, T0 prompt/completion sets, two CSV FAQs, C4 and wiki text) are recognised with the right
+format and record count.
 
-Skipped (with the reason) where that folder is absent, e.g. in a fresh clone.
+They are not part of the repository: the tests skip, naming the folder they looked in, where it is
+absent (e.g. in a fresh clone).
 """
 
 from __future__ import annotations

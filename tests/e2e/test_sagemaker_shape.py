@@ -1,6 +1,6 @@
 """The whole API in the cloud shape (LLMTUNER_BACKEND=sagemaker, LLMTUNER_STORAGE=s3), pointed at a
 moto server through LLMTUNER_AWS__ENDPOINT_URL exactly as an operator would configure it, walking
-seed 000's journey: status -> deploy -> endpoint status -> invoke -> download, with s3:// URIs."""
+the user's journey: status -> deploy -> endpoint status -> invoke -> download, with s3:// URIs."""
 
 from __future__ import annotations
 
@@ -102,7 +102,7 @@ def test_seed_000_journey_against_a_moto_server(monkeypatch, tmp_path, session_f
             moto_sm.set_training_job(name, status="Completed", billable_seconds=3600,
                                      artifacts=f"s3://{BUCKET}/{artifact_key}", final_metrics={"train_loss": 0.245})
             worker.tick()
-            # Step 1 of seed 000: the completed job's status.
+            # Step 1 of the journey: the completed job's status.
             done = client.get(f"/api/training-job/{name}", headers=h).json()
             assert done["status"] == "Completed", done
             assert done["model_artifacts_s3_uri"] == f"s3://{BUCKET}/{artifact_key}"

@@ -1,0 +1,80 @@
+"""The documentation stays a user's documentation: the README is short, links resolve, and nothing in
+the repository points at notes or documents that are not part of it."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+README_MAX_BYTES = 25 * 1024
+# Spelled in pieces so that this file does not match itself.
+FORBIDDEN = ("PERF" + "-NOTES", "../" + "shared", "seed" + " 00")
+SKIPPED_DIRS = {".git", ".venv", "node_modules", "data", "__pycache__", ".mypy_cache", ".pytest_cache",
+                ".ruff_cache", "llmtuner.egg-info", "dist", "build"}
+LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
+
+
+def repository_files() -> list[Path]:
+    """Tracked files and new ones git does not ignore; without git, every file outside build output."""
+    try:
+        out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                             cwd=ROOT, capture_output=True, check=True).stdout
+        paths = [ROOT / p for p in out.decode().split("\0") if p]
+    except (OSError, subprocess.CalledProcessError):
+        paths = [p for p in ROOT.rglob("*") if not SKIPPED_DIRS.intersection(p.relative_to(ROOT).parts)]
+    return [p for p in paths if p.is_file() and not SKIPPED_DIRS.intersection(p.relative_to(ROOT).parts)]
+
+
+def markdown_docs() -> list[Path]:
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def github_anchor(heading: str) -> str:
+    """The id GitHub gives a heading: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"[`*_]", "", heading.strip().lower())
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def anchors(doc: Path) -> set[str]:
+    text = re.sub(r"```.*?```", "", doc.read_text(encoding="utf-8"), flags=re.S)
+    return {github_anchor(m) for m in re.findall(r"^#{1,6}\s+(.+)$", text, flags=re.M)}
+
+
+def test_readme_is_at_most_25_kb() -> None:
+    size = (ROOT / "README.md").stat().st_size
+    assert size <= README_MAX_BYTES, (f"README.md is {size:,} bytes (limit {README_MAX_BYTES:,}): "
+                                      "move depth to docs/<topic>.md and link it")
+
+
+def test_no_file_mentions_documents_outside_the_repository() -> None:
+    found = []
+    for path in repository_files():
+        data = path.read_bytes().lower()
+        found += [f"{path.relative_to(ROOT)}: {word!r}" for word in FORBIDDEN if word.lower().encode() in data]
+    assert not found, "say what the behaviour is instead of pointing outside the repository:\n" + "\n".join(found)
+
+
+@pytest.mark.parametrize("doc", markdown_docs(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_relative_links_resolve(doc: Path) -> None:
+    text = re.sub(r"```.*?```", "", doc.read_text(encoding="utf-8"), flags=re.S)
+    broken = []
+    for target in LINK.findall(text):
+        if re.match(r"^[a-z][a-z0-9+.-]*:", target):  # http:, https:, mailto: ...
+            continue
+        path_part, _, fragment = target.partition("#")
+        linked = (doc.parent / path_part).resolve() if path_part else doc
+        if not linked.exists():
+            broken.append(f"{target}: no such file")
+        elif fragment and linked.suffix == ".md" and fragment not in anchors(linked):
+            broken.append(f"{target}: no heading with that anchor in {linked.relative_to(ROOT)}")
+    assert not broken, f"{doc.relative_to(ROOT)}:\n" + "\n".join(broken)
+
+
+def test_anchor_slugs_follow_github() -> None:
+    assert github_anchor("Run on AWS") == "run-on-aws"
+    assert github_anchor("Use it from the OpenAI client") == "use-it-from-the-openai-client"
+    assert github_anchor("The `train.py` recipe: what it does") == "the-trainpy-recipe-what-it-does"
