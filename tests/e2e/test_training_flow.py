@@ -69,7 +69,7 @@ def test_train_download_and_load(client, dataset, wait_for, tmp_path):
     assert (tmp_path / "model" / "adapter_model.safetensors").is_file()
     assert (tmp_path / "model" / "base_model" / "config.json").is_file()  # the built-in base travels along
     assert (tmp_path / "model" / "code" / "inference.py").is_file()
-    # Seed 000 "Load Model Locally": base model + PeftModel.from_pretrained, in a fresh process.
+    # Load it as a user would (base model + PeftModel.from_pretrained), in a fresh process.
     code = (
         "import json,sys,torch; from transformers import AutoModelForCausalLM, AutoTokenizer;"
         "from peft import PeftModel; d=sys.argv[1];"
