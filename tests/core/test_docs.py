@@ -78,3 +78,36 @@ def test_anchor_slugs_follow_github() -> None:
     assert github_anchor("Run on AWS") == "run-on-aws"
     assert github_anchor("Use it from the OpenAI client") == "use-it-from-the-openai-client"
     assert github_anchor("The `train.py` recipe: what it does") == "the-trainpy-recipe-what-it-does"
+
+
+def setting_names() -> list[tuple[str, str]]:
+    """(full environment name, its short `__FIELD` form or "") for every setting of app/config.py."""
+    from pydantic import BaseModel
+
+    from app.config import Settings
+
+    names = []
+    for name, info in Settings.model_fields.items():
+        group = info.annotation
+        if isinstance(group, type) and issubclass(group, BaseModel):
+            names += [(f"LLMTUNER_{name.upper()}__{sub.upper()}", f"__{sub.upper()}") for sub in group.model_fields]
+        else:
+            names.append((f"LLMTUNER_{name.upper()}", ""))
+    return names
+
+
+def test_every_setting_is_documented() -> None:
+    """In the README or docs/: the full name, or in a row that starts with the group's name, `__FIELD`."""
+    text = "\n".join(p.read_text(encoding="utf-8") for p in markdown_docs())
+    missing = [full for full, short in setting_names()
+               if full not in text and not (short and re.search(
+                   rf"^\|[^\n]*`{re.escape(full[: -len(short)])}__[^\n]*`{re.escape(short)}`", text, flags=re.M))]
+    assert not missing, "document these settings (README's settings table or docs/<topic>.md): " + ", ".join(missing)
+
+
+def test_readme_names_only_real_settings() -> None:
+    known = {full for full, _ in setting_names()}
+    groups = {full.split("__")[0] + "__" for full in known if "__" in full}
+    named = set(re.findall(r"`(LLMTUNER_[A-Z0-9_]+)", (ROOT / "README.md").read_text(encoding="utf-8")))
+    unknown = sorted(n for n in named if n not in known and n not in groups)
+    assert not unknown, f"README.md names settings app/config.py does not have: {unknown}"
