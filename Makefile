@@ -10,7 +10,7 @@ export LLMTUNER_PUBLIC_BASE_URL ?= http://$(HOST):$(PORT)
 # No uvicorn access log line per request, as in the image and bench/api_load.py (it costs ~25-30% of
 # the hot route's throughput): `make run UVICORN_ACCESS_LOG=true` to see them.
 export UVICORN_ACCESS_LOG ?= false
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml llmtuner/pyproject.toml | sha1sum | cut -c1-12)
 
 .PHONY: run test lint typecheck migrate install-run install-dev clean bench
 
@@ -19,9 +19,10 @@ $(VENV)/bin/python:
 	$(PY) -m pip install -q --upgrade pip
 
 # torch first and pinned: 2.13.0 is the CPU wheel on these machines (a bare `torch` pulls CUDA).
-$(STAMP): $(VENV)/bin/python pyproject.toml
+$(STAMP): $(VENV)/bin/python pyproject.toml llmtuner/pyproject.toml
 	$(PY) -m pip install -q "torch==2.13.0"
 	$(PY) -m pip install -q -e ".[local,dev]"
+	$(PY) -m pip install -q -e ./llmtuner
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 install: $(STAMP)
@@ -33,7 +34,7 @@ run: migrate
 	$(VENV)/bin/uvicorn app.main:create_app --factory --host $(HOST) --port $(PORT)
 
 lint: install
-	$(VENV)/bin/ruff check app tests training_scripts bench migrations
+	$(VENV)/bin/ruff check app llmtuner tests training_scripts bench migrations
 	$(VENV)/bin/mypy
 
 test: lint

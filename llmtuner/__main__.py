@@ -1,0 +1,5 @@
+"""`python -m llmtuner`: the same as the `llmtuner` command."""
+
+from llmtuner.cli import main
+
+main()
