@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 
@@ -19,10 +19,10 @@ from app.deployments.schemas import (
 from app.deployments.service import EndpointService
 from app.deps import BackendsDep, CurrentUser, IdempotencyKey, SessionDep, SettingsDep, StoreDep
 from app.events import Event, EventRead
+from app.statuses import EndpointStatus
 
 router = APIRouter(tags=["deployments"])
 
-StatusFilter = Literal["Creating", "InService", "Updating", "Failed", "Deleting", "OutOfService", "Deleted"]
 
 
 def endpoint_service(session: SessionDep, settings: SettingsDep, store: StoreDep,
@@ -49,7 +49,7 @@ async def endpoint_status(endpoint_name: str, user: CurrentUser, svc: EndpointSe
 @router.get("/api/endpoints", response_model=EndpointList)
 async def list_endpoints(
     user: CurrentUser, svc: EndpointServiceDep,
-    status: StatusFilter | None = None, include_deleted: bool = False,
+    status: EndpointStatus | None = None, include_deleted: bool = False,
     limit: Annotated[int, Query(ge=1, le=100)] = 20, after: str | None = None,
 ) -> EndpointList:
     """The caller's endpoints, newest first (deleted ones only with include_deleted=true)."""

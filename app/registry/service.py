@@ -16,6 +16,7 @@ from app.errors import Conflict, NotFound
 from app.pagination import paginate
 from app.registry.models import RegisteredModel
 from app.registry.schemas import ModelCreate, ModelRead
+from app.statuses import JobStatus
 from app.training.models import TrainingJob
 
 ROUTE = "POST /api/models"
@@ -29,7 +30,7 @@ def owned_job(session: Session, user: User, job_name: str, param: str = "job_nam
 
 
 def require_completed(job: TrainingJob, param: str = "job_name") -> TrainingJob:
-    if job.status != "Completed" or not job.model_artifacts_uri:
+    if job.status != JobStatus.COMPLETED or not job.model_artifacts_uri:
         raise Conflict(f"Training job {job.job_name!r} is {job.status}; only a Completed job has a model",
                        param=param, code="job_not_completed")
     return job
