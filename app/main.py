@@ -25,6 +25,7 @@ from app.db import make_engine, make_sessionmaker
 from app.errors import AppError
 from app.limits import BodyLimitMiddleware
 from app.security import Passwords, Tokens
+from app.web import mount_web
 
 log = logging.getLogger("llmtuner")
 
@@ -138,6 +139,7 @@ def create_app(
     install_error_handlers(app)
     for name in DOMAIN_ROUTERS:
         app.include_router(importlib.import_module(name).router)
+    mount_web(app)  # the dashboard at / (its own paths only; after the API's routes)
     return app
 
 

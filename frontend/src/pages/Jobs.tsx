@@ -1,0 +1,37 @@
+import { Link } from "wouter";
+import { data, sdk } from "../api";
+import { PagedTable } from "../components/Table";
+import { Chip, Progress } from "../components/ui";
+import { usePaged } from "../components/usePaged";
+import { money, when } from "../lib/format";
+
+const RUNNING = ["InProgress", "Stopping"];
+
+export default function Jobs() {
+  const paged = usePaged(["jobs"],
+    (after) => data(sdk.listJobsApiTrainingJobsGet({ query: { limit: 20, after } })),
+    (rows) => (rows.some((j) => RUNNING.includes(j.status)) ? 3000 : false));
+  return (
+    <>
+      <div className="title-row">
+        <h1>Fine-tuning jobs</h1>
+        <Link className="button primary" href="/jobs/new">New fine-tune</Link>
+      </div>
+      <PagedTable paged={paged} empty={<>No jobs yet. <Link href="/datasets">Upload a dataset</Link>, then start one.</>}
+        head={["Job", "Status", "Progress", "Base model", "Cost", "Created"]}
+        row={(j) => {
+          const pct = Number(j.progress?.percent ?? (j.status === "Completed" ? 100 : 0));
+          return (
+            <tr key={j.job_name}>
+              <td><Link href={`/jobs/${j.job_name}`} className="mono">{j.job_name}</Link></td>
+              <td><Chip status={j.status} />{RUNNING.includes(j.status) && <span className="muted"> {j.secondary_status}</span>}</td>
+              <td className="progress-cell"><Progress value={pct} label={`${j.job_name} progress`} /><span className="muted">{pct.toFixed(0)}%</span></td>
+              <td>{j.base_model}</td>
+              <td>{money(j.actual_cost ?? j.estimated_cost)}</td>
+              <td>{when(j.created_at)}</td>
+            </tr>
+          );
+        }} />
+    </>
+  );
+}
