@@ -38,10 +38,15 @@ class AuthSettings(BaseModel):
     max_concurrent_logins: int = 2
 
 
+# The default role ARN names no real account: moto accepts it, AWS does not (the SageMaker backend
+# refuses to start with it outside development unless an emulator's endpoint URL is set).
+PLACEHOLDER_ROLE_ARN = "arn:aws:iam::000000000000:role/LLMTunerSageMakerExecution"
+
+
 class AWSSettings(BaseModel):
     region: str = "us-east-1"
     s3_bucket: str = "llmtuner-artifacts"
-    role_arn: str = "arn:aws:iam::000000000000:role/LLMTunerSageMakerExecution"
+    role_arn: str = PLACEHOLDER_ROLE_ARN
     endpoint_url: str | None = None
     kms_key_id: str | None = None
     vpc_subnet_ids: list[str] = []
@@ -51,6 +56,11 @@ class AWSSettings(BaseModel):
     max_wait_seconds: int = Field(36 * 3600, ge=60)
     training_image_uri: str | None = None
     inference_image_uri: str | None = None
+    # A Hugging Face token for gated base models, or the ARN of a Secrets Manager secret holding
+    # it; the training, evaluation and endpoint containers get it as HF_TOKEN.
+    hf_token: SecretStr | None = None
+    # The most new tokens one invocation may ask for: a real-time endpoint must answer within 60 s.
+    max_invoke_new_tokens: int = Field(1024, ge=1)
 
 
 class WorkerSettings(BaseModel):

@@ -10,9 +10,13 @@ Loading (`load_model`) accepts a model directory or a `model.tar.gz` and underst
   * a full model directory (`config.json`)                             -> load it
 
 Base model of an adapter, first that applies: the `base_model` argument, env
-`LLMTUNER_BASE_MODEL`, a `base_model/` subdirectory of the model dir, then the
-`training_summary.json` "base_model" (or "base_model_source") / `adapter_config.json`
-"base_model_name_or_path" (the first of those that is a local directory wins over a hub id).
+`LLMTUNER_BASE_MODEL`, a `base_model/` subdirectory of the model dir, env
+`LLMTUNER_BASE_MODEL_S3_URI` (an S3 prefix, downloaded once; the SageMaker backend sets it for
+bases that are not on the hub), then the `training_summary.json` "base_model" (or
+"base_model_source") / `adapter_config.json` "base_model_name_or_path": the first of those that is
+a local directory, else an s3:// prefix, else a hub id (paths that do not exist here, such as a
+training container's channel, are skipped). On a GPU the weights load straight onto it
+(`device_map`), never whole into CPU memory first.
 
 Generation parameters (`GenerationParams.from_dict`), all optional:
 
@@ -372,6 +376,39 @@ def _has_tokenizer(d: Path) -> bool:
     return any((d / f).exists() for f in TOKENIZER_FILES)
 
 
+def download_s3_prefix(uri: str) -> Path:
+    """The objects under an s3:// prefix, downloaded once into the model cache (boto3 and the
+    container's role credentials; the inference and training images ship boto3)."""
+    import boto3
+
+    bucket, _, prefix = uri[len("s3://"):].partition("/")
+    prefix = prefix.rstrip("/") + "/" if prefix else ""
+    target = _cache_root() / f"s3-{hashlib.sha256(uri.encode()).hexdigest()[:24]}"
+    if (target / ".complete").exists():
+        return target
+    try:
+        s3 = boto3.client("s3")
+        count = 0
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                rel = obj["Key"][len(prefix):]
+                if not rel or rel.endswith("/") or not _is_within(target, target / rel):
+                    continue
+                (target / rel).parent.mkdir(parents=True, exist_ok=True)
+                s3.download_file(bucket, obj["Key"], str(target / rel))
+                count += 1
+    except Exception as e:  # noqa: BLE001 - the reason goes to the operator
+        raise ModelLoadError(f"cannot download the base model from {uri}: {_one_line(e)}") from e
+    if not count:
+        raise ModelLoadError(f"no base model files under {uri}")
+    (target / ".complete").write_text(uri)
+    return target
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith(("/", "./", "../", "~"))
+
+
 def _pick_base(model_dir: Path, override: str | None, summary: dict[str, Any],
                adapter_cfg: dict[str, Any]) -> str:
     if override:
@@ -382,15 +419,24 @@ def _pick_base(model_dir: Path, override: str | None, summary: dict[str, Any],
     sub = model_dir / "base_model"
     if (sub / "config.json").exists():
         return str(sub)
+    s3_env = os.environ.get("LLMTUNER_BASE_MODEL_S3_URI")
+    if s3_env:
+        return str(download_s3_prefix(s3_env))
     recorded = (summary.get("base_model"), summary.get("base_model_source"),
                 adapter_cfg.get("base_model_name_or_path"))
     candidates = [c for c in recorded if isinstance(c, str) and c]
     for c in candidates:
         if Path(c).is_dir():
             return c
-    if not candidates:
-        raise ModelLoadError("adapter has no base model recorded; set LLMTUNER_BASE_MODEL or --base-model")
-    return candidates[0]
+    for c in candidates:
+        if c.startswith("s3://"):
+            return str(download_s3_prefix(c))
+    for c in candidates:
+        if not _looks_like_path(c):
+            return c
+    raise ModelLoadError(
+        "the adapter's base model is not here (recorded: " + (", ".join(candidates) or "none")
+        + "); set LLMTUNER_BASE_MODEL to a hub id or folder, or LLMTUNER_BASE_MODEL_S3_URI to an S3 prefix")
 
 
 def _pick_device(device: str | None) -> str:
@@ -429,15 +475,19 @@ def _one_line(e: BaseException) -> str:
 
 
 def _load(model_dir: Path, merged: Path, summary: dict[str, Any], adapter_cfg: dict[str, Any],
-          base_model: str | None, dtype: Any) -> tuple[Any, Any, bool, str, str | None]:
+          base_model: str | None, dtype: Any, device: str = "cpu") -> tuple[Any, Any, bool, str, str | None]:
     from transformers import AutoTokenizer
+
+    # On a GPU, the weights go straight to it as they are read: a 7B base in bf16 (13.5 GB) would
+    # not fit first in the 16 GiB of an ml.g5.xlarge's memory.
+    place: dict[str, Any] = {"device_map": device} if device.startswith("cuda") else {}
 
     base: str | None = summary.get("base_model") if isinstance(summary.get("base_model"), str) else None
     try:
         if (merged / "config.json").exists():
             kind = "merged"
             cls, is_s2s = _auto_class(str(merged))
-            model = cls.from_pretrained(str(merged), dtype=dtype)
+            model = cls.from_pretrained(str(merged), dtype=dtype, **place)
             tok_src = str(merged) if _has_tokenizer(merged) else str(model_dir)
         elif adapter_cfg:
             kind = "lora"
@@ -447,18 +497,16 @@ def _load(model_dir: Path, merged: Path, summary: dict[str, Any], adapter_cfg: d
                 raise ModelLoadError(f"peft is not installed: {e}") from e
             base = _pick_base(model_dir, base_model, summary, adapter_cfg)
             if base.startswith("s3://"):
-                raise ModelLoadError(
-                    f"base model {base} is an S3 URI; download it and set LLMTUNER_BASE_MODEL to the folder"
-                )
+                base = str(download_s3_prefix(base))
             cls, is_s2s = _auto_class(base)
-            model = cls.from_pretrained(base, dtype=dtype)
+            model = cls.from_pretrained(base, dtype=dtype, **place)
             model = PeftModel.from_pretrained(model, str(model_dir))
             model = model.merge_and_unload()
             tok_src = str(model_dir) if _has_tokenizer(model_dir) else base
         elif (model_dir / "config.json").exists():
             kind = "full"
             cls, is_s2s = _auto_class(str(model_dir))
-            model = cls.from_pretrained(str(model_dir), dtype=dtype)
+            model = cls.from_pretrained(str(model_dir), dtype=dtype, **place)
             tok_src = str(model_dir) if _has_tokenizer(model_dir) else (base or str(model_dir))
         else:  # resolve_model_dir guarantees one of the above
             raise ModelLoadError(f"no model found in {model_dir}")
@@ -491,7 +539,7 @@ def load_model(
     merged = model_dir / "merged"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        loaded = _load(model_dir, merged, summary, adapter_cfg, base_model, dtype)
+        loaded = _load(model_dir, merged, summary, adapter_cfg, base_model, dtype, dev)
     model, tokenizer, is_s2s, kind, base = loaded
 
     if tokenizer.pad_token is None:

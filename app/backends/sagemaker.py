@@ -41,19 +41,28 @@ from app import aws
 from app.backends import process
 from app.backends.base import BackendEndpointStatus, BackendJobStatus, Backends, EndpointSpec, TrainingSpec
 from app.backends.sagemaker_images import image_uri
-from app.backends.sagemaker_metrics import METRIC_DEFINITIONS, event_lines, final_metrics_line
-from app.config import Settings
+from app.backends.sagemaker_inputs import hf_token, is_hub_id, upload_base_folder
+from app.backends.sagemaker_logs import TRAINING_LOG_GROUP as TRAINING_LOG_GROUP  # re-exported
+from app.backends.sagemaker_logs import LogReader
+from app.backends.sagemaker_metrics import METRIC_DEFINITIONS, final_metrics_line
+from app.config import PLACEHOLDER_ROLE_ARN, Settings
 from app.errors import AppError, BackendError, GatewayTimeout, ServiceUnavailable, ValidationFailed
 
 log = logging.getLogger("llmtuner.sagemaker")
 
-TRAINING_LOG_GROUP = "/aws/sagemaker/TrainingJobs"
-MODEL_CHANNEL_DIR = "/opt/ml/input/data/model"
 CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"
 TRAINING_VOLUME_GB = 50
 VARIANT_NAME = "AllTraffic"
-# How many pages of new log events one describe() reads per stream (10,000 events or 1 MB a page).
-MAX_LOG_PAGES = 5
+# The Hugging Face cache on the disk that holds the job's data (SageMaker mounts its ML storage
+# volume, or the instance's NVMe store, at /opt/ml; the root disk is small) and, on an endpoint,
+# on its storage volume at /tmp.
+TRAINING_HF_HOME = "/opt/ml/input/hf_home"
+ENDPOINT_SCRATCH = "/tmp"
+# InvokeEndpoint gives the container 60 s to answer (real-time endpoints); nothing longer can take
+# effect, so longer settings are capped, and generation stops a few seconds before, so that the
+# model server's single worker is free again when SageMaker gives up.
+SAGEMAKER_INVOKE_LIMIT_SECONDS = 60.0
+GENERATION_MARGIN_SECONDS = 5.0
 # A job that describe_training_job does not know yet is given this long before it counts as lost.
 MISSING_JOB_GRACE_SECONDS = 300
 
@@ -207,10 +216,6 @@ def source_key(user_id: str, digest: str) -> str:
     return f"users/{user_id}/models/_source/sourcedir-{digest[:12]}.tar.gz"
 
 
-def _is_local_path(source: str) -> bool:
-    return source.startswith(("/", "./", "../", "~")) or Path(source).expanduser().is_dir()
-
-
 def _iso(value: Any) -> str | None:
     if isinstance(value, datetime):
         return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC).isoformat()
@@ -242,6 +247,7 @@ class SageMakerTrainingBackend:
         self.sm = sagemaker_client or aws.client(settings, "sagemaker")
         self.logs = logs_client or aws.client(settings, "logs")
         self.scripts_dir = scripts_dir or process.SCRIPTS
+        self.log_reader = LogReader(self.logs)
         self._uploaded: set[str] = set()
         self._lock = threading.Lock()
 
@@ -265,41 +271,54 @@ class SageMakerTrainingBackend:
             "S3DataType": "S3Prefix", "S3Uri": str(self.store.uri(key)), "S3DataDistributionType": "FullyReplicated",
         }}}
 
-    def _upload_base_model(self, spec: TrainingSpec, folder: Path) -> str:
-        """A base model in a local folder goes up beside the job, for the `model` channel."""
-        if not (folder / "config.json").is_file():
-            raise ValidationFailed(f"Base model folder {folder} has no config.json", code="base_model_not_found",
-                                   param="base_model")
-        prefix = f"users/{spec.user_id}/models/{spec.job_name}/base_model/"
-        for p in sorted(folder.rglob("*")):
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts):
-                try:
-                    self.store.put_file(prefix + p.relative_to(folder).as_posix(), p)
-                except ValueError as e:
-                    raise ValidationFailed(f"Base model file {p.name!r} has a name that cannot be stored: {e}",
-                                           code="base_model_not_found", param="base_model") from e
-        return prefix
+    def _base_inputs(self, spec: TrainingSpec, channel_names: set[str]) -> tuple[list[dict[str, Any]], str | None]:
+        """(the channel carrying a non-hub base model, if any; the hub id, if the base is one).
+
+        The base channel is `model` for train.py; an evaluation already sends its tuned model as
+        `model`, so its base goes as `base` (channel names must be unique on AWS).
+        """
+        base = spec.base_model_source
+        if is_hub_id(base):
+            return [], base
+        name = "base" if "model" in channel_names else "model"
+        if name in channel_names:  # the caller sent the base itself
+            return [], None
+        if base.startswith("s3://"):
+            uri = base if base.endswith("/") else base + "/"
+            return [{"ChannelName": name, "InputMode": "File", "DataSource": {"S3DataSource": {
+                "S3DataType": "S3Prefix", "S3Uri": uri, "S3DataDistributionType": "FullyReplicated"}}}], None
+        return [self._channel(name, upload_base_folder(self.store, spec.user_id, Path(base).expanduser()))], None
+
+    def _refuse_multi_gpu(self, instance_type: str) -> None:
+        from app import catalog
+
+        gpus = int((catalog.instance_types(self.settings).get(instance_type) or {}).get("gpus") or 0)
+        if gpus > 1:
+            raise ValidationFailed(
+                f"Instance type {instance_type!r} has {gpus} GPUs, and training runs one process on one GPU: "
+                "the other GPUs would be billed and left idle. Choose a one-GPU type (ml.g5.xlarge to "
+                "ml.g5.4xlarge, ml.g4dn.xlarge, ml.p3.2xlarge).", code="multi_gpu_not_supported",
+                param="instance_type")
 
     def training_request(self, spec: TrainingSpec, source_uri: str) -> dict[str, Any]:
         """The create_training_job request for `spec` (no AWS call)."""
         aws_cfg = self.settings.aws
+        self._refuse_multi_gpu(spec.instance_type)
         channels = [self._channel("train", spec.train_key)]
         if spec.validation_key:
             channels.append(self._channel("validation", spec.validation_key))
         for name, key in spec.extra_channels.items():
             channels.append(self._channel(name, key))
         hps: dict[str, Any] = {k: v for k, v in spec.hyperparameters.items() if v is not None}
-        base = spec.base_model_source
-        if base.startswith("s3://"):
-            channels.append({"ChannelName": "model", "InputMode": "File", "DataSource": {"S3DataSource": {
-                "S3DataType": "S3Prefix", "S3Uri": base if base.endswith("/") else base + "/",
-                "S3DataDistributionType": "FullyReplicated"}}})
-            hps["base_model"] = MODEL_CHANNEL_DIR
-        elif _is_local_path(base):
-            channels.append(self._channel("model", self._upload_base_model(spec, Path(base).expanduser())))
-            hps["base_model"] = MODEL_CHANNEL_DIR
-        else:
-            hps["base_model"] = base
+        base_channels, hub_id = self._base_inputs(spec, {c["ChannelName"] for c in channels})
+        channels += base_channels
+        if hub_id:
+            hps.setdefault("base_model", hub_id)
+        elif hps.get("base_model") == spec.base_model_source:
+            del hps["base_model"]  # a server path or S3 URI: the script reads the base from its channel
+        # The name the user chose (catalogue id, hub id or s3:// URI), recorded in the model's
+        # summary instead of the container path the weights were read from.
+        hps.setdefault("base_model_name", spec.base_model)
         encoded = {str(k): json.dumps(v) for k, v in hps.items()}
         encoded.update({
             "sagemaker_program": json.dumps(spec.entry_point),
@@ -338,8 +357,8 @@ class SageMakerTrainingBackend:
             "EnableManagedSpotTraining": bool(aws_cfg.use_spot),
             "CheckpointConfig": {"S3Uri": str(self.store.uri(spec.checkpoint_prefix)),
                                  "LocalPath": CHECKPOINT_LOCAL_PATH},
-            # hf_transfer is not in every DLC, and HF_HUB_ENABLE_HF_TRANSFER=1 without it is an error.
-            "Environment": {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"},
+            "Environment": self._environment({"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
+                                              "HF_HOME": TRAINING_HF_HOME}),
             "Tags": [{"Key": "llmtuner:user-id", "Value": spec.user_id},
                      {"Key": "llmtuner:job-name", "Value": spec.job_name}],
         }
@@ -347,6 +366,11 @@ class SageMakerTrainingBackend:
             req["VpcConfig"] = {"Subnets": list(aws_cfg.vpc_subnet_ids),
                                 "SecurityGroupIds": list(aws_cfg.vpc_security_group_ids)}
         return req
+
+    def _environment(self, env: dict[str, str]) -> dict[str, str]:
+        # hf_transfer is not in every DLC, and HF_HUB_ENABLE_HF_TRANSFER=1 without it is an error.
+        token = hf_token(self.settings)
+        return {**env, "HF_TOKEN": token} if token else env
 
     def submit(self, spec: TrainingSpec) -> dict[str, Any]:
         source_uri = self.upload_source(spec.user_id)
@@ -394,14 +418,15 @@ class SageMakerTrainingBackend:
         secondary = str(d.get("SecondaryStatus") or status)
         transitions = d.get("SecondaryStatusTransitions") or []
         seen = int(handle.get("transitions_seen") or 0)
+        # SageMaker's own keys, which the reconciler reads.
         new_transitions = [{
-            "status": t.get("Status"), "message": t.get("StatusMessage"),
-            "start_time": _iso(t.get("StartTime")), "end_time": _iso(t.get("EndTime")),
+            "Status": t.get("Status"), "StatusMessage": t.get("StatusMessage") or "",
+            "StartTime": _iso(t.get("StartTime")), "EndTime": _iso(t.get("EndTime")),
         } for t in transitions[seen:]]
         update: dict[str, Any] = {"transitions_seen": max(seen, len(transitions))}
 
-        lines, tokens = self.read_log_lines(name, dict(handle.get("log_tokens") or {}))
-        update["log_tokens"] = tokens
+        lines, log_state = self.log_reader.read(name, handle, ended=status in ("Completed", "Failed", "Stopped"))
+        update.update(log_state)
         if status in ("Completed", "Failed", "Stopped") and not handle.get("final_reported"):
             final = final_metrics_line(d.get("FinalMetricDataList"))
             if final:
@@ -422,44 +447,6 @@ class SageMakerTrainingBackend:
             failure_reason=d.get("FailureReason") or None,
             artifact_uri=artifact, handle_update=update,
         )
-
-    def read_log_lines(self, job_name: str, tokens: dict[str, str]) -> tuple[list[str], dict[str, str]]:
-        """New train.py event lines from the job's CloudWatch streams, and the tokens to read on from.
-
-        No log group or stream yet (the container has not started) is not an error; neither is a
-        failing Logs call: the status still comes through, and the lines are read on the next call.
-        """
-        lines: list[str] = []
-        try:
-            streams: list[str] = []
-            kwargs: dict[str, Any] = {"logGroupName": TRAINING_LOG_GROUP, "logStreamNamePrefix": f"{job_name}/"}
-            for _ in range(4):
-                r = self.logs.describe_log_streams(**kwargs)
-                streams += [s["logStreamName"] for s in r.get("logStreams", [])]
-                if not r.get("nextToken"):
-                    break
-                kwargs["nextToken"] = r["nextToken"]
-            for stream in sorted(streams):
-                for _ in range(MAX_LOG_PAGES):
-                    kw: dict[str, Any] = {"logGroupName": TRAINING_LOG_GROUP, "logStreamName": stream,
-                                          "startFromHead": True}
-                    if tokens.get(stream):
-                        kw["nextToken"] = tokens[stream]
-                    r = self.logs.get_log_events(**kw)
-                    events = r.get("events", [])
-                    for ev in events:
-                        lines.extend(event_lines(str(ev.get("message", ""))))
-                    nxt = r.get("nextForwardToken")
-                    if nxt:
-                        tokens[stream] = nxt
-                    if not events or not nxt or nxt == kw.get("nextToken"):
-                        break
-        except ClientError as e:
-            if _code(e) != "ResourceNotFoundException":
-                log.warning("reading CloudWatch logs of %s failed: %s", job_name, e)
-        except BotoCoreError as e:
-            log.warning("reading CloudWatch logs of %s failed: %s", job_name, e)
-        return lines, tokens
 
     # -- stop
 
@@ -489,11 +476,16 @@ def derived_name(endpoint_name: str, kind: str, token: str) -> str:
 
 
 def _container_error(original: str) -> tuple[str, str | None, str | None, Any]:
-    """(message, code, param, details) out of the model server's error body."""
+    """(message, code, param, details) out of the model server's error body.
+
+    The PyTorch inference toolkit answers an error with its message followed by a newline and the
+    traceback: inference.py's message is a JSON object, read here up to its end.
+    """
     try:
-        body = json.loads(original)
+        body, _ = json.JSONDecoder().raw_decode(original.strip())
     except ValueError:
-        return original.strip() or "The model server refused the request", None, None, None
+        first = original.strip().split("\n", 1)[0]
+        return first or "The model server refused the request", None, None, None
     if isinstance(body, dict) and isinstance(body.get("error"), dict):  # serve.py's shape
         err = body["error"]
         return str(err.get("message") or original), err.get("code"), err.get("param"), err.get("details")
@@ -514,6 +506,16 @@ class SageMakerEndpointBackend:
         self._runtime: dict[float, Any] = {}
         self._lock = threading.Lock()
 
+    @property
+    def invoke_limit(self) -> float:
+        """Seconds an invocation may take: the setting, capped at what SageMaker allows."""
+        return min(float(self.settings.invoke_timeout_seconds), SAGEMAKER_INVOKE_LIMIT_SECONDS)
+
+    def invoke_client(self, timeout: float) -> Any:
+        """The runtime client of an invocation given `timeout` seconds: it waits a little beyond
+        the (capped) limit, so that the container's own answer, a timeout error, can arrive."""
+        return self.runtime_client(min(float(timeout), self.invoke_limit) + GENERATION_MARGIN_SECONDS)
+
     def runtime_client(self, timeout: float) -> Any:
         """A sagemaker-runtime client that waits `timeout` seconds for an answer and does not retry:
         a retried generation would run (and bill) again, and its wait would add up."""
@@ -533,17 +535,31 @@ class SageMakerEndpointBackend:
     def model_request(self, spec: EndpointSpec, model_name: str) -> dict[str, Any]:
         aws_cfg = self.settings.aws
         env = {
-            "HF_TASK": "text-generation",
             "SAGEMAKER_PROGRAM": "inference.py",
             "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code",
             "SAGEMAKER_CONTAINER_LOG_LEVEL": "20",
             "SAGEMAKER_REGION": aws_cfg.region,
-            "SAGEMAKER_MODEL_SERVER_TIMEOUT": str(int(self.settings.invoke_timeout_seconds)),
+            "SAGEMAKER_MODEL_SERVER_TIMEOUT": str(int(self.invoke_limit)),
             "SAGEMAKER_MODEL_SERVER_WORKERS": "1",
+            # TorchServe gives a worker 120 s to load its model by default; a 7B base from the hub
+            # takes longer (the endpoint's health check allows 900 s).
+            "TS_DEFAULT_STARTUP_TIMEOUT": "900",
+            "LLMTUNER_GENERATION_DEADLINE_SECONDS": str(max(1.0, self.invoke_limit - GENERATION_MARGIN_SECONDS)),
+            "HF_HOME": f"{ENDPOINT_SCRATCH}/hf_home",
+            "LLMTUNER_MODEL_CACHE": f"{ENDPOINT_SCRATCH}/llmtuner-model-cache",
         }
         base = spec.base_model_source
-        if base and not base.startswith("s3://") and not _is_local_path(base):
-            env["LLMTUNER_BASE_MODEL"] = base  # a hub id; otherwise the tarball's base_model/ or summary
+        if base and is_hub_id(base):
+            env["LLMTUNER_BASE_MODEL"] = base
+        elif base:
+            # Not in the hub: a copy in S3, which inference.py downloads unless model.tar.gz
+            # bundles the base (train.py bundles small ones).
+            prefix = base if base.startswith("s3://") else str(self.store.uri(
+                upload_base_folder(self.store, spec.user_id, Path(base).expanduser())))
+            env["LLMTUNER_BASE_MODEL_S3_URI"] = prefix if prefix.endswith("/") else prefix + "/"
+        token = hf_token(self.settings)
+        if token:
+            env["HF_TOKEN"] = token
         req: dict[str, Any] = {
             "ModelName": model_name,
             "PrimaryContainer": {"Image": image_uri("inference", aws_cfg.region, self.settings),
@@ -637,15 +653,28 @@ class SageMakerEndpointBackend:
             status = "Deleting"
         return BackendEndpointStatus(status, d.get("FailureReason") or None)
 
+    def _refuse_long_generation(self, payload: dict[str, Any]) -> None:
+        params = payload.get("parameters")
+        wanted = params.get("max_new_tokens") if isinstance(params, dict) else None
+        cap = self.settings.aws.max_invoke_new_tokens
+        if isinstance(wanted, int) and not isinstance(wanted, bool) and wanted > cap:
+            raise ValidationFailed(
+                f"max_new_tokens {wanted} is over {cap}, the most a SageMaker real-time endpoint is allowed "
+                f"to generate in one call (it must answer within {SAGEMAKER_INVOKE_LIMIT_SECONDS:.0f} s); ask "
+                "for fewer tokens", code="max_new_tokens_too_large", param="parameters.max_new_tokens")
+
     def invoke(self, handle: dict[str, Any], payload: dict[str, Any], timeout: float) -> list[dict[str, Any]]:
-        client = self.runtime_client(timeout)
+        self._refuse_long_generation(payload)
+        timeout = min(float(timeout), self.invoke_limit)
+        client = self.invoke_client(timeout)
         try:
             r = client.invoke_endpoint(EndpointName=handle["endpoint_name"], ContentType="application/json",
                                        Accept="application/json", Body=json.dumps(payload).encode("utf-8"))
             body = r["Body"].read()
         except ReadTimeoutError as e:
-            raise GatewayTimeout(f"Generation did not finish within {timeout:.0f} s; ask for fewer "
-                                 "max_new_tokens", code="generation_timeout") from e
+            raise GatewayTimeout(f"Generation did not finish within {timeout:.0f} s (a SageMaker real-time "
+                                 f"endpoint answers within {SAGEMAKER_INVOKE_LIMIT_SECONDS:.0f} s at most); ask "
+                                 "for fewer max_new_tokens", code="generation_timeout") from e
         except ClientError as e:
             if _code(e) == "ModelError":
                 raise self._model_error(e, timeout) from e
@@ -670,14 +699,18 @@ class SageMakerEndpointBackend:
             status = int(m.group(1)) if m else None
         details = _aws_details(e)
         details[0].update(original_status_code=status, log_stream_arn=e.response.get("LogStreamArn"))
-        if "timed out" in (_message(e) + original).lower():
+        message, code, param, more = _container_error(original or _message(e))
+        if status == 504 or "timed out" in (_message(e) + original).lower():
             return GatewayTimeout(f"Generation did not finish in time on the endpoint (limit {timeout:.0f} s); "
                                   "ask for fewer max_new_tokens", code="generation_timeout", details=details)
-        message, code, param, more = _container_error(original or _message(e))
         if status is not None and 400 <= status < 500:
             return ValidationFailed(message, code=code or "invalid_parameters", param=param,
                                     details=more if more is not None else details)
-        return BackendError(f"The endpoint's model server failed: {message}", code="endpoint_error",
+        if status in (503, 507):  # inference.py: the GPU ran out of memory, or the model is not loaded
+            return ServiceUnavailable(f"The endpoint cannot serve this request now: {message}",
+                                      code=code or "endpoint_unavailable", details=details,
+                                      headers={"Retry-After": "10"})
+        return BackendError(f"The endpoint's model server failed: {message}", code=code or "endpoint_error",
                             details=details)
 
     def delete(self, handle: dict[str, Any]) -> None:
@@ -697,5 +730,12 @@ class SageMakerEndpointBackend:
 
 
 def build_sagemaker_backends(settings: Settings, store: Any) -> Backends:
+    aws_cfg = settings.aws
+    if aws_cfg.role_arn == PLACEHOLDER_ROLE_ARN and settings.env != "development" and not aws_cfg.endpoint_url:
+        raise ValueError(
+            "LLMTUNER_AWS__ROLE_ARN is the placeholder (account 000000000000), which AWS refuses: set it to "
+            "the ARN of your SageMaker execution role (see docs/cloud.md) before running with "
+            "LLMTUNER_BACKEND=sagemaker"
+        )
     return Backends(training=SageMakerTrainingBackend(settings, store),
                     endpoints=SageMakerEndpointBackend(settings, store), name="sagemaker")

@@ -1,12 +1,26 @@
-"""Image URIs of the Hugging Face PyTorch Deep Learning Containers, per region.
+"""Image URIs of the AWS Deep Learning Containers the cloud shape runs, per region.
 
 A small table in the code: the `sagemaker` SDK knows these too, but it is 0.3-1 GB and slow to
 import, so it is used only by `scripts/regenerate_image_uris.py`, which prints a new version of
 the constants below. Settings override both images (`LLMTUNER_AWS__TRAINING_IMAGE_URI`,
 `LLMTUNER_AWS__INFERENCE_IMAGE_URI`), e.g. for a private copy in your own ECR.
 
-Source: aws/deep-learning-containers `available_images.md` (HuggingFace containers) and the SDK's
-`image_uri_config/huggingface.json` (the registries of the regions that are not 763104351884).
+What runs in them is pinned by the requirement files, not by the images: the training toolkit
+installs `training_scripts/requirements.txt` before train.py or evaluate.py starts, and the
+inference toolkit installs the model's `code/requirements.txt` (`training_scripts/
+inference_requirements.txt`) before the model server starts, so both run exactly the
+transformers/peft/accelerate versions the test suite runs. The images provide Python, CUDA and
+torch; `IMAGE_VERSIONS` records what each ships, and tests/parity checks them against the floors
+of the pinned packages (transformers 5 needs torch >= 2.6 and Python >= 3.11).
+
+Inference uses the plain PyTorch inference DLC (TorchServe + sagemaker-pytorch-inference), not the
+Hugging Face one: the Hugging Face inference toolkit (2.6.0, the newest) imports
+`transformers.file_utils.is_tf_available`, which transformers 5 removed, so that container cannot
+start a model server once transformers 5 is installed. The PyTorch toolkit imports no transformers.
+
+Source: aws/deep-learning-containers `available_images.md` and release notes (PyTorch Inference
+2.6 on SageMaker; Hugging Face PyTorch Training 2.8.0), and the SDK's `image_uri_config` (the
+registries of the regions that are not 763104351884).
 """
 
 from __future__ import annotations
@@ -17,9 +31,16 @@ from app.config import Settings
 
 # Repository and tag of each container (the same tag in every region).
 TRAINING_REPOSITORY = "huggingface-pytorch-training"
-TRAINING_TAG = "2.5.1-transformers4.49.0-gpu-py311-cu124-ubuntu22.04"
-INFERENCE_REPOSITORY = "huggingface-pytorch-inference"
-INFERENCE_TAG = "2.6.0-transformers4.49.0-gpu-py312-cu124-ubuntu22.04"
+TRAINING_TAG = "2.8.0-transformers4.56.2-gpu-py312-cu129-ubuntu22.04"
+INFERENCE_REPOSITORY = "pytorch-inference"
+INFERENCE_TAG = "2.6.0-gpu-py312-cu124-ubuntu22.04-sagemaker"
+
+# What each image ships (its release notes). transformers is the image's own copy, replaced at
+# start by the pinned one; the PyTorch inference image has none.
+IMAGE_VERSIONS: dict[str, dict[str, str]] = {
+    "training": {"python": "3.12", "torch": "2.8.0", "cuda": "12.9", "transformers": "4.56.2"},
+    "inference": {"python": "3.12", "torch": "2.6.0", "cuda": "12.4", "torchserve": "0.12.0"},
+}
 
 # The ECR account that serves the DLCs, where it is not the usual one.
 DEFAULT_REGISTRY = "763104351884"
@@ -52,7 +73,7 @@ def default_image_uri(kind: Kind, region: str) -> str:
                                                                                       INFERENCE_TAG)
     if region not in REGIONS:
         raise ValueError(
-            f"no Hugging Face {kind} container is known for region {region!r}; set "
+            f"no {kind} Deep Learning Container is known for region {region!r}; set "
             f"LLMTUNER_AWS__{kind.upper()}_IMAGE_URI to an image URI you can pull there"
         )
     domain = "amazonaws.com.cn" if region.startswith("cn-") else "amazonaws.com"

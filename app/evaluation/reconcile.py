@@ -93,7 +93,8 @@ def submit(ctx: Any, ev: Evaluation) -> None:
     spec = TrainingSpec(
         job_name=job_name, user_id=ev.user_id, base_model=req["base_model"], base_model_source=source,
         hyperparameters=hps, instance_type=req["instance_type"], train_key=req["data_key"], validation_key=None,
-        output_key=evaluation_key(ev.user_id, ev.id, "output/model.tar.gz"),
+        # SageMaker writes a job's output to {S3OutputPath}/{job name}/output/model.tar.gz.
+        output_key=evaluation_key(ev.user_id, ev.id, f"{job_name}/output/model.tar.gz"),
         checkpoint_prefix=evaluation_key(ev.user_id, ev.id, "checkpoints") + "/",
         max_runtime_seconds=ctx.settings.aws.max_runtime_seconds, entry_point="evaluate.py",
         extra_channels=channels,

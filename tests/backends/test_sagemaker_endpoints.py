@@ -79,9 +79,11 @@ def test_deploy_creating_inservice_invoke_delete(endpoints: SageMakerEndpointBac
     assert container["Image"] == default_image_uri("inference", "us-east-1")
     assert container["ModelDataUrl"] == MODEL_URI
     env = container["Environment"]
-    assert env["HF_TASK"] == "text-generation" and env["SAGEMAKER_PROGRAM"] == "inference.py"
-    assert env["SAGEMAKER_SUBMIT_DIRECTORY"] == "/opt/ml/model/code"
+    assert env["SAGEMAKER_PROGRAM"] == "inference.py" and env["SAGEMAKER_SUBMIT_DIRECTORY"] == "/opt/ml/model/code"
     assert env["LLMTUNER_BASE_MODEL"] == "Qwen/Qwen2.5-0.5B-Instruct"
+    # SageMaker gives the container 60 s: the 120 s default is capped, generation stops before.
+    assert env["SAGEMAKER_MODEL_SERVER_TIMEOUT"] == "60" and env["LLMTUNER_GENERATION_DEADLINE_SECONDS"] == "55.0"
+    assert env["HF_HOME"].startswith("/tmp/") and "HF_TOKEN" not in env
     assert model["ExecutionRoleArn"] == ROLE
     assert "VpcConfig" not in model or not model["VpcConfig"]
 
@@ -148,13 +150,28 @@ def test_non_hub_base_models_kms_and_vpc(tmp_path: Path, aws: None) -> None:
     settings = make_settings(tmp_path, kms_key_id="arn:aws:kms:us-east-1:123456789012:key/k",
                              vpc_subnet_ids=["subnet-1"], vpc_security_group_ids=["sg-1"],
                              inference_image_uri="111122223333.dkr.ecr.us-east-1.amazonaws.com/serve:1")
-    backend = SageMakerEndpointBackend(settings, None)
-    req = backend.model_request(make_spec(base_model_source="s3://models/llama/"), "m")
-    assert "LLMTUNER_BASE_MODEL" not in req["PrimaryContainer"]["Environment"]
+    s3 = client(settings, "s3")
+    s3.create_bucket(Bucket=BUCKET)
+    backend = SageMakerEndpointBackend(settings, S3ObjectStore(s3, BUCKET))
+    req = backend.model_request(make_spec(base_model_source="s3://models/llama"), "m")
+    env = req["PrimaryContainer"]["Environment"]
+    assert "LLMTUNER_BASE_MODEL" not in env and env["LLMTUNER_BASE_MODEL_S3_URI"] == "s3://models/llama/"
     assert req["PrimaryContainer"]["Image"] == "111122223333.dkr.ecr.us-east-1.amazonaws.com/serve:1"
     assert req["VpcConfig"] == {"Subnets": ["subnet-1"], "SecurityGroupIds": ["sg-1"]}
-    req = backend.model_request(make_spec(base_model_source=str(tmp_path)), "m")
-    assert "LLMTUNER_BASE_MODEL" not in req["PrimaryContainer"]["Environment"]
+    # A local folder goes up once, content-addressed, and the endpoint downloads it from there
+    # (never a path of the training container, which the endpoint does not have).
+    folder = tmp_path / "base"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    req = backend.model_request(make_spec(base_model_source=str(folder)), "m")
+    env = req["PrimaryContainer"]["Environment"]
+    assert "LLMTUNER_BASE_MODEL" not in env and str(tmp_path) not in json.dumps(env)
+    prefix = env["LLMTUNER_BASE_MODEL_S3_URI"]
+    assert prefix.startswith(f"s3://{BUCKET}/users/{USER}/models/_base_models/") and prefix.endswith("/")
+    key = prefix[len(f"s3://{BUCKET}/"):]
+    assert s3.get_object(Bucket=BUCKET, Key=key + "config.json")["Body"].read() == b"{}"
+    again = backend.model_request(make_spec(base_model_source=str(folder)), "m")
+    assert again["PrimaryContainer"]["Environment"]["LLMTUNER_BASE_MODEL_S3_URI"] == prefix
     # Instances with local NVMe storage (ml.g5 ...) refuse a volume KMS key; EBS-only ones take it.
     assert "KmsKeyId" not in backend.endpoint_config_request(make_spec(), "c", "m")
     cpu = backend.endpoint_config_request(make_spec(instance_type="ml.m5.xlarge"), "c", "m")
@@ -193,7 +210,7 @@ def _model_error(status: int, original: Any, message: str | None = None) -> dict
 def _invoke_with_error(endpoints: SageMakerEndpointBackend, err: dict[str, Any]) -> AppError:
     handle = endpoints.deploy(make_spec())
     moto_sm.set_endpoint(ENDPOINT, "InService")
-    rt = endpoints.runtime_client(30)
+    rt = endpoints.invoke_client(30)
     attempts = moto_sm.fail_next(rt, "InvokeEndpoint", err["code"], err["message"], status=err["status"],
                                  fields=err["fields"])
     with pytest.raises(AppError) as exc:
@@ -202,13 +219,35 @@ def _invoke_with_error(endpoints: SageMakerEndpointBackend, err: dict[str, Any])
     return exc.value
 
 
+def _toolkit_body(status: int, code: str, message: str, param: str | None = None) -> str:
+    """What the PyTorch inference toolkit answers for inference.py's InvokeError: its JSON message,
+    a newline, then the traceback."""
+    error = {"error": {"code": code, "message": message, "param": param, "details": None}}
+    return json.dumps(error) + "\nTraceback (most recent call last):\n  File \"inference.py\", line 1\n"
+
+
 def test_container_4xx_is_422_with_the_containers_message(endpoints: SageMakerEndpointBackend) -> None:
-    # The HF inference toolkit's error body around inference.py's ParamError.
-    err = _invoke_with_error(endpoints, _model_error(400, {
-        "code": 400, "type": "InternalServerException",
-        "message": "parameters.max_new_tokens: must be an integer between 1 and 4096"}))
-    assert (err.status_code, err.code) == (422, "invalid_parameters")
+    err = _invoke_with_error(endpoints, _model_error(400, _toolkit_body(
+        400, "invalid_parameters", "parameters.max_new_tokens: must be an integer between 1 and 4096",
+        "parameters.max_new_tokens")))
+    assert (err.status_code, err.code, err.param) == (422, "invalid_parameters", "parameters.max_new_tokens")
     assert err.message == "parameters.max_new_tokens: must be an integer between 1 and 4096"
+
+
+def test_container_out_of_memory_is_503_with_the_reason(endpoints: SageMakerEndpointBackend) -> None:
+    err = _invoke_with_error(endpoints, _model_error(503, _toolkit_body(
+        503, "endpoint_out_of_memory", "the GPU ran out of memory for this request")))
+    assert (err.status_code, err.code) == (503, "endpoint_out_of_memory")
+    assert "ran out of memory" in err.message
+
+
+def test_generation_past_the_invoke_limit_is_refused_naming_the_field(
+        endpoints: SageMakerEndpointBackend) -> None:
+    handle = endpoints.deploy(make_spec())
+    with pytest.raises(AppError) as exc:
+        endpoints.invoke(handle, {"inputs": "x", "parameters": {"max_new_tokens": 4096}}, timeout=30)
+    assert (exc.value.status_code, exc.value.code, exc.value.param) == (
+        422, "max_new_tokens_too_large", "parameters.max_new_tokens")
 
 
 def test_container_4xx_in_serve_py_shape_keeps_code_and_param(endpoints: SageMakerEndpointBackend) -> None:
@@ -220,9 +259,9 @@ def test_container_4xx_in_serve_py_shape_keeps_code_and_param(endpoints: SageMak
 
 
 def test_container_5xx_is_502(endpoints: SageMakerEndpointBackend) -> None:
-    err = _invoke_with_error(endpoints, _model_error(500, "CUDA out of memory"))
+    err = _invoke_with_error(endpoints, _model_error(500, "CUDA error: an illegal memory access\nTraceback..."))
     assert (err.status_code, err.code) == (502, "endpoint_error")
-    assert "CUDA out of memory" in err.message
+    assert "illegal memory access" in err.message and "Traceback" not in err.message
     assert err.details and err.details[0]["original_status_code"] == 500
 
 
@@ -235,14 +274,15 @@ def test_container_timeout_is_504(endpoints: SageMakerEndpointBackend) -> None:
 
 def test_read_timeout_is_504_generation_timeout(endpoints: SageMakerEndpointBackend) -> None:
     handle = endpoints.deploy(make_spec())
-    rt = endpoints.runtime_client(5)
-    assert rt.meta.config.read_timeout == 5 and rt.meta.config.retries["total_max_attempts"] == 1
+    rt = endpoints.invoke_client(120)  # capped: SageMaker's 60 s and a margin for the container's answer
+    assert rt.meta.config.read_timeout == 65 and rt.meta.config.retries["total_max_attempts"] == 1
     attempts = moto_sm.fail_next(rt, "InvokeEndpoint", exception=lambda req: ReadTimeoutError(endpoint_url=req.url))
     with pytest.raises(AppError) as exc:
-        endpoints.invoke(handle, PAYLOAD, timeout=5)
+        endpoints.invoke(handle, PAYLOAD, timeout=120)
     assert (exc.value.status_code, exc.value.code) == (504, "generation_timeout")
+    assert "60 s" in exc.value.message
     assert attempts == ["error"]
-    assert endpoints.runtime_client(5) is rt  # one client per timeout
+    assert endpoints.invoke_client(90) is rt  # one client per timeout
 
 
 def test_against_a_moto_server_through_the_endpoint_url_setting(tmp_path: Path,

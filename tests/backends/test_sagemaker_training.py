@@ -100,7 +100,9 @@ def make_spec(store: S3ObjectStore, job: str = JOB, user: str = USER, **kw: Any)
 
 
 def advance(handle: dict[str, Any], backend: SageMakerTrainingBackend) -> Any:
-    """describe() as the worker calls it: the handle takes the update for the next call."""
+    """describe() as the worker calls it, the logs' wait having passed: the handle takes the update
+    for the next call."""
+    handle["log_next_at"] = 0
     st = backend.describe(handle)
     handle.update(st.handle_update)
     return st
@@ -187,7 +189,7 @@ def test_image_uris(tmp_path: Path) -> None:
     assert train_uri.startswith("763104351884.dkr.ecr.us-east-1.amazonaws.com/huggingface-pytorch-training:")
     assert "-transformers" in train_uri and "-gpu-" in train_uri
     assert image_uri("inference", "eu-west-1", settings).startswith(
-        "763104351884.dkr.ecr.eu-west-1.amazonaws.com/huggingface-pytorch-inference:")
+        "763104351884.dkr.ecr.eu-west-1.amazonaws.com/pytorch-inference:")
     assert default_image_uri("training", "af-south-1").startswith("626614931356.dkr.ecr.af-south-1.amazonaws.com/")
     assert default_image_uri("inference", "cn-north-1").startswith(
         "727897471807.dkr.ecr.cn-north-1.amazonaws.com.cn/")
@@ -214,7 +216,9 @@ def test_submit_sends_the_training_job_request(training: SageMakerTrainingBacken
     decoded = {k: json.loads(v) for k, v in hps.items()}  # every value is JSON, as the toolkit expects
     assert decoded["epochs"] == 2 and decoded["learning_rate"] == 0.0002 and decoded["use_lora"] is True
     assert decoded["lora_target_modules"] == ["q_proj", "v_proj"]
-    assert hps["base_model"] == '"Qwen/Qwen2.5-0.5B-Instruct"'
+    assert hps["base_model"] == '"Qwen/Qwen2.5-0.5B-Instruct"' and hps["base_model_name"] == '"qwen2.5-0.5b"'
+    env = training.training_request(make_spec(s3_store), handle["source_uri"])["Environment"]  # moto does not return it
+    assert env["HF_HOME"].startswith("/opt/ml/") and "HF_TOKEN" not in env
     assert "max_grad_norm" not in hps  # unset values are left to train.py's defaults
     assert hps["sagemaker_program"] == '"train.py"'
     assert hps["sagemaker_region"] == '"us-east-1"'
@@ -269,24 +273,124 @@ def test_spot_vpc_kms_and_runtime_limits(tmp_path: Path, aws: None, s3_store: S3
 
 def test_base_model_from_s3_or_a_local_folder_goes_through_the_model_channel(
         training: SageMakerTrainingBackend, s3_store: S3ObjectStore, tmp_path: Path) -> None:
-    req = training.training_request(make_spec(s3_store, base_model_source="s3://models-bucket/llama/7b"), "s3://x")
+    req = training.training_request(make_spec(s3_store, base_model="s3://models-bucket/llama/7b",
+                                              base_model_source="s3://models-bucket/llama/7b"), "s3://x")
     channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in req["InputDataConfig"]}
     assert channels["model"] == "s3://models-bucket/llama/7b/"
-    assert req["HyperParameters"]["base_model"] == '"/opt/ml/input/data/model"'
+    # train.py reads the channel; the model records the name the user gave, not a container path.
+    assert "base_model" not in req["HyperParameters"]
+    assert req["HyperParameters"]["base_model_name"] == '"s3://models-bucket/llama/7b"'
 
     folder = tmp_path / "tiny-llama"
     (folder / "sub").mkdir(parents=True)
     (folder / "config.json").write_text('{"model_type": "llama"}')
     (folder / "model.safetensors").write_bytes(b"\0" * 64)
     (folder / "sub" / "tokenizer.json").write_text("{}")
-    req = training.training_request(make_spec(s3_store, base_model_source=str(folder),
+    req = training.training_request(make_spec(s3_store, base_model="tiny-llama", base_model_source=str(folder),
                                               extra_channels={"eval": f"users/{USER}/datasets/{DATASET}/"}), "s3://x")
     channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in req["InputDataConfig"]}
-    prefix = f"users/{USER}/models/{JOB}/base_model/"
-    assert channels["model"] == f"s3://{BUCKET}/{prefix}"
+    prefix = channels["model"][len(f"s3://{BUCKET}/"):]
+    # Content-addressed, outside any job: every job and endpoint of the same base shares one copy.
+    assert prefix.startswith(f"users/{USER}/models/_base_models/") and prefix.endswith("/")
     assert channels["eval"] == f"s3://{BUCKET}/users/{USER}/datasets/{DATASET}/"
     assert sorted(s3_store.list(prefix)) == [prefix + "config.json", prefix + "model.safetensors",
                                              prefix + "sub/tokenizer.json"]
+    assert str(tmp_path) not in json.dumps(req)
+    again = training.training_request(make_spec(s3_store, job="job-two", base_model_source=str(folder),
+                                                output_key=f"users/{USER}/models/job-two/output/model.tar.gz"),
+                                      "s3://x")
+    assert {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in again["InputDataConfig"]}[
+        "model"] == channels["model"]
+
+
+def evaluation_spec(store: S3ObjectStore, base_source: str, eval_id: str = "e1") -> TrainingSpec:
+    """What app/evaluation/reconcile.submit hands the backend."""
+    job = "eval-e1-20250102-030405"
+    tuned = f"users/{USER}/models/{JOB}/output/model.tar.gz"
+    channels = {"model": tuned}
+    if base_source.startswith("s3://"):
+        channels["base"] = store.key_from_uri(base_source) or ""
+    return make_spec(store, job=job, base_model="tiny-llama", base_model_source=base_source, validation_key=None,
+                     entry_point="evaluate.py", extra_channels=channels,
+                     hyperparameters={"metrics": ["perplexity"], "base_model": base_source, "seed": 42},
+                     output_key=f"users/{USER}/evaluations/{eval_id}/{job}/output/model.tar.gz",
+                     checkpoint_prefix=f"users/{USER}/evaluations/{eval_id}/checkpoints/")
+
+
+def test_evaluation_jobs_have_unique_channels_and_their_own_output_key(
+        training: SageMakerTrainingBackend, s3_store: S3ObjectStore, tmp_path: Path) -> None:
+    """AWS refuses duplicate channel names (moto does not): the tuned model is `model`, the base `base`."""
+    folder = tmp_path / "tiny-llama"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "llama"}')
+    for base in (str(folder), f"s3://{BUCKET}/users/{USER}/models/_base_models/abc/", "Qwen/Qwen2.5-0.5B-Instruct"):
+        req = training.training_request(evaluation_spec(s3_store, base), "s3://x")
+        names = [c["ChannelName"] for c in req["InputDataConfig"]]
+        assert len(names) == len(set(names)), names
+        assert names[:2] == ["train", "model"]
+        assert req["InputDataConfig"][1]["DataSource"]["S3DataSource"]["S3Uri"].endswith(
+            f"/models/{JOB}/output/model.tar.gz")  # the tuned model is not replaced by the base
+        hps = {k: json.loads(v) for k, v in req["HyperParameters"].items()}
+        if base.startswith("Qwen"):
+            assert names == ["train", "model"] and hps["base_model"] == base
+        else:
+            assert names == ["train", "model", "base"] and "base_model" not in hps
+        assert req["OutputDataConfig"]["S3OutputPath"] == f"s3://{BUCKET}/users/{USER}/evaluations/e1"
+    # And the job really is accepted with that output key (it used to raise ValueError).
+    handle = training.submit(evaluation_spec(s3_store, str(folder)))
+    assert handle["output_path"] == f"s3://{BUCKET}/users/{USER}/evaluations/e1"
+
+
+def test_hf_token_reaches_the_containers_from_a_value_or_a_secret(
+        tmp_path: Path, aws: None, s3_store: S3ObjectStore, caplog: pytest.LogCaptureFixture) -> None:
+    from app.backends.sagemaker import SageMakerEndpointBackend
+    from app.backends.sagemaker_inputs import _TOKENS
+
+    settings = make_settings(tmp_path, hf_token="hf_plainvalue")
+    req = SageMakerTrainingBackend(settings, s3_store).training_request(make_spec(s3_store), "s3://x")
+    assert req["Environment"]["HF_TOKEN"] == "hf_plainvalue"
+    assert "hf_plainvalue" not in repr(settings) and "hf_plainvalue" not in settings.model_dump_json()
+
+    sm = client(settings, "secretsmanager")
+    arn = sm.create_secret(Name="llmtuner/hf", SecretString='{"HF_TOKEN": "hf_fromsecret"}')["ARN"]
+    _TOKENS.clear()
+    settings = make_settings(tmp_path, hf_token=arn)
+    req = SageMakerTrainingBackend(settings, s3_store).training_request(make_spec(s3_store), "s3://x")
+    assert req["Environment"]["HF_TOKEN"] == "hf_fromsecret"
+    from tests.backends.test_sagemaker_endpoints import make_spec as endpoint_spec
+
+    model = SageMakerEndpointBackend(settings, s3_store).model_request(endpoint_spec(), "m")
+    assert model["PrimaryContainer"]["Environment"]["HF_TOKEN"] == "hf_fromsecret"
+    assert "hf_fromsecret" not in caplog.text
+
+    _TOKENS.clear()
+    missing = make_settings(tmp_path, hf_token=arn.replace("llmtuner/hf", "nope"))
+    with pytest.raises(AppError) as exc:
+        SageMakerTrainingBackend(missing, s3_store).training_request(make_spec(s3_store), "s3://x")
+    assert exc.value.code == "hf_token_unavailable" and "LLMTUNER_AWS__HF_TOKEN" in exc.value.message
+
+
+def test_multi_gpu_instance_types_are_refused_naming_the_field(training: SageMakerTrainingBackend,
+                                                               s3_store: S3ObjectStore) -> None:
+    with pytest.raises(AppError) as exc:
+        training.submit(make_spec(s3_store, instance_type="ml.g5.12xlarge"))
+    assert (exc.value.status_code, exc.value.code, exc.value.param) == (
+        422, "multi_gpu_not_supported", "instance_type")
+    assert "4 GPUs" in exc.value.message and JOB not in moto_sm.backend().training_jobs
+
+
+def test_the_placeholder_role_is_refused_outside_development(tmp_path: Path, aws: None,
+                                                              s3_store: S3ObjectStore) -> None:
+    from app.config import PLACEHOLDER_ROLE_ARN
+
+    settings = make_settings(tmp_path)
+    settings.aws.role_arn = PLACEHOLDER_ROLE_ARN
+    with pytest.raises(ValueError, match="LLMTUNER_AWS__ROLE_ARN"):
+        build_sagemaker_backends(settings, s3_store)
+    settings.env = "development"
+    build_sagemaker_backends(settings, s3_store)
+    settings.env, settings.aws.endpoint_url = "production", "http://127.0.0.1:5000"  # an emulator
+    build_sagemaker_backends(settings, s3_store)
 
 
 def test_sourcedir_is_uploaded_once_per_content_version(sm_settings: Settings, s3_store: S3ObjectStore,
@@ -333,7 +437,7 @@ def test_job_runs_to_completed_with_transitions_logs_metrics_artifacts_and_billa
 
     st = advance(handle, training)  # no log group yet: not an error
     assert (st.status, st.secondary_status) == ("InProgress", "Starting")
-    assert [t["status"] for t in st.status_transitions] == ["Starting"]
+    assert [t["Status"] for t in st.status_transitions] == ["Starting"]
     assert st.log_lines == [] and st.artifact_uri is None and st.failure_reason is None
     assert st.billable_seconds is None
 
@@ -343,9 +447,10 @@ def test_job_runs_to_completed_with_transitions_logs_metrics_artifacts_and_billa
                                 "[train] step 10/40", SAMPLE_EVAL])
     st = advance(handle, training)
     assert (st.status, st.secondary_status) == ("InProgress", "Training")
-    assert [(t["status"], t["message"]) for t in st.status_transitions] == [
+    # SageMaker's own keys, which the reconciler reads into "Status: StatusMessage" events.
+    assert [(t["Status"], t["StatusMessage"]) for t in st.status_transitions] == [
         ("Downloading", "Downloading input data"), ("Training", "Training image download completed.")]
-    assert st.status_transitions[0]["start_time"] and st.status_transitions[0]["end_time"]
+    assert st.status_transitions[0]["StartTime"] and st.status_transitions[0]["EndTime"]
     assert st.log_lines == [SAMPLE_START, SAMPLE_LOG, SAMPLE_EVAL]
     assert st.billable_seconds is not None and st.billable_seconds >= 0  # running time so far
 
@@ -358,7 +463,7 @@ def test_job_runs_to_completed_with_transitions_logs_metrics_artifacts_and_billa
                              final_metrics={"train_loss": 0.987654, "eval_loss": 1.1})
     st = advance(handle, training)
     assert (st.status, st.secondary_status) == ("Completed", "Completed")
-    assert [t["status"] for t in st.status_transitions] == ["Uploading", "Completed"]
+    assert [t["Status"] for t in st.status_transitions] == ["Uploading", "Completed"]
     assert st.log_lines[:2] == [SAMPLE_LOG_SMALL_LR, SAMPLE_END]
     assert json.loads(st.log_lines[2]) == {"event": "final", "train_loss": 0.987654, "eval_loss": 1.1}
     assert st.billable_seconds == 1234

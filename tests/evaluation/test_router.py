@@ -142,7 +142,7 @@ class TestWorker:
         assert spec.entry_point == "evaluate.py" and spec.job_name.startswith(f"eval-{ev['id'][:8]}-")
         assert spec.train_key.endswith("/input/validation/validation.jsonl") and spec.validation_key is None
         assert spec.extra_channels == {"model": f"users/{uid}/models/llm-tune-alice-tiny-1/output/model.tar.gz"}
-        assert spec.output_key == f"users/{uid}/evaluations/{ev['id']}/output/model.tar.gz"
+        assert spec.output_key == f"users/{uid}/evaluations/{ev['id']}/{spec.job_name}/output/model.tar.gz"
         hp = spec.hyperparameters
         assert hp["metrics"] == ["perplexity", "bleu"] and hp["max_examples"] == 7 and hp["seed"] == 3
         assert hp["generation"]["max_new_tokens"] == 12 and hp["compare_with_base"] is True

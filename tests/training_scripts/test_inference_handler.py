@@ -1,4 +1,5 @@
-"""training_scripts/inference.py: the HF inference toolkit handler, in process."""
+"""training_scripts/inference.py: the PyTorch inference toolkit's handler contract, in process
+(tests/parity runs it through the toolkit itself)."""
 
 from __future__ import annotations
 
@@ -58,11 +59,77 @@ def test_predict_fn_list_matches_modeling(model: modeling.Loaded) -> None:
     assert [o["generated_text"] for o in out] == expected
 
 
-def test_predict_fn_bad_params(model: modeling.Loaded) -> None:
-    with pytest.raises(ValueError) as ei:
+def _error_body(e: inference.InvokeError) -> dict[str, Any]:
+    body: dict[str, Any] = json.loads(e.message)["error"]
+    return body
+
+
+def test_bad_params_are_400_naming_each_parameter(model: modeling.Loaded) -> None:
+    from sagemaker_inference.errors import BaseInferenceToolkitError
+
+    with pytest.raises(inference.InvokeError) as ei:
         inference.predict_fn({"inputs": "hi", "parameters": {"temperature": -1, "top_k": "a"}}, model)
-    assert isinstance(ei.value, modeling.ParamError)
-    assert {p for p, _ in ei.value.errors} == {"parameters.temperature", "parameters.top_k"}
-    assert "parameters.temperature" in str(ei.value)
-    with pytest.raises(modeling.ParamError):
+    # The toolkit answers a BaseInferenceToolkitError with its status (anything else is a 500).
+    assert isinstance(ei.value, BaseInferenceToolkitError) and ei.value.status_code == 400
+    body = _error_body(ei.value)
+    assert body["code"] == "invalid_parameters" and body["param"] in ("parameters.temperature", "parameters.top_k")
+    assert {d["param"] for d in body["details"]} == {"parameters.temperature", "parameters.top_k"}
+    with pytest.raises(inference.InvokeError) as ei:
         inference.input_fn(b"{oops", "application/json")
+    assert ei.value.status_code == 400 and _error_body(ei.value)["param"] == "body"
+
+
+def test_out_of_memory_is_503_not_a_bad_request(model: modeling.Loaded, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    def oom(*a: Any, **kw: Any) -> Any:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(modeling, "generate_batch", oom)
+    with pytest.raises(inference.InvokeError) as ei:
+        inference.predict_fn({"inputs": "hi"}, model)
+    assert ei.value.status_code == 503 and _error_body(ei.value)["code"] == "endpoint_out_of_memory"
+
+
+def test_generation_stops_at_the_deadline_with_504(model: modeling.Loaded, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SageMaker stops waiting after 60 s; the worker must not keep generating for nobody."""
+    monkeypatch.setenv("LLMTUNER_GENERATION_DEADLINE_SECONDS", "0.000001")
+    with pytest.raises(inference.InvokeError) as ei:
+        inference.predict_fn({"inputs": "hi", "parameters": {"max_new_tokens": 64, "ignore_eos": True}}, model)
+    assert ei.value.status_code == 504 and _error_body(ei.value)["code"] == "generation_timeout"
+
+
+def test_base_model_not_on_the_hub_comes_from_s3_never_a_training_path(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An adapter whose summary names the training container's channel (/opt/ml/input/data/model)
+    cannot load on an endpoint: the base comes from LLMTUNER_BASE_MODEL_S3_URI instead."""
+    import boto3
+    from moto import mock_aws
+
+    monkeypatch.setenv("LLMTUNER_MODEL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("LLMTUNER_BASE_MODEL", raising=False)
+    monkeypatch.delenv("LLMTUNER_BASE_MODEL_S3_URI", raising=False)
+    for var, value in (("AWS_ACCESS_KEY_ID", "x"), ("AWS_SECRET_ACCESS_KEY", "x"), ("AWS_DEFAULT_REGION", "us-east-1")):
+        monkeypatch.setenv(var, value)
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    container_path = {"base_model": "/opt/ml/input/data/model"}
+    with pytest.raises(modeling.ModelLoadError, match="LLMTUNER_BASE_MODEL_S3_URI"):
+        modeling._pick_base(adapter, None, container_path, {})
+    # A name that is not a path is taken as a hub id.
+    assert modeling._pick_base(adapter, None, {"base_model": "gpt2"}, container_path) == "gpt2"
+    with mock_aws():
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket="models")
+        s3.put_object(Bucket="models", Key="users/u/models/_base_models/abc/config.json", Body=b"{}")
+        s3.put_object(Bucket="models", Key="users/u/models/_base_models/abc/sub/tokenizer.json", Body=b"[]")
+        s3.put_object(Bucket="models", Key="users/u/models/_base_models/abcdef.complete", Body=b"x")
+        monkeypatch.setenv("LLMTUNER_BASE_MODEL_S3_URI", "s3://models/users/u/models/_base_models/abc/")
+        base = Path(modeling._pick_base(adapter, None, container_path, {}))
+        assert (base / "config.json").read_text() == "{}" and (base / "sub" / "tokenizer.json").exists()
+        assert not (base.parent / "abcdef.complete").exists() and base.is_relative_to(tmp_path / "cache")
+        assert modeling._pick_base(adapter, None, container_path, {}) == str(base)  # downloaded once
+        # A bundled base_model/ wins over the download.
+        (adapter / "base_model").mkdir()
+        (adapter / "base_model" / "config.json").write_text("{}")
+        assert modeling._pick_base(adapter, None, container_path, {}) == str(adapter / "base_model")
