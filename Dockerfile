@@ -7,6 +7,7 @@
 # nothing from torch/transformers/peft in that shape (tests/core/test_docker_files.py checks it).
 
 ARG PYTHON_IMAGE=python:3.11-slim
+ARG NODE_IMAGE=node:20-slim
 
 # --- builder: a virtual environment with the package and its extras ------------------------------
 FROM ${PYTHON_IMAGE} AS builder
@@ -47,6 +48,21 @@ RUN case ",${EXTRAS}," in \
         && rm -rf /var/lib/apt/lists/* ;; \
     esac
 
+# --- web: the dashboard's static files (frontend/), no Node.js in the runtime image ----------------
+# Its typed API client is generated from this build's own OpenAPI schema (dumped by the app factory in
+# the builder's environment), so the image's dashboard always matches its API.
+FROM builder AS openapi
+COPY frontend/scripts/dump_openapi.py /build/frontend/scripts/dump_openapi.py
+RUN python /build/frontend/scripts/dump_openapi.py /build/openapi.json
+
+FROM ${NODE_IMAGE} AS web
+WORKDIR /web
+COPY frontend/package.json frontend/package-lock.json ./
+RUN npm ci --no-audit --no-fund
+COPY frontend/ ./
+COPY --from=openapi /build/openapi.json ./openapi.json
+RUN npm run build:web
+
 # --- runtime: the venv, the code, a non-root user ------------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
 
@@ -73,6 +89,7 @@ COPY app/ app/
 COPY migrations/ migrations/
 COPY alembic.ini ./
 COPY training_scripts/ training_scripts/
+COPY --from=web /web/dist frontend/dist
 
 USER llmtuner
 VOLUME ["/var/lib/llmtuner"]

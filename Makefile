@@ -12,7 +12,7 @@ export LLMTUNER_PUBLIC_BASE_URL ?= http://$(HOST):$(PORT)
 export UVICORN_ACCESS_LOG ?= false
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml llmtuner/pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: run test lint typecheck migrate install-run install-dev clean bench
+.PHONY: run test lint typecheck migrate install-run install-dev clean bench web
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,12 @@ install: $(STAMP)
 migrate: install
 	$(VENV)/bin/alembic upgrade head
 
-run: migrate
+# The dashboard (frontend/ -> frontend/dist, served at /): built when missing or stale (`npm ci` from the
+# committed lockfile, then its typed client from the app's schema); skipped with a note without Node.js.
+web: install
+	$(PY) frontend/scripts/ensure_built.py
+
+run: migrate web
 	$(VENV)/bin/uvicorn app.main:create_app --factory --host $(HOST) --port $(PORT)
 
 lint: install
