@@ -68,6 +68,8 @@ class WorkerSettings(BaseModel):
     poll_interval_seconds: float = Field(2.0, gt=0)
     max_concurrent_local_jobs: int = Field(1, ge=1)
     max_concurrent_local_endpoints: int = Field(2, ge=1)
+    # A worker renews its leases every pass; one that stops lets its jobs go after this long.
+    lease_seconds: float = Field(60.0, ge=1)
 
 
 class Settings(BaseSettings):

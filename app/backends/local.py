@@ -3,6 +3,7 @@ container contract pointed at folders under the data dir."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import shutil
 import signal
@@ -20,6 +21,9 @@ from app.config import Settings
 from app.errors import BackendError, GatewayTimeout, ServiceUnavailable, ValidationFailed
 
 
+HANDLE_FILE = "handle.json"  # in a job's folder: the process started for it
+
+
 class LocalTrainingBackend:
     name = "local"
 
@@ -28,8 +32,24 @@ class LocalTrainingBackend:
         self.root = settings.data_path / "jobs"
 
     def submit(self, spec: TrainingSpec) -> dict[str, Any]:
+        """Start the job's process once: a second submit of the same job name (a worker that took
+        over after another died between starting the process and recording it) gets the first
+        process's handle back, also when both ask at the same moment (a lock file per job)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / f".{spec.job_name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            recorded = self.root / spec.job_name / HANDLE_FILE
+            if recorded.is_file():
+                return dict(json.loads(recorded.read_text()))
+            handle = self._start(spec)
+            tmp = recorded.with_suffix(".tmp")
+            tmp.write_text(json.dumps(handle))
+            tmp.replace(recorded)
+            return handle
+
+    def _start(self, spec: TrainingSpec) -> dict[str, Any]:
         job = self.root / spec.job_name
-        if job.exists():
+        if job.exists():  # a start that failed half-way (no process was started)
             shutil.rmtree(job)
         dirs = {k: job / v for k, v in {
             "train": "input/data/train", "validation": "input/data/validation", "config": "input/config",

@@ -1,56 +1,68 @@
 from __future__ import annotations
 
+import importlib.util
+import sys
 from datetime import datetime
-from typing import Any, Literal
+from functools import partial
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model, model_validator
 
-Scheduler = Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial"]
+_CONTRACT = Path(__file__).resolve().parents[2] / "training_scripts" / "config.py"
 
 
-class Hyperparameters(BaseModel):
-    """Seed 002's TrainingConfig; every field is honoured by training_scripts/train.py."""
+def _load_contract() -> ModuleType:
+    """training_scripts/config.py, the one definition of the hyperparameters train.py takes (standard
+    library only, so the API needs no torch for it)."""
+    name = "llmtuner_training_config"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, _CONTRACT)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"cannot load {_CONTRACT}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up while a class is built
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
-    model_config = ConfigDict(extra="forbid")
 
-    epochs: int = Field(3, ge=1, le=100, description="passes over the training split")
-    batch_size: int = Field(4, ge=1, le=512, description="examples per device step")
-    learning_rate: float = Field(2e-4, gt=0, le=1)
-    warmup_steps: int = Field(0, ge=0, le=1_000_000)
-    warmup_ratio: float = Field(0.0, ge=0, le=0.5)
-    gradient_accumulation_steps: int = Field(1, ge=1, le=1024)
-    max_length: int = Field(512, ge=16, le=32768, description="tokens; longer examples are truncated")
-    use_lora: bool = True
-    lora_rank: int = Field(16, ge=1, le=256)
-    lora_alpha: float = Field(32, gt=0, le=1024)
-    lora_dropout: float = Field(0.05, ge=0, lt=1)
-    lora_target_modules: list[str] | None = Field(None, min_length=1, max_length=64)
-    weight_decay: float = Field(0.0, ge=0, le=1)
-    max_grad_norm: float = Field(1.0, ge=0, le=1000)
-    lr_scheduler_type: Scheduler = "linear"
-    early_stopping_patience: int | None = Field(None, ge=1, le=1000)
-    early_stopping_threshold: float = Field(0.0, ge=0)
-    eval_steps: int | None = Field(None, ge=1)
-    save_steps: int | None = Field(None, ge=1)
-    logging_steps: int = Field(10, ge=1)
-    save_total_limit: int = Field(2, ge=1, le=100)
-    fp16: bool = False
-    bf16: bool = False
-    load_in_4bit: bool = False
-    train_on_inputs: bool = False
-    seed: int = Field(42, ge=0, le=2**31 - 1)
-    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
-    merge_adapter: bool = False
+contract = _load_contract()
+_TYPES: dict[str, Any] = {"int": int, "float": float, "bool": bool, "str": str, "modules": list[str]}
+
+
+def _field(p: Any) -> tuple[Any, Any]:
+    """A pydantic field checked by the contract's own `coerce` (so both accept the same values); the
+    type and bounds are repeated for the OpenAPI schema."""
+    typ = Literal[p.choices] if p.kind == "choice" else _TYPES[p.kind]
+    if p.nullable:
+        typ = typ | None
+    items = {"min_length": 1, "max_length": contract.MAX_TARGET_MODULES} if p.kind == "modules" else {}
+    info = Field(p.default, description=p.help, ge=p.ge, gt=p.gt, le=p.le, lt=p.lt, **items)
+    return Annotated[typ, BeforeValidator(partial(contract.coerce, p))], info
+
+
+_HyperparametersFields: Any = create_model(  # type: ignore[call-overload]
+    "HyperparametersFields", __config__=ConfigDict(extra="forbid"),
+    **{p.name: _field(p) for p in contract.PARAMS if p.api},
+)
+
+
+class Hyperparameters(_HyperparametersFields):
+    """What users may set of training_scripts/config.py's hyperparameters (the rest the platform sets)."""
+
+    if TYPE_CHECKING:  # the fields come from the contract at run time
+
+        def __getattr__(self, name: str) -> Any: ...
 
     @model_validator(mode="after")
     def _coherent(self) -> Hyperparameters:
-        if self.fp16 and self.bf16:
-            raise ValueError("fp16 and bf16 cannot both be true")
-        if self.load_in_4bit and not self.use_lora:
-            raise ValueError("load_in_4bit (QLoRA) needs use_lora: true")
-        if self.save_steps and self.eval_steps and self.early_stopping_patience and \
-                self.save_steps % self.eval_steps:
-            raise ValueError("with early stopping, save_steps must be a multiple of eval_steps")
+        values = self.model_dump()
+        problems = contract.cross_field_problems(values)
+        if problems:
+            raise ValueError("; ".join(problems))
+        if values["learning_rate"] is None:  # shown as the value train.py will use
+            self.__dict__["learning_rate"] = contract.default_learning_rate(values["use_lora"])
         return self
 
 

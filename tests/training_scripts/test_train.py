@@ -10,7 +10,6 @@ import importlib.util
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -148,8 +147,12 @@ def runs(tiny: dict[str, Path], datasets: dict[str, Path], tmp_path_factory: pyt
     jobs: dict[str, tuple[Any, ...]] = {
         "main": (run_script, out / "main", {
             "base_model": llama, "epochs": 3, "batch_size": 4, "learning_rate": 5e-3, "max_steps": 24,
-            "logging_steps": 4, "eval_steps": 8, "max_length": 64, "merge_adapter": True},
-            datasets["train"], datasets["validation"]),
+            "logging_steps": 4, "eval_steps": 8, "max_length": 64, "merge_adapter": True,
+            "base_model_name": "llmtuner/tiny-llama"}, datasets["train"], datasets["validation"]),
+        # the acceleration layer against the plain recipe: without dropout the same maths, the same losses
+        "accel": (run_script, out / "accel", {**SHORT, "base_model": llama}, datasets["plain_train"]),
+        "plain": (run_script, out / "plain", {**SHORT, "base_model": llama, "cpu_accel": False},
+                  datasets["plain_train"]),
         "early": (run_script, out / "early", {
             "base_model": llama, "batch_size": 8, "learning_rate": 1e-3, "max_steps": 20, "logging_steps": 2,
             "eval_steps": 2, "early_stopping_patience": 1, "early_stopping_threshold": 10.0,
@@ -170,6 +173,10 @@ def runs(tiny: dict[str, Path], datasets: dict[str, Path], tmp_path_factory: pyt
     pool.shutdown(wait=True)
 
 
+SHORT = {"batch_size": 4, "learning_rate": 5e-3, "max_steps": 6, "logging_steps": 1, "lora_dropout": 0.0,
+         "bf16": False, "max_length": 64}
+
+
 def run_resume(root: Path, llama: str, train_dir: Path) -> tuple[Result, Result]:
     hps = {"base_model": llama, "batch_size": 4, "learning_rate": 1e-3, "max_steps": 4, "save_steps": 2,
            "logging_steps": 1}
@@ -181,77 +188,80 @@ def run_resume(root: Path, llama: str, train_dir: Path) -> tuple[Result, Result]
 # --------------------------------------------------------------------------- configuration (in-process)
 
 
-def test_hyperparameters_from_sm_hps_are_json_decoded(monkeypatch: pytest.MonkeyPatch) -> None:
+def parse(hps: dict[str, Any], has_model_channel: bool = False) -> Any:
+    return train.config.parse(hps, has_model_channel)[0]
+
+
+def test_hyperparameters_from_sm_hps_are_json_decoded() -> None:
     env = {"SM_HPS": json.dumps({
         "epochs": "2", "learning_rate": "0.001", "use_lora": "false", "lora_target_modules": '["q_proj"]',
-        "base_model": "org/model", "eval_steps": "null", "sagemaker_program": '"train.py"'})}
-    hps = train.read_hyperparameters(env)
+        "base_model": "org/model", "eval_steps": "null", "sagemaker_program": '"train.py"', "task": '"causal_lm"'})}
+    paths = train.Paths.from_env(env)
+    hps = train.read_hyperparameters(env, ValueError)
     assert hps == {"epochs": 2, "learning_rate": 0.001, "use_lora": False, "lora_target_modules": ["q_proj"],
-                   "base_model": "org/model", "eval_steps": None}
-    cfg = train.TrainConfig.from_hyperparameters(hps)
+                   "base_model": "org/model", "eval_steps": None, "task": "causal_lm"}
+    cfg = train.load_config(env, paths)  # "task" (set by the platform) is ignored
     assert (cfg.epochs, cfg.learning_rate, cfg.use_lora, cfg.lora_target_modules) == (2, 0.001, False, ["q_proj"])
 
 
 def test_hyperparameters_json_file(tmp_path: Path) -> None:
     (tmp_path / "hyperparameters.json").write_text(json.dumps({"batch_size": "8", "bf16": "true"}))
-    assert train.read_hyperparameters({"SM_INPUT_CONFIG_DIR": str(tmp_path)}) == {"batch_size": 8, "bf16": True}
+    hps = train.read_hyperparameters({"SM_INPUT_CONFIG_DIR": str(tmp_path)}, ValueError)
+    assert hps == {"batch_size": 8, "bf16": True}
 
 
 def test_defaults_and_learning_rate_by_mode() -> None:
-    lora = train.TrainConfig.from_hyperparameters({"base_model": "m"})
-    full = train.TrainConfig.from_hyperparameters({"base_model": "m", "use_lora": False})
+    lora, full = parse({"base_model": "m"}), parse({"base_model": "m", "use_lora": False})
     assert (lora.learning_rate, full.learning_rate) == (2e-4, 5e-5)
     assert (lora.epochs, lora.batch_size, lora.lora_rank, lora.max_length, lora.seed) == (3, 4, 16, 512, 42)
-    assert train.TrainConfig.from_hyperparameters({}, has_model_channel=True).base_model is None
+    assert lora.cpu_accel is True and lora.base_model_name is None
+    assert parse({}, has_model_channel=True).base_model is None
 
 
 def test_invalid_hyperparameters_name_every_field() -> None:
     bad = {"base_model": "m", "learning_rate": -0.1, "lora_rank": 0, "lr_scheduler_type": "sometimes",
-           "batch_size": "x", "lora_dropout": 1.5, "use_lora": "maybe"}
+           "batch_size": "x", "lora_dropout": 1.5, "use_lora": "maybe", "epochs": 101, "max_steps": 100_001}
+    env = {"SM_HPS": json.dumps(bad)}
     with pytest.raises(train.TrainError) as info:
-        train.TrainConfig.from_hyperparameters(bad)
+        train.load_config(env, train.Paths.from_env(env))
     err = info.value
     assert err.code == "invalid_hyperparameters"
-    for field in ("learning_rate", "lora_rank", "lr_scheduler_type", "batch_size", "lora_dropout", "use_lora"):
+    for field in ("learning_rate", "lora_rank", "lr_scheduler_type", "batch_size", "lora_dropout", "use_lora",
+                  "epochs", "max_steps"):
         assert f"{field}:" in err.message
-
-
-def speedups_module() -> Any:
-    sys.path.insert(0, str(ROOT / "training_scripts"))
-    import speedups
-
-    return speedups
-
-
-def native_bf16() -> bool:
-    return bool(speedups_module().cpu_has_native_bf16())
 
 
 @pytest.mark.parametrize(("bf16", "fp16"), [(None, None), (True, None), (False, None), (None, True)])
 def test_cpu_runtime_uses_bf16_autocast_only_where_native(bf16: bool | None, fp16: bool | None) -> None:
-    train = load_train_module()
-    cfg = train.TrainConfig.from_hyperparameters({"bf16": bf16, "fp16": fp16, "base_model": "x"})
-    rt = train.pick_runtime(cfg)
+    rt = train.pick_runtime(parse({"bf16": bf16, "fp16": fp16, "base_model": "x"}))
     assert rt.device == "cpu" and rt.fp16 is False
-    assert rt.bf16 is (native_bf16() and bf16 is not False)
+    assert rt.bf16 is (train.cpu_has_native_bf16() and bf16 is not False)
 
 
 def test_cross_field_problems() -> None:
-    with pytest.raises(train.TrainError) as info:
-        train.TrainConfig.from_hyperparameters({"eval_steps": 3, "save_steps": 4, "load_in_4bit": True,
-                                                "use_lora": False, "fp16": True, "bf16": True})
+    with pytest.raises(train.config.ConfigError) as info:
+        parse({"eval_steps": 3, "save_steps": 4, "load_in_4bit": True, "use_lora": False, "fp16": True,
+               "bf16": True})
     for field in ("base_model", "save_steps", "load_in_4bit", "fp16/bf16"):
-        assert field in info.value.message
+        assert field in str(info.value)
 
 
 def test_schedule_plan() -> None:
-    cfg = train.TrainConfig.from_hyperparameters({"base_model": "m", "batch_size": 4, "epochs": 2,
-                                                  "gradient_accumulation_steps": 2, "warmup_ratio": 0.1})
+    cfg = parse({"base_model": "m", "batch_size": 4, "epochs": 2, "gradient_accumulation_steps": 2,
+                 "warmup_ratio": 0.1})
     plan = train.plan_schedule(cfg, n_train=40, has_validation=True)
     assert plan["total_steps"] == 10 and plan["warmup_steps"] == 1
     assert plan["eval_strategy"] == plan["save_strategy"] == "epoch" and plan["load_best_model_at_end"]
     no_val = train.plan_schedule(cfg, n_train=40, has_validation=False)
     assert no_val["eval_strategy"] == "no" and not no_val["load_best_model_at_end"]
+
+
+def test_output_names_the_base_model_never_by_path() -> None:
+    public_name = train.outputs.public_name
+    assert public_name("llmtuner/tiny-llama", "/srv/data/models/tiny-llama") == "llmtuner/tiny-llama"
+    assert public_name("s3://bucket/llama/", "/opt/ml/input/data/model") == "s3://bucket/llama/"
+    assert public_name(None, "Qwen/Qwen2.5-0.5B-Instruct") == "Qwen/Qwen2.5-0.5B-Instruct"
+    assert public_name(None, "/srv/data/models/tiny-llama") == "tiny-llama"
 
 
 @pytest.fixture(scope="module")
@@ -263,8 +273,8 @@ def tokenizer(tiny: dict[str, Path]) -> Any:
 
 def test_completion_only_masking(tokenizer: Any) -> None:
     record = chat("What are your business hours?", "Monday to Friday.")
-    cfg = train.TrainConfig.from_hyperparameters({"base_model": "m"})
-    (example,) = train.tokenize_causal([record], tokenizer, cfg).examples
+    cfg = parse({"base_model": "m"})
+    (example,) = train.data.tokenize_causal([record], tokenizer, cfg).examples
     response = tokenizer("Monday to Friday." + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
     n_prompt = len(example["input_ids"]) - len(response)
     assert n_prompt > 0 and example["labels"][:n_prompt] == [-100] * n_prompt
@@ -272,40 +282,23 @@ def test_completion_only_masking(tokenizer: Any) -> None:
     assert example["labels"][-1] == tokenizer.eos_token_id
 
     cfg.train_on_inputs = True
-    (everything,) = train.tokenize_causal([record], tokenizer, cfg).examples
+    (everything,) = train.data.tokenize_causal([record], tokenizer, cfg).examples
     assert everything["labels"] == everything["input_ids"]
 
 
 def test_truncation_is_counted_not_dropped(tokenizer: Any) -> None:
     short = chat("Hi", "ok")
     limit = len(train.prompting.tokenize_record(short, tokenizer, 10_000)[0]) + 2
-    cfg = train.TrainConfig.from_hyperparameters({"base_model": "m", "max_length": limit})
+    cfg = parse({"base_model": "m"})
+    cfg.max_length = limit
     records = [chat("Hi", "word " * 40), short, chat("word " * 40, "ok")]
-    out = train.tokenize_causal(records, tokenizer, cfg)
+    out = train.data.tokenize_causal(records, tokenizer, cfg)
     assert out.truncated == 2 and out.skipped_no_response_tokens == 1 and len(out.examples) == 2
     assert len(out.examples[0]["input_ids"]) == limit
 
 
-def test_cpu_models_keep_their_fused_layers_through_train_and_eval(tiny: dict[str, Path]) -> None:
-    """transformers 5 loads a model with the `kernels` library's hub kernels on by default and
-    re-kernelizes it at every train()/eval() switch (the trainer's at the start, an evaluation's):
-    that put the library's own forward back on the RMSNorms that speedups.py had fused, silently.
-    train.py loads CPU models with hub kernels off, so the fused forwards stay."""
-    torch = pytest.importorskip("torch")
-    speedups = speedups_module()
-    cfg = train.TrainConfig.from_hyperparameters({"base_model": str(tiny["llama"]), "bf16": False})
-    _, model, _ = train.load_tokenizer_and_model(str(tiny["llama"]), cfg, train.pick_runtime(cfg))
-    assert speedups.fuse_rms_norms(model) > 0
-    for mode in (True, False, True):  # Trainer.train(), an evaluation, training again
-        model.train(mode)
-    norms = [m for m in model.modules() if type(m).__name__ in speedups.LLAMA_RMS_NORMS]
-    assert norms and all("forward" in vars(m) for m in norms)
-    out = norms[0](torch.randn(2, 3, norms[0].weight.shape[0], requires_grad=True))
-    assert "_RMSNorm" in type(out.grad_fn).__name__
-
-
 def test_dynamic_padding_collator() -> None:
-    batch = train.PadCollator(pad_id=0, seq2seq=False)(
+    batch = train.data.PadCollator(pad_id=0, seq2seq=False)(
         [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [5], "labels": [5]}])
     assert batch["input_ids"].tolist() == [[5, 6, 7], [5, 0, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
@@ -349,7 +342,7 @@ def test_run_loss_falls_and_outputs_are_complete(runs: dict[str, Future[Any]]) -
                            "skipped_no_response_tokens": 1}
     assert set(s["library_versions"]) >= {"torch", "transformers", "peft"}
     assert len(s["datasets"]["train"][0]["sha256"]) == 64 and s["fp16"] is False
-    assert s["bf16"] is native_bf16()  # bf16 autocast on CPUs that multiply bf16 natively
+    assert s["bf16"] is train.cpu_has_native_bf16()  # bf16 autocast on CPUs that multiply bf16 natively
     assert s["hyperparameters"]["lora_target_modules"] == ["q_proj", "k_proj", "v_proj", "o_proj"]
     assert s["total_steps"] == 24 and s["best_checkpoint_step"] in (8, 16, 24) and s["stopped_early"] is False
     assert s["metrics"]["train_loss"] is not None
@@ -359,33 +352,35 @@ def test_run_loss_falls_and_outputs_are_complete(runs: dict[str, Future[Any]]) -
     rest = (t["non_padding_tokens"] - t["first_step_tokens"]) / (t["train_step_seconds"] - t["first_step_seconds"])
     assert t["tokens_per_second_after_first_step"] == pytest.approx(rest, rel=0.01)
     assert t["tokens_per_second"] == pytest.approx(t["non_padding_tokens"] / t["train_step_seconds"], rel=0.01)
-    assert s["speedups"]["labelled_positions_loss"] is True
-    assert s["speedups"]["fast_lora_dropout_layers"] == 8  # q/k/v/o on the tiny model's 2 layers
-    assert s["speedups"]["fused_lora_layers"] == 8 and s["speedups"]["fused_rms_norms"] == 5
-    assert s["speedups"]["fused_rotary"] is True
-    assert s["speedups"]["gc_frozen_objects"] > 10_000  # the model, tokenizer and data, out of the collector
-    fp32 = not s["bf16"]  # oneDNN's linears are fp32 only; the block attention runs under bf16 autocast too
-    assert s["speedups"]["block_causal_attention"] is True
-    # train.py loads mkl_dispatch's library before torch on AMD CPUs (this process cannot: torch is in)
-    import mkl_dispatch
-
-    compiler = shutil.which("cc") or shutil.which("gcc")
-    assert s["speedups"]["mkl_intel_kernels_on_amd"] is (mkl_dispatch.applies() is None and compiler is not None)
-    import cpu_kernels
-
-    compiled = cpu_kernels.applies() is None and compiler is not None
-    if fp32:
-        assert s["speedups"]["compiled_cpu_kernels"] is compiled
-        assert s["speedups"]["compiled_swiglu_mlps"] == (2 if compiled else 0)  # the tiny Llama's 2 MLPs
-    else:  # fp32-only kernels: a bf16 run neither builds them nor patches its MLPs
-        assert "compiled_cpu_kernels" not in s["speedups"] and "compiled_swiglu_mlps" not in s["speedups"]
-    preferred = fp32 and speedups_module().onednn_linear_preferred() and not s["speedups"]["mkl_intel_kernels_on_amd"]
-    assert s["speedups"].get("onednn_linears", 0) == (2 * (3 + 4 * 3) + 1 if preferred else 0)  # + the head
     import torch
 
-    assert s["speedups"].get("batch_shards", 1) == min(torch.get_num_threads(), 4)  # a shard per core, batch 4
-    if s["speedups"].get("batch_shards", 1) > 1:  # a long batch in shards of at most this many tokens
-        assert s["speedups"]["shard_max_tokens"] == speedups_module().SHARD_MAX_TOKENS * (1 if fp32 else 2)
+    assert s["cpu_accel"] == {"enabled": True, "labelled_positions_loss": True,
+                              "batch_shards": min(torch.get_num_threads(), 4)}  # a shard per core, batch 4
+
+
+def test_outputs_name_the_base_model_never_by_path(runs: dict[str, Future[Any]], tiny: dict[str, Path]) -> None:
+    """The artifact travels to users: the base model is named as the user gave it (base_model_name), or by
+    its folder's name when only a path was given, never by the training machine's path."""
+    r = ok(runs["main"].result())
+    s = r.summary
+    assert s["base_model"] == s["base_model_source"] == s["hyperparameters"]["base_model"] == "llmtuner/tiny-llama"
+    adapter = json.loads((r.model_dir / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == "llmtuner/tiny-llama"
+    assert "base_model: llmtuner/tiny-llama" in (r.model_dir / "README.md").read_text()
+    full = ok(runs["full"].result())
+    assert full.summary["base_model"] == full.summary["hyperparameters"]["base_model"] == tiny["llama"].name
+    for result in (r, full):
+        for path in result.model_dir.rglob("*"):
+            if path.is_file() and path.suffix in (".json", ".md", ".txt", ".jsonl"):
+                assert str(tiny["llama"].parent) not in path.read_text(), path
+
+
+def test_acceleration_layer_keeps_the_plain_recipe_results(runs: dict[str, Future[Any]]) -> None:
+    accel, plain = ok(runs["accel"].result()), ok(runs["plain"].result())
+    assert accel.summary["cpu_accel"]["enabled"] is True
+    assert plain.summary["cpu_accel"] == {"enabled": False, "reason": "cpu_accel is false"}
+    losses = [[e["train_loss"] for e in r.of("log")] for r in (accel, plain)]
+    assert len(losses[0]) == SHORT["max_steps"] and losses[0] == pytest.approx(losses[1], rel=1e-4)
 
 
 def test_adapter_loads_and_generates(runs: dict[str, Future[Any]], tiny: dict[str, Path]) -> None:
@@ -437,7 +432,7 @@ def test_seq2seq_run_and_adapter(runs: dict[str, Future[Any]], tiny: dict[str, P
     r = ok(runs["seq2seq"].result())
     assert r.summary["task"] == "seq2seq_lm" and r.summary["hyperparameters"]["lora_target_modules"] == ["q", "v"]
     assert [e["step"] for e in r.of("log")] == [1, 2, 3]
-    assert r.summary["speedups"]["labelled_positions_loss"] is False  # seq2seq keeps the model's own loss
+    assert r.summary["cpu_accel"]["enabled"] is False  # seq2seq keeps the model's own loss and step
     model = PeftModel.from_pretrained(AutoModelForSeq2SeqLM.from_pretrained(tiny["t5"]), str(r.model_dir))
     tok = AutoTokenizer.from_pretrained(r.model_dir)
     with torch.no_grad():
