@@ -16,6 +16,7 @@ from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
 from fastapi.security.base import SecurityBase
 from sqlalchemy.orm import Session
 
+from app import idempotency
 from app.api_keys.service import looks_like_key, user_row_for_key
 from app.auth.lookup import detached_user, user_row
 from app.auth.models import User
@@ -29,6 +30,7 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
     try:
         yield session
     finally:
+        idempotency.abandon_unfinished(session)  # a failed create gives its Idempotency-Key back
         session.close()
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app import events
+from app import events, leases
 from app.backends.base import BackendJobStatus
 from app.db import utcnow
 from app.errors import AppError
@@ -16,46 +16,85 @@ from app.statuses import JOB_ACTIVE, JOB_ENDED, JobStatus
 from app.training import cost, logparse
 from app.training.models import JobMetric, TrainingJob
 from app.training.service import RESOURCE, note_submit_failure, submit
-from app.training.slots import local_slot_free
+from app.training.slots import fair_order, free_local_slots
 
 log = logging.getLogger("llmtuner.worker.training")
 
 
 def reconcile(ctx: Any) -> None:
+    """Follow the running jobs this worker holds leases on; as the scheduler, submit queued ones."""
+    ttl = ctx.settings.worker.lease_seconds
     with ctx.sessionmaker() as session:
         jobs = list(session.scalars(select(TrainingJob).where(TrainingJob.status.in_(JOB_ACTIVE))
-                                    .order_by(TrainingJob.created_at)))
+                                    .order_by(TrainingJob.created_at, TrainingJob.id)))
+        session.commit()
         for job in jobs:
-            try:
-                if not job.backend_handle:
-                    _maybe_submit(session, ctx, job)
-                else:
-                    follow(session, ctx, job)
-            except AppError as e:
-                session.rollback()
-                if not job.backend_handle and note_submit_failure(session, job, e):
-                    _end(session, job, JobStatus.FAILED, e.code, e.message)
-                    session.commit()
-                elif job.backend_handle:
-                    log.warning("job %s: backend call failed: %s", job.job_name, e.message)
-            except Exception:  # one job's trouble must not stop the others
-                session.rollback()
-                log.exception("job %s: reconcile failed", job.job_name)
+            if job.backend_handle and _claim(session, ctx, job):
+                _guarded(session, ctx, job, follow)
+        queued = [j for j in jobs if not j.backend_handle]
+        if queued and leases.claim(session, *leases.SCHEDULER, ctx.owner, ttl):
+            _schedule(session, ctx, queued)
 
 
-def _maybe_submit(session: Session, ctx: Any, job: TrainingJob) -> None:
+def _claim(session: Session, ctx: Any, job: TrainingJob) -> bool:
+    """The job's lease, and the job as it is now (another worker may have moved it meanwhile)."""
+    if not leases.claim(session, RESOURCE, job.id, ctx.owner, ctx.settings.worker.lease_seconds):
+        return False
+    session.refresh(job)
+    if job.status in JOB_ACTIVE:
+        return True
+    leases.release(session, RESOURCE, job.id, ctx.owner)
+    return False
+
+
+def _guarded(session: Session, ctx: Any, job: TrainingJob, step: Any) -> None:
+    """One job's step; its trouble must not stop the others."""
+    try:
+        step(session, ctx, job)
+    except leases.LeaseLost:
+        session.rollback()
+        log.warning("job %s: lease lost to another worker; its step was rolled back", job.job_name)
+    except AppError as e:
+        session.rollback()
+        if not job.backend_handle and note_submit_failure(session, job, e):
+            _end(session, job, JobStatus.FAILED, e.code, e.message)
+            session.commit()
+        elif job.backend_handle:
+            log.warning("job %s: backend call failed: %s", job.job_name, e.message)
+    except Exception:
+        session.rollback()
+        log.exception("job %s: reconcile failed", job.job_name)
+    if job.status not in JOB_ACTIVE:
+        leases.release(session, RESOURCE, job.id, ctx.owner)
+
+
+def _schedule(session: Session, ctx: Any, queued: list[TrainingJob]) -> None:
+    """Submit queued jobs: those of a remote backend at once, local ones into free slots in turn."""
+    free = free_local_slots(session, ctx.settings)
+    for job in fair_order(session, queued):
+        if job.backend == "local" and free <= 0 and not job.stop_requested:
+            continue
+        if not _claim(session, ctx, job) or job.backend_handle:
+            continue
+        _guarded(session, ctx, job, _submit)
+        free -= job.backend == "local" and bool(job.backend_handle)
+
+
+def _submit(session: Session, ctx: Any, job: TrainingJob) -> None:
     if job.stop_requested:
         _end(session, job, JobStatus.STOPPED, None, None)
         session.commit()
         return
-    if not local_slot_free(session, ctx.settings, job):
-        return
-    submit(session, ctx.settings, ctx.store, ctx.backends, job)
+    submit(session, ctx.settings, ctx.store, ctx.backends, job,
+           fence=lambda: leases.still_held(session, RESOURCE, job.id, ctx.owner, ctx.settings.worker.lease_seconds))
 
 
 def follow(session: Session, ctx: Any, job: TrainingJob) -> None:
-    st: BackendJobStatus = ctx.backends.training.describe(job.backend_handle)
-    job.backend_handle = {**job.backend_handle, **st.handle_update}
+    handle = dict(job.backend_handle)
+    if job.stop_requested:  # the API asked (and signalled the process): its end is "Stopped"
+        handle["stopping"] = True
+    st: BackendJobStatus = ctx.backends.training.describe(handle)
+    job.backend_handle = {**handle, **st.handle_update}
     _ingest(session, job, st.log_lines)
     for tr in st.status_transitions:
         events.record(session, user_id=job.user_id, resource_type=RESOURCE, resource_id=job.id,
@@ -75,6 +114,7 @@ def follow(session: Session, ctx: Any, job: TrainingJob) -> None:
         if st.artifact_uri:
             job.model_artifacts_uri = st.artifact_uri
         _end(session, job, st.status, code, message)
+    leases.still_held(session, RESOURCE, job.id, ctx.owner, ctx.settings.worker.lease_seconds)
     session.commit()
 
 

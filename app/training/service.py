@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import random
+import secrets
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from app import catalog, events, idempotency
 from app.auth.models import User
@@ -18,15 +21,23 @@ from app.backends.base import TrainingSpec
 from app.config import Settings
 from app.datasets.models import Dataset
 from app.datasets.service import ready_dataset
-from app.db import utcnow
+from app.db import new_id, utcnow
 from app.errors import AppError, Conflict, NotFound, ValidationFailed
 from app.pagination import paginate
+from app.runtime import wake as wake_worker
 from app.statuses import JOB_ENDED, JobStatus
 from app.storage import model_key
 from app.training import cost, naming
 from app.training.models import JobMetric, TrainingJob
-from app.training.schemas import CostEstimateRequest, Hyperparameters, TrainingJobCreate
-from app.training.slots import local_slot_free
+from app.training.schemas import (
+    CostEstimateRequest,
+    Hyperparameters,
+    JobError,
+    MetricValue,
+    TrainingJobCreate,
+    TrainingJobRead,
+)
+from app.usage.service import check_budget
 
 RESOURCE = "training_job"
 
@@ -81,58 +92,71 @@ class TrainingService:
 
     # Create -------------------------------------------------------------------------------
     def create(self, req: TrainingJobCreate, idem_key: str | None) -> tuple[int, dict[str, Any]]:
+        """Record the job (queued) and answer with it; the worker is the one that submits it."""
         route, body_hash = "POST /api/training-job", idempotency.body_hash(req.model_dump(mode="json"))
-        if idem_key:
-            prior = idempotency.lookup(self.session, self.user.id, route, idem_key, body_hash)
+        if idem_key:  # concurrent retries wait here for the first one's answer (this runs in a thread)
+            prior = idempotency.lookup(self.session, self.user.id, route, idem_key, body_hash, wait_seconds=30)
             if prior is not None:
                 return prior.status_code, prior.response
-        ds = self.owned_dataset(req.dataset_id)
-        model, inst = self._defaults(req.base_model, req.instance_type)
-        self._check(model, req.hyperparameters)
-        est = cost.estimate(ds.report, model, req.hyperparameters, inst, float(inst["training"]),
-                            req.validation_split)
-        from app.usage.service import check_budget
-
-        check_budget(self.session, self.user, est["estimated_cost"])
-        name = req.name or self._unique_name(model["id"])
-        if self.session.scalar(select(TrainingJob.id).where(TrainingJob.job_name == name)):
-            raise Conflict(f"A training job named {name!r} already exists", param="name", code="job_exists")
-        job = TrainingJob(
-            job_name=name, user_id=self.user.id, dataset_id=ds.id, base_model=model["id"],
-            hyperparameters=req.hyperparameters.model_dump(), instance_type=inst["name"],
-            validation_split=req.validation_split, backend=self.backends.name, status=JobStatus.IN_PROGRESS,
-            secondary_status=JobStatus.PENDING, price_per_hour=float(inst["training"]),
-            estimated_cost=est["estimated_cost"], data={"estimate": est},
-        )
-        self.session.add(job)
-        self.session.flush()
-        self._split(job, ds)
-        events.record(self.session, user_id=self.user.id, resource_type=RESOURCE, resource_id=job.id,
-                      type="created", message=f"Job created on the {job.backend} backend ({job.instance_type}); "
-                      f"estimated cost ${job.estimated_cost:.2f}", data={"estimate": est})
-        self.session.commit()
-        if local_slot_free(self.session, self.settings, job):
-            try:
-                submit(self.session, self.settings, self.store, self.backends, job)
-            except AppError as e:
-                self.session.rollback()
-                if e.status_code < 500:  # refused (quota, validation): no job was created
-                    self.session.delete(job)
-                    self.session.commit()
-                    raise
-                # The backend failed or was unreachable: the job may exist there; the worker retries
-                # the submission (idempotent by job name) and reconciles.
-                note_submit_failure(self.session, job, e)
-        body = job_read(self.session, job).model_dump(mode="json")
+        body = self._create(req)
         if idem_key:
             idempotency.remember(self.session, self.user.id, route, idem_key, body_hash, 201, body)
             self.session.commit()
         return 201, body
 
+    def _create(self, req: TrainingJobCreate) -> dict[str, Any]:
+        ds = self.owned_dataset(req.dataset_id)
+        model, inst = self._defaults(req.base_model, req.instance_type)
+        self._check(model, req.hyperparameters)
+        est = cost.estimate(ds.report, model, req.hyperparameters, inst, float(inst["training"]),
+                            req.validation_split)
+        check_budget(self.session, self.user, est["estimated_cost"])
+        for _ in range(5):  # a generated name another create took meanwhile: take the next
+            job = self._insert(req, ds, model, inst, est)
+            if job is not None:
+                break
+        else:
+            raise Conflict("Could not find a free job name; try again in a second", code="job_exists")
+        wake_worker()
+        return job_read(self.session, job).model_dump(mode="json")
+
+    def _insert(self, req: TrainingJobCreate, ds: Dataset, model: dict[str, Any], inst: dict[str, Any],
+                est: dict[str, Any]) -> TrainingJob | None:
+        """Split the data and insert the job; None when its generated name was taken meanwhile."""
+        name = req.name or self._unique_name(model["id"])
+        if self.session.scalar(select(TrainingJob.id).where(TrainingJob.job_name == name)):
+            raise Conflict(f"A training job named {name!r} already exists", param="name", code="job_exists")
+        job = TrainingJob(
+            id=new_id(), job_name=name, user_id=self.user.id, dataset_id=ds.id, base_model=model["id"],
+            hyperparameters=req.hyperparameters.model_dump(), instance_type=inst["name"],
+            validation_split=req.validation_split, backend=self.backends.name, status=JobStatus.IN_PROGRESS,
+            secondary_status=JobStatus.PENDING, price_per_hour=float(inst["training"]),
+            estimated_cost=est["estimated_cost"], data={"estimate": est}, created_at=utcnow(),
+        )
+        # The split is written before the row, with no transaction open (a SQLite write lock held
+        # while copying a large dataset would stall every other writer), to keys of this job's id
+        # (a concurrent create of the same name cannot overwrite them).
+        self.session.commit()
+        self._split(job, ds)
+        self.session.add(job)
+        events.record(self.session, user_id=self.user.id, resource_type=RESOURCE, resource_id=job.id,
+                      type="created", message=f"Job created on the {job.backend} backend ({job.instance_type}); "
+                      f"estimated cost ${job.estimated_cost:.2f}; queued", data={"estimate": est})
+        try:
+            self.session.commit()
+        except IntegrityError as e:  # the same name was taken meanwhile
+            self.session.rollback()
+            self.store.delete_prefix(model_key(job.user_id, job.job_name, f"input/{job.id}") + "/")
+            if req.name:
+                raise Conflict(f"A training job named {name!r} already exists", param="name",
+                               code="job_exists") from e
+            return None
+        return job
+
     def _unique_name(self, model_id: str) -> str:
         now = utcnow()
-        for i in range(100):
-            name = naming.job_name(self.user.username, model_id, now, suffix=str(i + 1) if i else "")
+        for i in range(100):  # after the plain name, random suffixes: concurrent creates pick different ones
+            name = naming.job_name(self.user.username, model_id, now, suffix=secrets.token_hex(2) if i else "")
             if not self.session.scalar(select(TrainingJob.id).where(TrainingJob.job_name == name)):
                 return name
         raise Conflict("Could not find a free job name; try again in a second", code="job_exists")
@@ -149,8 +173,8 @@ class TrainingService:
         else:
             k = 0
         val_idx = set(random.Random(seed).sample(range(n), k))
-        train_key = model_key(job.user_id, job.job_name, "input/train/train.jsonl")
-        val_key = model_key(job.user_id, job.job_name, "input/validation/validation.jsonl") if k else None
+        train_key = model_key(job.user_id, job.job_name, f"input/{job.id}/train/train.jsonl")
+        val_key = model_key(job.user_id, job.job_name, f"input/{job.id}/validation/validation.jsonl") if k else None
         tmp = Path(tempfile.mkdtemp(prefix="split-"))
         try:
             with self.store.open(ds.canonical_key) as f, open(tmp / "t", "wb") as t, open(tmp / "v", "wb") as v:
@@ -189,19 +213,26 @@ class TrainingService:
                            param="job_name")
         if job.status == JobStatus.STOPPING:
             return job
-        job.stop_requested = True
-        previous = job.status
-        if not job.backend_handle:  # never started: nothing to stop
-            job.status, job.secondary_status, job.ended_at = JobStatus.STOPPED, JobStatus.STOPPED, utcnow()
-            job.actual_cost = 0.0
-        else:
-            self.backends.training.stop(job.backend_handle)
-            job.backend_handle = {**job.backend_handle, "stopping": True}
-            job.status, job.secondary_status = JobStatus.STOPPING, JobStatus.STOPPING
+        previous, now = job.status, utcnow()
+        # Conditional on what was read: the worker may submit the job at this very moment. A queued
+        # job ends here; one the worker submitted meanwhile is stopped by the worker (its lease).
+        queued = {"secondary_status": JobStatus.PENDING}
+        stopped = _move(self.session, job, queued, status=JobStatus.STOPPED, secondary_status=JobStatus.STOPPED,
+                        ended_at=now, actual_cost=0.0, stop_requested=True)
+        if not stopped:
+            if not _move(self.session, job, {"status": previous}, status=JobStatus.STOPPING,
+                         secondary_status=JobStatus.STOPPING, stop_requested=True):
+                self.session.rollback()
+                return self.stop(job_name)  # it moved on meanwhile: decide again
         events.record(self.session, user_id=job.user_id, resource_type=RESOURCE, resource_id=job.id,
                       type="status", message=f"{previous} -> {job.status} (stop requested)",
                       data={"status": job.status})
         self.session.commit()
+        if not stopped:
+            self.session.refresh(job)
+            if job.backend_handle:
+                self.backends.training.stop(job.backend_handle)  # at once; the worker follows it to Stopped
+        wake_worker()
         return job
 
     # Download -----------------------------------------------------------------------------
@@ -218,8 +249,23 @@ class TrainingService:
                 "job_name": job.job_name, "expires_in": expires_in}
 
 
-def submit(session: Session, settings: Settings, store: Any, backends: Any, job: TrainingJob) -> None:
-    """Hand a Pending job to the backend and record its handle (API on create, worker when a slot frees)."""
+def _move(session: Session, job: TrainingJob, expected: dict[str, Any], **values: Any) -> bool:
+    """Change the job's row only if it still has the `expected` values (one writer wins)."""
+    cond = [getattr(TrainingJob, k) == v for k, v in expected.items()]
+    res = session.execute(update(TrainingJob).where(TrainingJob.id == job.id, *cond).values(**values)
+                          .execution_options(synchronize_session=False))
+    if res.rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    for k, v in values.items():
+        set_committed_value(job, k, v)
+    return True
+
+
+def submit(session: Session, settings: Settings, store: Any, backends: Any, job: TrainingJob,
+           fence: Callable[[], None] | None = None) -> None:
+    """Hand a queued job to the backend and record its handle (the worker, holding the job's lease;
+    `fence` raises before the commit when that lease was lost). The backends are idempotent by job
+    name: a second submit of one job gets the first one's handle."""
     if not job.data.get("train_key") or not store.exists(job.data["train_key"]):
         raise NotFound("The job's training data is no longer in storage (was the dataset deleted?)",
                        code="dataset_missing")
@@ -233,12 +279,18 @@ def submit(session: Session, settings: Settings, store: Any, backends: Any, job:
         checkpoint_prefix=model_key(job.user_id, job.job_name, "checkpoints") + "/",
         max_runtime_seconds=settings.aws.max_runtime_seconds,
     )
+    session.commit()  # no transaction open while the backend works
     handle = backends.training.submit(spec)
-    job.backend_handle = handle
-    job.secondary_status, job.started_at = "Starting", utcnow()
+    if not _move(session, job, {"secondary_status": JobStatus.PENDING, "status": JobStatus.IN_PROGRESS},
+                 backend_handle=handle, secondary_status="Starting", started_at=utcnow()):
+        session.rollback()  # stopped while it was being submitted
+        backends.training.stop(handle)
+        return
     events.record(session, user_id=job.user_id, resource_type=RESOURCE, resource_id=job.id, type="status",
                   message=f"Submitted to the {backends.name} backend: Pending -> Starting",
                   data={"secondary_status": "Starting"})
+    if fence is not None:
+        fence()
     session.commit()
 
 
@@ -260,8 +312,6 @@ def note_submit_failure(session: Session, job: TrainingJob, e: AppError) -> bool
 
 
 def job_read(session: Session, job: TrainingJob) -> Any:
-    from app.training.schemas import JobError, MetricValue, TrainingJobRead
-
     latest: dict[str, float] = dict(job.final_metrics or {})
     if not latest:
         for m in session.scalars(select(JobMetric).where(JobMetric.job_id == job.id).order_by(JobMetric.id)):

@@ -104,8 +104,11 @@ def test_restart_marks_vanished_job_failed(client, dataset, app, settings, sessi
     name = r.json()["job_name"]
     from app.training.models import TrainingJob
 
-    with session_factory() as s:
-        handle = s.query(TrainingJob).filter_by(job_name=name).one().backend_handle
+    def handle_of() -> dict:
+        with session_factory() as s:
+            return s.query(TrainingJob).filter_by(job_name=name).one().backend_handle  # type: ignore[no-any-return]
+
+    handle = wait_for(handle_of, what="the worker to submit the job")
     os.killpg(handle["pid"], signal.SIGKILL)  # the machine "restarts": the process and its wrapper die
     wait_for(lambda: not process.alive(handle), timeout=30, what="process to die")
     fresh = Worker(session_factory, app.state.store, app.state.backends, settings)  # the API came back
