@@ -34,6 +34,7 @@ class BackendJobStatus:
     failure_reason: str | None = None
     artifact_uri: str | None = None
     handle_update: dict[str, Any] = field(default_factory=dict)
+    ended_at: float | None = None    # when the job ended (unix time), as the backend recorded it
 
 
 class TrainingBackend(Protocol):

@@ -89,19 +89,22 @@ class LocalTrainingBackend:
             secondary = "Stopping" if handle.get("stopping") else ("Training" if lines or offset else "Starting")
             return BackendJobStatus("Stopping" if handle.get("stopping") else "InProgress", secondary, lines,
                                     billable_seconds=int(time.time() - handle["started"]), handle_update=update)
-        ended = handle.get("ended") or time.time()
+        # The exit time the process's wrapper recorded: a job that ended while the API was down is
+        # billed to its end, not to the restart.
+        ended = handle.get("ended") or process.exit_time(handle) or time.time()
         update["ended"] = ended
         billable = int(ended - handle["started"]) or 1
         code = process.exit_code(handle)
         if handle.get("stopping"):
-            return BackendJobStatus("Stopped", "Stopped", lines, billable_seconds=billable, handle_update=update)
+            return BackendJobStatus("Stopped", "Stopped", lines, billable_seconds=billable, handle_update=update,
+                                    ended_at=ended)
         if code == 0:
             uri = handle.get("artifact_uri") or self._pack(handle)
             update["artifact_uri"] = uri
             return BackendJobStatus("Completed", "Completed", lines, billable_seconds=billable,
-                                    artifact_uri=uri, handle_update=update)
+                                    artifact_uri=uri, handle_update=update, ended_at=ended)
         return BackendJobStatus("Failed", "Failed", lines, billable_seconds=billable,
-                                failure_reason=self._failure(handle, code), handle_update=update)
+                                failure_reason=self._failure(handle, code), handle_update=update, ended_at=ended)
 
     def _failure(self, handle: dict[str, Any], code: int | None) -> str:
         f = Path(handle["dir"]) / "output" / "failure"

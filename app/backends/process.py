@@ -68,6 +68,14 @@ def exit_code(handle: dict[str, Any]) -> int | None:
         return None
 
 
+def exit_time(handle: dict[str, Any]) -> float | None:
+    """When the process exited (its wrapper wrote the exit code then), also seen after an API restart."""
+    try:
+        return (Path(handle["dir"]) / f"{handle['log']}.exit_code").stat().st_mtime
+    except OSError:
+        return None
+
+
 def terminate(handle: dict[str, Any], sig: int = signal.SIGTERM) -> None:
     if not alive(handle):
         return

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -95,7 +97,9 @@ def follow(session: Session, ctx: Any, job: TrainingJob) -> None:
         handle["stopping"] = True
     st: BackendJobStatus = ctx.backends.training.describe(handle)
     job.backend_handle = {**handle, **st.handle_update}
-    _ingest(session, job, st.log_lines)
+    # Lines read after the process ended (the API was down meanwhile) happened before that end.
+    ended_at = datetime.fromtimestamp(st.ended_at, UTC) if st.ended_at else None
+    _ingest(session, job, st.log_lines, min(utcnow(), ended_at) if ended_at else utcnow())
     for tr in st.status_transitions:
         events.record(session, user_id=job.user_id, resource_type=RESOURCE, resource_id=job.id,
                       type="secondary_status", message=f"{tr.get('Status')}: {tr.get('StatusMessage', '')}",
@@ -113,7 +117,7 @@ def follow(session: Session, ctx: Any, job: TrainingJob) -> None:
         code, message = _split_reason(st.failure_reason) if st.status == JobStatus.FAILED else (None, None)
         if st.artifact_uri:
             job.model_artifacts_uri = st.artifact_uri
-        _end(session, job, st.status, code, message)
+        _end(session, job, st.status, code, message, ended_at)
     leases.still_held(session, RESOURCE, job.id, ctx.owner, ctx.settings.worker.lease_seconds)
     session.commit()
 
@@ -126,14 +130,14 @@ def _split_reason(reason: str | None) -> tuple[str, str]:
     return "training_failed", reason
 
 
-def _ingest(session: Session, job: TrainingJob, lines: list[str]) -> None:
+def _ingest(session: Session, job: TrainingJob, lines: list[str], read_at: datetime) -> None:
     progress = dict(job.progress or {})
     final = dict(job.final_metrics or {})
     for line in lines:
         obj = logparse.parse(line)
         if obj is None:
             continue
-        now = utcnow()
+        now = _when(obj, read_at)
         step, epoch = obj.get("step"), obj.get("epoch")
         for name, value in logparse.metrics_of(obj):
             session.add(JobMetric(job_id=job.id, metric_name=name, step=step if isinstance(step, int) else None,
@@ -152,7 +156,7 @@ def _ingest(session: Session, job: TrainingJob, lines: list[str]) -> None:
         if described:
             typ, level, msg = described
             events.record(session, user_id=job.user_id, resource_type=RESOURCE, resource_id=job.id,
-                          type=typ, level=level, message=msg, data=obj)
+                          type=typ, level=level, message=msg, data=obj).timestamp = now
     total = progress.get("total_steps")
     if total:
         progress["percent"] = round(100 * min(1.0, (progress.get("step") or 0) / total), 1)
@@ -160,17 +164,28 @@ def _ingest(session: Session, job: TrainingJob, lines: list[str]) -> None:
     job.final_metrics = final
 
 
-def _end(session: Session, job: TrainingJob, status: str, code: str | None, message: str | None) -> None:
+def _when(obj: dict[str, Any], read_at: datetime) -> datetime:
+    """When a log line was written: its `time` (unix seconds) where the line has one, else when it
+    was read, capped at the process's end."""
+    t = obj.get("time")
+    if isinstance(t, int | float) and 0 < t <= time.time() + 60:
+        return datetime.fromtimestamp(t, UTC)
+    return read_at
+
+
+def _end(session: Session, job: TrainingJob, status: str, code: str | None, message: str | None,
+         ended_at: datetime | None = None) -> None:
     previous = job.status
     job.status, job.secondary_status = status, status
-    job.ended_at = utcnow()
+    job.ended_at = ended_at or utcnow()
     job.error_code, job.error_message = code, message
     job.actual_cost = cost.actual(job.billable_seconds, job.price_per_hour)
     if status == JobStatus.COMPLETED and job.progress.get("total_steps"):
         job.progress = {**job.progress, "percent": 100.0}
-    events.record(session, user_id=job.user_id, resource_type=RESOURCE, resource_id=job.id, type="status",
-                  level="error" if status == JobStatus.FAILED else "info",
-                  message=f"{previous} -> {status}" + (f": {code}: {message}" if code else "")
-                  + f"; cost ${job.actual_cost:.4f} for {job.billable_seconds} billable seconds",
-                  data={"status": status, "error": {"code": code, "message": message} if code else None,
-                        "actual_cost": job.actual_cost})
+    ev = events.record(session, user_id=job.user_id, resource_type=RESOURCE, resource_id=job.id, type="status",
+                       level="error" if status == JobStatus.FAILED else "info",
+                       message=f"{previous} -> {status}" + (f": {code}: {message}" if code else "")
+                       + f"; cost ${job.actual_cost:.4f} for {job.billable_seconds} billable seconds",
+                       data={"status": status, "error": {"code": code, "message": message} if code else None,
+                             "actual_cost": job.actual_cost})
+    ev.timestamp = job.ended_at
