@@ -35,19 +35,6 @@ RUN pip install --upgrade pip \
     esac \
  && pip install ".${EXTRAS:+[${EXTRAS}]}"
 
-# With torch (local training): the one-line library that makes MKL run its AVX-512 / AVX2 kernels on
-# AMD CPUs (training_scripts/mkl_dispatch.py) and the compiled CPU kernels of training
-# (training_scripts/cpu_kernels.py), built here because the runtime image has no C compiler; they land
-# in the root-owned venv, where mkl_dispatch.PREBUILT and cpu_kernels.PREBUILT look for them.
-COPY training_scripts/mkl_dispatch.py training_scripts/cpu_kernels.py /build/
-RUN case ",${EXTRAS}," in \
-      *,local,*) apt-get update \
-        && apt-get install -y --no-install-recommends gcc libc6-dev \
-        && python /build/mkl_dispatch.py --build /opt/venv/lib/llmtuner \
-        && python /build/cpu_kernels.py --build /opt/venv/lib/llmtuner \
-        && rm -rf /var/lib/apt/lists/* ;; \
-    esac
-
 # --- web: the dashboard's static files (frontend/), no Node.js in the runtime image ----------------
 # Its typed API client is generated from this build's own OpenAPI schema (dumped by the app factory in
 # the builder's environment), so the image's dashboard always matches its API.

@@ -280,28 +280,6 @@ def test_healthcheck_probes_api_health(runtime: Stage) -> None:
     assert f":{port}/api/health" in line
 
 
-@pytest.mark.parametrize("module", ["mkl_dispatch", "cpu_kernels"])
-def test_builder_builds_the_native_libraries_where_train_py_looks(dockerfile: tuple[list[str], list[Stage]],
-                                                                  runtime: Stage, module: str) -> None:
-    """The runtime image has no C compiler: the builder compiles mkl_dispatch's and cpu_kernels' libraries
-    into the venv, where each module's PREBUILT is."""
-    sys.path.insert(0, str(ROOT / "training_scripts"))
-    lib = importlib.import_module(module)
-
-    builder = next(s for s in dockerfile[1] if s.name == "builder")
-    build = next(r for r in builder.all("RUN") if f"{module}.py --build" in r)
-    venv = "/opt/venv"
-    assert f"--from=builder {venv} {venv}" in runtime.all("COPY"), "the runtime gets the builder's venv"
-    target = re.search(rf"/build/{module}\.py --build (\S+)", build).group(1)  # type: ignore[union-attr]
-    prefix = Path(sys.prefix)
-    assert Path(venv) / lib.PREBUILT.relative_to(prefix) == Path(target) / lib.LIBRARY
-    assert "gcc" in build and "*,local,*" in build, "built with the local extra (torch), which trains"
-    copies = [c.split() for c in builder.all("COPY")]
-    assert any(f"training_scripts/{module}.py" in c and c[-1] == "/build/" for c in copies)
-    if module == "cpu_kernels":  # it builds with mkl_dispatch's helper, copied beside it
-        assert any("training_scripts/mkl_dispatch.py" in c and c[-1] == "/build/" for c in copies)
-
-
 def test_copied_paths_exist(dockerfile: tuple[list[str], list[Stage]]) -> None:
     ignored = {ln.strip().rstrip("/") for ln in (ROOT / ".dockerignore").read_text().splitlines()
                if ln.strip() and not ln.startswith("#")}
@@ -437,7 +415,8 @@ def test_api_imports_without_torch_for_the_cloud_image(tmp_path: Path) -> None:
         os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
                           AWS_EC2_METADATA_DISABLED="true")
         from app.config import Settings, WorkerSettings
-        from app.main import build_backends, build_store, create_app
+        from app.main import create_app
+        from app.wiring import build_backends, build_store
         s = Settings(_env_file=None, env="test", data_dir={str(tmp_path)!r}, backend="sagemaker", storage="s3",
                      worker=WorkerSettings(enabled=False))
         create_app(s)
