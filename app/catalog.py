@@ -11,6 +11,7 @@ from app.config import Settings
 from app.errors import NotFound, ValidationFailed
 
 DATA = Path(__file__).parent / "data"
+BUILTIN_PREFIX = "builtin:"  # a catalogue `source` naming a built-in tiny model (app/training/tiny_model.py)
 
 
 @lru_cache
@@ -47,11 +48,22 @@ def base_model(settings: Settings, model_id: str, param: str = "base_model") -> 
 def resolve_source(settings: Settings, entry: dict[str, Any]) -> str:
     """Where the weights come from: a local directory, a hub id or an s3:// prefix."""
     src = str(entry["source"])
-    if src.startswith("builtin:"):
+    if src.startswith(BUILTIN_PREFIX):
+        # torch and transformers: imported only where a built-in model is used (the `local` extra).
         from app.training.tiny_model import ensure_tiny_model
 
-        return str(ensure_tiny_model(settings.data_path, family=src.split(":", 1)[1]))
+        return str(ensure_tiny_model(settings.data_path, family=src[len(BUILTIN_PREFIX):]))
     return src
+
+
+def prepare_builtin_models(settings: Settings) -> None:
+    """Build the built-in tiny models under the data dir if they are missing. The worker calls this
+    as it starts, so that no request waits for them to be written."""
+    if settings.backend != "local":
+        return
+    for entry in base_models(settings):
+        if str(entry["source"]).startswith(BUILTIN_PREFIX):
+            resolve_source(settings, entry)
 
 
 def instance_types(settings: Settings) -> dict[str, dict[str, Any]]:

@@ -34,7 +34,7 @@ GC_YOUNG_THRESHOLD = 10_000  # gc.set_threshold's first value in a served proces
 DOMAIN_ROUTERS = [
     "app.auth.router", "app.health", "app.files", "app.datasets.router", "app.training.router",
     "app.deployments.router", "app.registry.router", "app.evaluation.router", "app.usage.router",
-    "app.api_keys.router",
+    "app.api_keys.router", "app.deployments.adapter_router", "app.openai.router",
 ]
 
 

@@ -3,7 +3,7 @@
 from app.api_keys.models import ApiKey
 from app.auth.models import User
 from app.datasets.models import Dataset
-from app.deployments.models import Endpoint
+from app.deployments.models import Endpoint, EndpointAdapter, InferenceRecord
 from app.evaluation.models import Evaluation
 from app.events import Event
 from app.idempotency import IdempotencyRecord
@@ -11,5 +11,6 @@ from app.leases import Lease
 from app.registry.models import RegisteredModel
 from app.training.models import JobMetric, TrainingJob
 
-__all__ = ["ApiKey", "User", "Dataset", "Endpoint", "Evaluation", "Event", "IdempotencyRecord", "Lease", "RegisteredModel",
+__all__ = ["ApiKey", "User", "Dataset", "Endpoint", "EndpointAdapter", "InferenceRecord", "Evaluation", "Event",
+           "IdempotencyRecord", "Lease", "RegisteredModel",
            "JobMetric", "TrainingJob"]

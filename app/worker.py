@@ -7,70 +7,60 @@ and the backends, so a restart simply picks up where things are (recovery is a p
 
 from __future__ import annotations
 
-import importlib
 import logging
 import threading
-from dataclasses import dataclass
-from typing import Any
 
+from app import catalog, wiring
+from app.backends.base import Backends
 from app.config import Settings
+from app.deployments import reconcile as deployments
+from app.evaluation import reconcile as evaluation
+from app.runtime import Reconciler, SessionFactory, WorkerContext
+from app.storage import ObjectStore
+from app.training import reconcile as training
+from app.usage import service as usage
 
 log = logging.getLogger("llmtuner.worker")
 
-# Each module exposes `reconcile(ctx: WorkerContext) -> None`.
-RECONCILERS = [
-    "app.training.reconcile", "app.deployments.reconcile", "app.evaluation.reconcile", "app.usage.service",
-]
-
-
-@dataclass
-class WorkerContext:
-    sessionmaker: Any
-    store: Any
-    backends: Any
-    settings: Settings
-    first_pass: bool = False
+# Each pass runs these in this order; a domain with work to follow must be listed here.
+RECONCILERS: list[Reconciler] = [training.reconcile, deployments.reconcile, evaluation.reconcile, usage.reconcile]
 
 
 class Worker:
-    def __init__(self, sessionmaker: Any, store: Any, backends: Any, settings: Settings) -> None:
+    def __init__(self, sessionmaker: SessionFactory, store: ObjectStore, backends: Backends,
+                 settings: Settings) -> None:
         self.ctx = WorkerContext(sessionmaker, store, backends, settings, first_pass=True)
         self._lock = threading.Lock()
-        self._modules = []
-        for name in RECONCILERS:
-            try:
-                self._modules.append(importlib.import_module(name))
-            except ModuleNotFoundError as e:
-                if e.name != name:
-                    raise
 
     def tick(self) -> None:
         """One reconciliation pass over everything that is not finished."""
         with self._lock:
-            for mod in self._modules:
+            for reconcile in RECONCILERS:
                 try:
-                    mod.reconcile(self.ctx)
+                    reconcile(self.ctx)
                 except Exception:  # one failing domain must not stop the others
-                    log.exception("reconcile failed in %s", mod.__name__)
+                    log.exception("reconcile failed in %s", reconcile.__module__)
             self.ctx.first_pass = False
 
     def run_forever(self, stop: threading.Event) -> None:
         log.info("worker started (backend=%s)", self.ctx.settings.backend)
+        try:
+            catalog.prepare_builtin_models(self.ctx.settings)
+        except Exception:  # submissions that need them report the problem
+            log.exception("could not build the built-in base models")
         while not stop.is_set():
             self.tick()
             stop.wait(self.ctx.settings.worker.poll_interval_seconds)
 
 
 def main() -> None:
-    from app.db import make_engine, make_sessionmaker
-    from app.main import build_backends, build_store
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = Settings()
-    store = build_store(settings)
-    worker = Worker(make_sessionmaker(make_engine(settings.resolved_database_url)), store,
-                    build_backends(settings, store), settings)
-    worker.run_forever(threading.Event())
+    services = wiring.build(settings)
+    try:
+        Worker(services.sessionmaker, services.store, services.backends, settings).run_forever(threading.Event())
+    finally:
+        services.close()
 
 
 if __name__ == "__main__":

@@ -586,15 +586,20 @@ class Prepared:
     prompt: str  # what the model sees
     ids: list[int]
     params: GenerationParams
+    adapter: str | None = None  # a LoRA adapter of a multi-adapter server ("__base__": none); see serve.py
+    sink: Callable[[int], None] | None = None  # called with each new token id as it is generated
 
 
-def prepare(loaded: Loaded, text: Any, params: GenerationParams, param_name: str = "inputs") -> Prepared:
-    """Wrap in the prompt template, tokenize and check length. Raises ParamError."""
+def prepare(loaded: Loaded, text: Any, params: GenerationParams, param_name: str = "inputs",
+            messages: list[dict[str, Any]] | None = None) -> Prepared:
+    """Wrap in the prompt template (a whole conversation when `messages` is given), tokenize and
+    check length. Raises ParamError."""
     if not isinstance(text, str):
         raise ParamError([(param_name, "must be a string")])
     tok = loaded.tokenizer
-    use_template = loaded.apply_template and not params.raw
-    prompt = prompting.prompt_text(text, tok, system=params.system, raw=not use_template)
+    use_template = messages is not None or (loaded.apply_template and not params.raw)
+    prompt = (prompting.conversation_prompt(messages, tok) if messages is not None
+              else prompting.prompt_text(text, tok, system=params.system, raw=not use_template))
     if use_template and not loaded.is_seq2seq:
         # Exactly as prompting.tokenize_record tokenizes a training example.
         ids = tok(prompt, add_special_tokens=False)["input_ids"]
@@ -714,10 +719,15 @@ def _run_group(loaded: Loaded, items: Sequence[Prepared],
     gc = _generation_config(loaded, p0, max_new)
     if p0.do_sample and p0.seed is not None:
         torch.manual_seed(p0.seed)
+    extra: dict[str, Any] = {}
+    if any(it.adapter for it in items) and hasattr(loaded.model, "peft_config"):
+        extra["adapter_names"] = [it.adapter or "__base__" for it in items]  # peft's mixed-adapter batch
+    if any(it.sink for it in items):
+        extra["streamer"] = _RowStreamer([it.sink for it in items])
     with torch.inference_mode():
         out = loaded.model.generate(
             input_ids=ids, attention_mask=mask, generation_config=gc,
-            stopping_criteria=StoppingCriteriaList([criteria]),
+            stopping_criteria=StoppingCriteriaList([criteria]), **extra,
         )
     new = out[:, gen_prompt_len:].tolist()
     eos = set() if p0.ignore_eos else _eos_ids(loaded)
@@ -748,6 +758,25 @@ def _run_group(loaded: Loaded, items: Sequence[Prepared],
             "finish_reason": finish,
         })
     return results
+
+
+class _RowStreamer:
+    """transformers' streamer protocol for a batch: each row's new token goes to that row's sink.
+    The first `put` is the prompt (or the decoder's start token), not generated."""
+
+    def __init__(self, sinks: list[Callable[[int], None] | None]) -> None:
+        self.sinks, self.started = sinks, False
+
+    def put(self, value: Any) -> None:
+        if not self.started:
+            self.started = True
+            return
+        for sink, token in zip(self.sinks, value.reshape(len(self.sinks), -1)[:, -1].tolist(), strict=True):
+            if sink is not None:
+                sink(int(token))
+
+    def end(self) -> None:
+        pass
 
 
 def generate_prepared(loaded: Loaded, items: Sequence[Prepared],

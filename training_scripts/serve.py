@@ -3,6 +3,7 @@
     python training_scripts/serve.py [--model-dir DIR|model.tar.gz] [--port N] [--host H]
         [--base-model PATH_OR_ID] [--max-batch-size 8] [--batch-wait-ms 25] [--max-batch-wait-ms 100]
         [--timeout 60] [--device cpu|cuda] [--max-inputs 64] [--threads N] [--log-level info]
+        [--max-adapters 8] [--adapter NAME=PATH ...]
 
 Environment (a flag wins over its variable):
   SM_MODEL_DIR                      model directory or archive (default /opt/ml/model)
@@ -11,7 +12,7 @@ Environment (a flag wins over its variable):
   LLMTUNER_BASE_MODEL               base model of a LoRA adapter (see modeling.py)
   LLMTUNER_GENERATION_TIMEOUT       seconds before a request answers 504 (default 60)
   LLMTUNER_MAX_BATCH_SIZE, LLMTUNER_BATCH_WAIT_MS, LLMTUNER_MAX_BATCH_WAIT_MS, LLMTUNER_DEVICE,
-  LLMTUNER_TORCH_THREADS
+  LLMTUNER_TORCH_THREADS, LLMTUNER_MAX_ADAPTERS
 
 Routes:
   GET  /ping, /health   200 {"status": "ok"} once the model is loaded; 503 {"status": "loading"} before
@@ -20,8 +21,22 @@ Routes:
                         -> [{"generated_text": str,
                              "details": {"prompt_tokens", "completion_tokens", "finish_reason"}}, ...]
                         one item per input, in order (a str input gives a one-item list)
+                        Also accepted: "messages": [{"role", "content"}, ...] instead of "inputs" (a
+                        conversation rendered with the training template), "adapter": NAME (a
+                        multi-adapter server's adapter; "__base__" or absent: the base model), and
+                        "stream": true -> text/event-stream of `data: {"text": delta}` events, then
+                        `data: {"text": rest, "details": {...}}` (or `data: {"error": {...}}`)
+  GET  /adapters        a base-model server's adapters: registered, resident (loaded), cap
+  PUT  /adapters/NAME   {"source": folder or model.tar.gz} registers an adapter (loaded on first use)
+  DELETE /adapters/NAME forgets it and frees its weights
 Errors: {"error": {"code", "message", "param", "details"}} with 400 invalid_json,
 422 invalid_parameters, 503 model_not_ready, 504 generation_timeout, 500 generation_failed.
+
+Many adapters: a server started on a base model (a full model directory) serves LoRA adapters
+attached at run time, each request naming one; adapters load on first use, at most
+--max-adapters at a time (least recently used unloaded first), and requests for different
+adapters share one batch (adapters.py). A server started on a single adapter merges it and
+serves only that.
 
 Start-up: the port opens at once and the model loads in the background (/ping 503 then
 200; the line "READY ..." is logged to stderr). If loading fails, one line starting with
@@ -43,6 +58,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -57,7 +73,9 @@ from typing import Any
 from fastapi import Request
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import adapters  # noqa: E402
 import modeling  # noqa: E402
+import streaming  # noqa: E402
 
 log = logging.getLogger("llmtuner.serve")
 
@@ -90,6 +108,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=_env_int("LLMTUNER_TORCH_THREADS", 0),
                     help="torch CPU threads (0: torch's default, one per core)")
     ap.add_argument("--log-level", default=os.environ.get("LLMTUNER_LOG_LEVEL") or "info")
+    ap.add_argument("--max-adapters", type=int, default=_env_int("LLMTUNER_MAX_ADAPTERS", 8),
+                    help="most LoRA adapters resident at once on a base-model server")
+    ap.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH",
+                    help="an adapter to register at start (repeatable)")
     args = ap.parse_args(argv)
     if args.port is None:
         for name in ("SAGEMAKER_BIND_TO_PORT", "PORT"):
@@ -102,6 +124,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error("--max-batch-size must be >= 1")
     if args.batch_wait_ms < 0 or args.max_batch_wait_ms < 0 or args.timeout <= 0:
         ap.error("--batch-wait-ms and --max-batch-wait-ms must be >= 0 and --timeout > 0")
+    if any("=" not in a for a in args.adapter):
+        ap.error("--adapter takes NAME=PATH")
     return args
 
 
@@ -114,12 +138,17 @@ class _Item:
     enqueued: float
     deadline: float
     cancelled: bool = False
+    adapter: str | None = None
+    messages: list[dict[str, Any]] | None = None
+    sink: Any = None  # streaming.TextSink of a streamed request
 
 
 @dataclass
 class State:
     args: argparse.Namespace
     loaded: modeling.Loaded | None = None
+    templated: modeling.Loaded | None = None  # `loaded` applying the training template (adapters' inputs)
+    pool: adapters.AdapterPool | None = None  # a base-model server's adapters
     status: str = "loading"  # loading | ready | failed
     error: str | None = None
     batches_run: int = 0
@@ -129,6 +158,7 @@ class State:
     largest_batch: int = 0
     stopping: bool = False  # set at shutdown: a running generation stops at its next step
     started: float = field(default_factory=time.time)
+    pending_adapters: dict[str, str] = field(default_factory=dict)  # registered before the model loaded
     queue: asyncio.Queue[_Item] | None = None
     executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
@@ -154,9 +184,13 @@ def _run_batch(state: State, items: list[_Item]) -> list[dict[str, Any] | BaseEx
     out: dict[int, dict[str, Any] | BaseException] = {}
     prepared: list[modeling.Prepared] = []
     owners: list[int] = []
+    live = _ensure_adapters(state, live, out)
     for it in live:
         try:
-            prepared.append(modeling.prepare(loaded, it.text, it.params))
+            use = state.templated if it.adapter not in (None, adapters.BASE) else loaded
+            p = modeling.prepare(use or loaded, it.text, it.params, messages=it.messages)
+            p.adapter, p.sink = (it.adapter or adapters.BASE) if state.pool else None, it.sink
+            prepared.append(p)
             owners.append(id(it))
         except modeling.ParamError as e:
             out[id(it)] = e
@@ -183,6 +217,20 @@ def _run_batch(state: State, items: list[_Item]) -> list[dict[str, Any] | BaseEx
         state.inputs_generated += len(prepared)
         state.largest_batch = max(state.largest_batch, len(prepared))
     return [out.get(id(it), TimeoutError("skipped: request timed out or was cancelled")) for it in items]
+
+
+def _ensure_adapters(state: State, live: list[_Item], out: dict[int, Any]) -> list[_Item]:
+    """Load the adapters the batch names; items naming a missing one fail alone."""
+    if state.pool is None:
+        return live
+    names = {it.adapter for it in live if it.adapter}
+    missing = {n for n in names if n != adapters.BASE and not state.pool.registered(n)}
+    for it in live:
+        if it.adapter in missing:
+            out[id(it)] = modeling.ParamError([("adapter", f"no adapter {it.adapter!r} is attached")])
+    live = [it for it in live if it.adapter not in missing]
+    state.pool.ensure({it.adapter for it in live if it.adapter})
+    return live
 
 
 async def _batcher(state: State) -> None:
@@ -244,6 +292,12 @@ def _load(state: State, on_fail: Any) -> None:
                                      device=state.args.device)
         # One tiny warm-up so the first request does not pay for lazy initialisation.
         modeling.generate_batch(loaded, ["warm up"], [modeling.GenerationParams(max_new_tokens=2)])
+        if loaded.kind == "full" and not loaded.is_seq2seq:  # a base model: adapters may be attached
+            pool = adapters.AdapterPool(loaded, state.args.max_adapters)
+            for name, source in state.pending_adapters.items():
+                pool.register(name, source)
+            state.pool = pool
+            state.templated = dataclasses.replace(loaded, apply_template=True)
         state.loaded = loaded
         state.status = "ready"
         log.info("READY model=%s kind=%s base=%s device=%s load_seconds=%.1f", loaded.model_dir,
@@ -333,14 +387,20 @@ def create_app(state: State, on_load_fail: Any = None) -> Any:
         except ValueError as e:
             return _error(400, "invalid_json", f"request body is not valid JSON: {e}")
         try:
+            ext = _extensions(state, body)
             texts, params, was_list = modeling.parse_request(body, max_inputs=state.args.max_inputs)
+            if ext["stream"] and (was_list and len(texts) != 1):
+                raise modeling.ParamError([("stream", "streams one input at a time")])
         except modeling.ParamError as e:
             return _error(422, "invalid_parameters", str(e), e.param, e.details())
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         items = [
-            _Item(t, params, loop.create_future(), loop, now, now + state.args.timeout) for t in texts
+            _Item(t, params, loop.create_future(), loop, now, now + state.args.timeout, adapter=ext["adapter"],
+                  messages=ext["messages"]) for t in texts
         ]
+        if ext["stream"]:
+            return _stream(state, items[0])
         for it in items:
             state.queue.put_nowait(it)
         try:
@@ -367,7 +427,115 @@ def create_app(state: State, on_load_fail: Any = None) -> Any:
         state.requests_served += 1
         return [modeling.format_result(r) for r in results]
 
+    @app.get("/adapters")
+    def list_adapters() -> Any:
+        return state.pool.info() if state.pool else {"registered": sorted(state.pending_adapters)}
+
+    @app.put("/adapters/{name}")
+    async def put_adapter(name: str, request: Request) -> Any:
+        try:
+            source = (await request.json()).get("source")
+        except (ValueError, AttributeError):
+            source = None
+        if not isinstance(source, str) or not Path(source).exists():
+            return _error(422, "invalid_parameters", "source must be an adapter folder or archive on this "
+                          "machine", "source")
+        if state.status == "ready" and state.pool is None:
+            return _error(409, "single_model", "this server serves one model; start it on a base model to "
+                          "attach adapters")
+        (state.pool.register if state.pool else state.pending_adapters.__setitem__)(name, source)
+        return {"name": name, "registered": True}
+
+    @app.delete("/adapters/{name}")
+    async def delete_adapter(name: str) -> Any:
+        known = state.pending_adapters.pop(name, None) is not None
+        if state.pool is not None:  # unloading touches the model: on the generate thread
+            known = await asyncio.get_running_loop().run_in_executor(state.executor, state.pool.remove, name)
+        if not known:
+            return _error(404, "unknown_adapter", f"no adapter {name!r} is attached", "name")
+        return {"name": name, "registered": False}
+
     return app
+
+
+MESSAGE_ROLES = ("system", "user", "assistant", "tool")
+
+
+def _extensions(state: State, body: Any) -> dict[str, Any]:
+    """Take "messages", "adapter" and "stream" out of a request body (see the module doc)."""
+    if not isinstance(body, dict):
+        return {"messages": None, "adapter": None, "stream": False}
+    errors: list[tuple[str, str]] = []
+    messages, adapter, stream = body.pop("messages", None), body.pop("adapter", None), body.pop("stream", False)
+    if messages is not None:
+        if "inputs" in body:
+            errors.append(("messages", "give inputs or messages, not both"))
+        elif not isinstance(messages, list) or not messages:
+            errors.append(("messages", "must be a non-empty list of {role, content}"))
+        else:
+            for i, m in enumerate(messages):
+                good = isinstance(m, dict) and m.get("role") in MESSAGE_ROLES and isinstance(m.get("content"), str)
+                if not good:
+                    errors.append((f"messages[{i}]", f"must be {{role: {'|'.join(MESSAGE_ROLES)}, content: str}}"))
+            body["inputs"] = ""
+    if adapter is not None and not isinstance(adapter, str):
+        errors.append(("adapter", "must be a string"))
+    elif adapter not in (None, adapters.BASE) and state.pool is None:
+        errors.append(("adapter", "this server serves a single model; leave adapter out"))
+    if not isinstance(stream, bool):
+        errors.append(("stream", "must be true or false"))
+    if errors:
+        raise modeling.ParamError(errors)
+    return {"messages": messages, "adapter": adapter, "stream": stream}
+
+
+def _stream(state: State, item: _Item) -> Any:
+    """Answer one input as server-sent events, each text delta as soon as its token is generated."""
+    from fastapi.responses import StreamingResponse
+
+    assert state.loaded is not None and state.queue is not None
+    deltas: asyncio.Queue[str] = asyncio.Queue()
+    p = item.params
+    eos = set() if p.ignore_eos else modeling._eos_ids(state.loaded)
+    item.sink = streaming.TextSink(state.loaded.tokenizer, eos, p.max_new_tokens, p.stop,
+                                   lambda d: item.loop.call_soon_threadsafe(deltas.put_nowait, d))
+    state.queue.put_nowait(item)
+
+    def event(data: dict[str, Any]) -> bytes:
+        return f"data: {json.dumps(data)}\n\n".encode()
+
+    async def events() -> Any:
+        try:
+            while True:
+                getter = asyncio.ensure_future(deltas.get())
+                done, _ = await asyncio.wait({getter, item.future}, timeout=max(0.0, item.deadline - time.monotonic()),
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if getter in done:
+                    yield event({"text": getter.result()})
+                    continue
+                getter.cancel()
+                while not deltas.empty():
+                    yield event({"text": deltas.get_nowait()})
+                if not done:
+                    raise TimeoutError
+                r = item.future.result()
+                state.requests_served += 1
+                yield event({"text": item.sink.rest(r["generated_text"]), **modeling.format_result(r)})
+                return
+        except BaseException as e:  # noqa: BLE001 - the stream has begun: the error is its last event
+            item.cancelled = True
+            if isinstance(e, asyncio.CancelledError | GeneratorExit):  # the client went away
+                raise
+            state.requests_failed += 1
+            if isinstance(e, modeling.ParamError):
+                err = {"code": "invalid_parameters", "message": str(e), "param": e.param}
+            elif isinstance(e, TimeoutError):
+                err = {"code": "generation_timeout", "message": f"generation took longer than {state.args.timeout:g} s"}
+            else:
+                err = {"code": "generation_failed", "message": f"{type(e).__name__}: {e}"}
+            yield event({"error": err})
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -384,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info(missed)
     import uvicorn
 
-    state = State(args=args)
+    state = State(args=args, pending_adapters=dict(a.split("=", 1) for a in args.adapter))
     holder: dict[str, Any] = {}
 
     def fail() -> None:

@@ -54,6 +54,8 @@ class EndpointSpec:
     base_model_source: str | None
     instance_type: str
     instance_count: int = 1
+    # A base-model endpoint (model_key ""): LoRA adapters to serve on it, name -> model.tar.gz key.
+    adapters: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

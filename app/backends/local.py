@@ -10,6 +10,7 @@ import signal
 import socket
 import tarfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,6 @@ from app.backends import process
 from app.backends.base import BackendEndpointStatus, BackendJobStatus, Backends, EndpointSpec, TrainingSpec
 from app.config import Settings
 from app.errors import BackendError, GatewayTimeout, ServiceUnavailable, ValidationFailed
-
 
 HANDLE_FILE = "handle.json"  # in a job's folder: the process started for it
 
@@ -150,10 +150,15 @@ class LocalEndpointBackend:
         workdir = self.root / spec.endpoint_name
         if workdir.exists():
             shutil.rmtree(workdir)
-        tar = self.store.download_to(spec.model_key, workdir / "model.tar.gz")
+        if spec.model_key:
+            model_dir = str(self.store.download_to(spec.model_key, workdir / "model.tar.gz"))
+        else:  # a base-model endpoint: the base itself, adapters attached by name
+            model_dir = str(spec.base_model_source)
         port = _free_port()
-        args = [str(process.SCRIPTS / "serve.py"), "--model-dir", str(tar), "--host", "127.0.0.1",
+        args = [str(process.SCRIPTS / "serve.py"), "--model-dir", model_dir, "--host", "127.0.0.1",
                 "--port", str(port), "--timeout", str(self.settings.invoke_timeout_seconds)]
+        for name, key in spec.adapters.items():
+            args += ["--adapter", f"{name}={self._adapter_file(workdir, name, key)}"]
         # Always set: an empty value keeps a LLMTUNER_BASE_MODEL of the API's own environment out of
         # the server, which then reads the base model recorded in the artifact.
         env = {"HF_HUB_OFFLINE": "1", "LLMTUNER_BASE_MODEL": spec.base_model_source or ""}
@@ -192,6 +197,13 @@ class LocalEndpointBackend:
                                  "max_new_tokens", code="generation_timeout") from e
         except httpx.HTTPError as e:
             raise BackendError(f"The endpoint's model server did not answer: {e}", code="endpoint_unreachable") from e
+        self._raise_for(r)
+        out = r.json()
+        return out if isinstance(out, list) else [out]
+
+    @staticmethod
+    def _raise_for(r: httpx.Response) -> None:
+        """The API's error for a model server's error answer."""
         if r.status_code in (400, 422):
             err = _error_body(r)
             raise ValidationFailed(err.get("message") or r.text[:1000], code=err.get("code") or "invalid_parameters",
@@ -204,8 +216,49 @@ class LocalEndpointBackend:
         if r.status_code != 200:
             raise BackendError(f"The model server answered {r.status_code}", code="endpoint_error",
                                details=[r.text[:1000]])
-        out = r.json()
-        return out if isinstance(out, list) else [out]
+
+    def _adapter_file(self, workdir: Path, name: str, key: str) -> Path:
+        return Path(self.store.download_to(key, workdir / "adapters" / f"{name}.tar.gz"))
+
+    def attach_adapter(self, handle: dict[str, Any], name: str, key: str) -> None:
+        """Register an adapter with the running server (it loads on first use); no restart."""
+        path = self._adapter_file(Path(handle["dir"]), name, key)
+        self._server_call("PUT", handle, f"/adapters/{name}", {"source": str(path)})
+
+    def detach_adapter(self, handle: dict[str, Any], name: str) -> None:
+        """The server unloads the adapter and frees its weights; its copy here is removed."""
+        self._server_call("DELETE", handle, f"/adapters/{name}", None, missing_ok=True)
+        Path(handle["dir"], "adapters", f"{name}.tar.gz").unlink(missing_ok=True)
+
+    def _server_call(self, method: str, handle: dict[str, Any], path: str, body: Any, missing_ok: bool = False) -> None:
+        try:
+            r = httpx.request(method, f"http://127.0.0.1:{handle['port']}{path}", json=body, timeout=30)
+        except httpx.HTTPError as e:
+            raise BackendError(f"The endpoint's model server did not answer: {e}", code="endpoint_unreachable") from e
+        if r.status_code >= 400 and not (missing_ok and r.status_code == 404):
+            err = _error_body(r)
+            raise BackendError(err.get("message") or f"The model server answered {r.status_code}",
+                               code="endpoint_error", details=[r.text[:1000]])
+
+    async def invoke_stream(self, handle: dict[str, Any], payload: dict[str, Any],
+                            timeout: float) -> AsyncIterator[dict[str, Any]]:
+        """The server's events (`{"text": delta}` ..., then the result), each as soon as it arrives."""
+        url = f"http://127.0.0.1:{handle['port']}/invocations"
+        async with httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=10)) as client:
+            try:
+                async with client.stream("POST", url, json={**payload, "stream": True}) as r:
+                    if r.status_code != 200:
+                        await r.aread()
+                        self._raise_for(r)
+                    async for line in r.aiter_lines():
+                        if line.startswith("data: "):
+                            yield json.loads(line[6:])
+            except httpx.TimeoutException as e:
+                raise GatewayTimeout(f"Generation did not finish within {timeout:.0f} s",
+                                     code="generation_timeout") from e
+            except httpx.HTTPError as e:
+                raise BackendError(f"The endpoint's model server did not answer: {e}",
+                                   code="endpoint_unreachable") from e
 
     def delete(self, handle: dict[str, Any]) -> None:
         handle["deleting"] = time.time()  # the caller stores the handle; describe escalates after a grace

@@ -23,6 +23,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from app import catalog, events
 from app.backends.base import BackendEndpointStatus, EndpointSpec
 from app.db import utcnow
+from app.deployments import adapters
 from app.deployments.models import Endpoint
 from app.deployments.service import RESOURCE, banked_seconds, transition
 from app.errors import AppError
@@ -102,7 +103,13 @@ def _reason(e: BaseException) -> str:
     return e.message if isinstance(e, AppError) else f"{type(e).__name__}: {e}"
 
 
-def _spec(ctx: Any, ep: Endpoint) -> EndpointSpec:
+def _spec(ctx: Any, ep: Endpoint, session: Session) -> EndpointSpec:
+    if adapters.is_base_endpoint(ep):  # the base model itself, with the adapters attached now
+        attached = {a.name: ctx.store.key_from_uri(a.model_uri) for a in adapters.attached(session, [ep.id])[ep.id]}
+        return EndpointSpec(endpoint_name=ep.endpoint_name, user_id=ep.user_id, model_uri=ep.model_uri, model_key="",
+                            base_model_source=catalog.resolve_source(
+                                ctx.settings, catalog.base_model(ctx.settings, ep.base_model or "")),
+                            instance_type=ep.instance_type, instance_count=ep.instance_count, adapters=attached)
     key = ctx.store.key_from_uri(ep.model_uri)
     if key is None:
         raise ValueError(f"the model URI {ep.model_uri} is not in this deployment's object store")
@@ -120,7 +127,7 @@ def _spec(ctx: Any, ep: Endpoint) -> EndpointSpec:
 def _start(ctx: Any, session: Session, ep: Endpoint, extra: dict[str, Any]) -> dict[str, Any] | None:
     """backend.deploy; the new handle, or None after marking the endpoint Failed."""
     try:
-        spec = _spec(ctx, ep)
+        spec = _spec(ctx, ep, session)
         session.commit()
         handle = dict(ctx.backends.endpoints.deploy(spec))
     except Exception as e:  # noqa: BLE001 - the reason is shown to the user

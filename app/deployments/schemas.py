@@ -12,9 +12,31 @@ MODEL_NAME_PATTERN = r"^[a-zA-Z0-9](-*[a-zA-Z0-9])*$"
 MAX_NEW_TOKENS = 4096  # serve.py's own limit (training_scripts/modeling.py)
 
 
+class AdapterRef(BaseModel):
+    """A LoRA adapter for a base-model endpoint: a Completed job or a registered model."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    job_name: str | None = Field(None, min_length=1, max_length=63)
+    model_id: str | None = Field(None, min_length=1, max_length=63, description="a registered model's model_id")
+    name: str | None = Field(None, min_length=1, max_length=63, pattern=MODEL_NAME_PATTERN,
+                             description="what `model` names it in requests (default: the job name, or the "
+                             "registered model's name)")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> AdapterRef:
+        if (self.job_name is None) == (self.model_id is None):
+            raise ValueError("give exactly one of job_name or model_id")
+        return self
+
+
 class DeployRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
+    base_model: str | None = Field(None, min_length=1, max_length=255,
+                                   description="deploy this base model once and serve adapters on it")
+    adapters: list[AdapterRef] = Field(default_factory=list, max_length=100,
+                                       description="adapters of base_model to attach at start")
     model_s3_uri: str | None = Field(None, min_length=1, max_length=1024)
     job_name: str | None = Field(None, min_length=1, max_length=63)
     model_id: str | None = Field(None, min_length=1, max_length=63,
@@ -25,10 +47,12 @@ class DeployRequest(BaseModel):
 
     @model_validator(mode="after")
     def _one_source(self) -> DeployRequest:
-        given = [n for n in ("model_s3_uri", "job_name", "model_id") if getattr(self, n) is not None]
+        given = [n for n in ("model_s3_uri", "job_name", "model_id", "base_model") if getattr(self, n) is not None]
         if len(given) != 1:
-            raise ValueError("give exactly one of model_s3_uri, job_name or model_id"
+            raise ValueError("give exactly one of model_s3_uri, job_name, model_id or base_model"
                              + (f" (got {', '.join(given)})" if given else ""))
+        if self.adapters and self.base_model is None:
+            raise ValueError("adapters need base_model: the endpoint serves them on that base model")
         return self
 
 
@@ -42,6 +66,16 @@ class DeploymentSummary(BaseModel):
 class DeployResponse(BaseModel):
     message: str = "Model deployment initiated"
     deployment: DeploymentSummary
+
+
+class AdapterRead(BaseModel):
+    name: str
+    status: Literal["attached", "detached"]
+    job_name: str | None
+    registered_model_id: str | None
+    base_model: str | None
+    created_at: datetime
+    detached_at: datetime | None
 
 
 class EndpointRead(BaseModel):
@@ -62,6 +96,7 @@ class EndpointRead(BaseModel):
     job_name: str | None
     registered_model_id: str | None
     backend: str
+    adapters: list[AdapterRead] = Field(default_factory=list, description="a base-model endpoint's adapters")
 
 
 class EndpointList(BaseModel):

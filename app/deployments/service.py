@@ -23,8 +23,10 @@ from app import catalog, events, idempotency
 from app.auth.models import User
 from app.config import Settings
 from app.db import new_id, utcnow
+from app.deployments import adapters
 from app.deployments.models import Endpoint
 from app.deployments.schemas import (
+    AdapterRead,
     DeploymentSummary,
     DeployRequest,
     DeployResponse,
@@ -38,7 +40,7 @@ from app.deployments.schemas import (
     InvokeResult,
     Usage,
 )
-from app.errors import Conflict, GatewayTimeout, NotFound
+from app.errors import Conflict, GatewayTimeout, NotFound, ValidationFailed
 from app.events import Event
 from app.pagination import paginate
 from app.registry.models import RegisteredModel
@@ -107,7 +109,8 @@ def banked_seconds(endpoint: Endpoint, now: datetime) -> float:
     return seconds
 
 
-def to_read(endpoint: Endpoint, job_name: str | None, now: datetime | None = None) -> EndpointRead:
+def to_read(endpoint: Endpoint, job_name: str | None, now: datetime | None = None,
+            adapter_list: list[AdapterRead] | None = None) -> EndpointRead:
     return EndpointRead(
         endpoint_name=endpoint.endpoint_name, status=endpoint.status, failure_reason=endpoint.failure_reason,
         instance_type=endpoint.instance_type, initial_instance_count=endpoint.instance_count,
@@ -115,6 +118,7 @@ def to_read(endpoint: Endpoint, job_name: str | None, now: datetime | None = Non
         created_at=endpoint.created_at, in_service_at=endpoint.in_service_at, deleted_at=endpoint.deleted_at,
         model_name=endpoint.model_name, model_uri=endpoint.model_uri, base_model=endpoint.base_model,
         job_name=job_name, registered_model_id=endpoint.registered_model_id, backend=endpoint.backend,
+        adapters=adapter_list or [],
     )
 
 
@@ -141,8 +145,14 @@ class EndpointService:
         return dict(self.session.execute(
             select(TrainingJob.id, TrainingJob.job_name).where(TrainingJob.id.in_(ids))).tuples().all())
 
+    def _adapters(self, endpoints: list[Endpoint]) -> dict[str, list[AdapterRead]]:
+        rows = adapters.attached(self.session, [e.id for e in endpoints if adapters.is_base_endpoint(e)])
+        names = adapters.job_names(self.session, [a.job_id for lst in rows.values() for a in lst])
+        return {i: [adapters.to_read(a, names.get(a.job_id or "")) for a in lst] for i, lst in rows.items()}
+
     def read(self, endpoint: Endpoint) -> EndpointRead:
-        return to_read(endpoint, self._job_names([endpoint]).get(endpoint.job_id or ""))
+        return to_read(endpoint, self._job_names([endpoint]).get(endpoint.job_id or ""), None,
+                       self._adapters([endpoint]).get(endpoint.id))
 
     def list_for(self, user: User, status: str | None, include_deleted: bool, limit: int,
              after: str | None) -> EndpointList:
@@ -152,8 +162,8 @@ class EndpointService:
         elif not include_deleted:
             q = q.where(Endpoint.status != "Deleted")
         rows, has_more, nxt = paginate(self.session, q, Endpoint, limit, after)
-        names, now = self._job_names(rows), utcnow()
-        return EndpointList(data=[to_read(e, names.get(e.job_id or ""), now) for e in rows],
+        names, now, attached = self._job_names(rows), utcnow(), self._adapters(rows)
+        return EndpointList(data=[to_read(e, names.get(e.job_id or ""), now, attached.get(e.id)) for e in rows],
                             has_more=has_more, next_cursor=nxt)
 
     def events(self, user: User, endpoint_name: str) -> list[Event]:
@@ -171,21 +181,35 @@ class EndpointService:
         name = f"{data.model_name}-endpoint"
         job, model, uri, param = self._source(user, data)
         self._check_name_free(name)
+        if data.base_model and not hasattr(self.backends.endpoints, "attach_adapter"):
+            raise ValidationFailed(f"The {self.backends.endpoints.name} backend cannot serve adapters on a shared "
+                                   "base model yet; deploy each adapter (job_name or model_id)", param="base_model",
+                                   code="adapters_unsupported")
+        ep_id = new_id()
+        attach = adapters.new_rows(self.session, self.store, user, ep_id, uri, data.adapters) if data.base_model else []
         self._end_read()
-        key = await run_in_threadpool(self._owned_key, user.id, uri, param)
-        if job is None and model is None:
-            job = self._job_for_key(user, key)
+        base_model: str | None
+        if data.base_model:  # a base-model endpoint (app/deployments/adapters.py)
+            model_uri, base_model = adapters.BASE_URI_PREFIX + uri, uri
+        else:
+            key = await run_in_threadpool(self._owned_key, user.id, uri, param)
+            if job is None and model is None:
+                job = self._job_for_key(user, key)
+            model_uri = self.store.uri(key)
+            base_model = job.base_model if job else model.base_model if model else None
         self._free_name(name)
         ep = Endpoint(
-            id=new_id(), endpoint_name=name, user_id=user.id, model_name=data.model_name,
+            id=ep_id, endpoint_name=name, user_id=user.id, model_name=data.model_name,
             job_id=(job.id if job else model.job_id if model else None),
-            registered_model_id=model.id if model else None, model_uri=self.store.uri(key),
-            base_model=(job.base_model if job else model.base_model if model else None),
+            registered_model_id=model.id if model else None, model_uri=model_uri,
+            base_model=base_model,
             instance_type=data.instance_type, instance_count=data.initial_instance_count,
             backend=self.backends.endpoints.name, backend_handle={}, status="Creating", price_per_hour=price,
             accrued_seconds=0.0, created_at=utcnow(),
         )
         self.session.add(ep)
+        self.session.flush()  # the endpoint row before its adapters' (their foreign key)
+        self.session.add_all(attach)
         events.record(self.session, user_id=user.id, resource_type=RESOURCE, resource_id=ep.id,
                       type="status_change", message=f"Deployment of {ep.model_uri} requested on "
                       f"{data.instance_type} x{data.initial_instance_count}",
@@ -223,7 +247,10 @@ class EndpointService:
 
     def _source(self, user: User, data: DeployRequest) -> tuple[TrainingJob | None, RegisteredModel | None,
                                                                  str, str]:
-        """(job, registered model, model URI, param) for the request; 404 for anyone else's."""
+        """(job, registered model, model URI, param) for the request; 404 for anyone else's. For a
+        base model, its catalogue id stands in for the URI."""
+        if data.base_model is not None:
+            return None, None, str(catalog.base_model(self.settings, data.base_model)["id"]), "base_model"
         if data.job_name is not None:
             job = self.session.scalar(select(TrainingJob).where(TrainingJob.job_name == data.job_name))
             catalog.require_owned(job, user.id, "training job", data.job_name, "job_name")
@@ -283,12 +310,21 @@ class EndpointService:
                            code="endpoint_not_in_service", param="endpoint_name")
 
     async def _call(self, ep: Endpoint, inputs: str, parameters: dict[str, Any]) -> dict[str, Any]:
+        return await self.call(ep, {"inputs": inputs, "parameters": parameters})
+
+    @staticmethod
+    def payload(ep: Endpoint, adapter: str | None, body: dict[str, Any]) -> dict[str, Any]:
+        """A model server request; a base-model endpoint's names the adapter ("__base__": none)."""
+        return {**body, "adapter": adapter or "__base__"} if adapters.is_base_endpoint(ep) else body
+
+    async def call(self, ep: Endpoint, payload: dict[str, Any], adapter: str | None = None) -> dict[str, Any]:
         handle = dict(ep.backend_handle)
+        payload = self.payload(ep, adapter, payload)
         self._end_read()
         timeout = self.settings.invoke_timeout_seconds
         try:
             out = await asyncio.wait_for(run_in_threadpool(
-                self.backends.endpoints.invoke, handle, {"inputs": inputs, "parameters": parameters}, timeout),
+                self.backends.endpoints.invoke, handle, payload, timeout),
                 timeout + INVOKE_GRACE_SECONDS)
         except TimeoutError as e:
             raise GatewayTimeout(f"Generation did not finish within {timeout:g} s; ask for fewer tokens",

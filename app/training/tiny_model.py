@@ -4,7 +4,12 @@ seq2seq twin) with a small byte-level BPE tokenizer trained on a built-in corpus
 It exists so that the embedded default, the tests and the README demo can train,
 serve and evaluate for real on a machine with no model-hub access. It knows no
 language until you fine-tune it: expect noise from the base model. Building it
-takes about a second; it is created on first use and cached under the data dir.
+takes about a second; it is cached under the data dir, built by the worker as it
+starts (app.catalog.prepare_builtin_models) or else on first use.
+
+This module needs the `local` extra (torch, transformers), imported here at module
+level: transformers' lazy attribute imports are not thread-safe, and two threads
+building a model at once had raised ImportError for LlamaConfig.
 """
 
 from __future__ import annotations
@@ -12,7 +17,18 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    T5Config,
+    T5ForConditionalGeneration,
+)
 
 TINY_LLAMA_ID = "llmtuner/tiny-llama"
 TINY_T5_ID = "llmtuner/tiny-t5"
@@ -32,10 +48,7 @@ to answer questions about orders, refunds, invoices, accounts, shipping and deli
 SPECIAL_TOKENS = {"pad_token": "<pad>", "eos_token": "</s>", "bos_token": "<s>", "unk_token": "<unk>"}
 
 
-def _build_tokenizer(vocab_size: int = 512):  # type: ignore[no-untyped-def]
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
+def _build_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -53,9 +66,6 @@ def _build_tokenizer(vocab_size: int = 512):  # type: ignore[no-untyped-def]
 
 def build_tiny_model(path: str | Path, family: str = "llama", seed: int = 0) -> Path:
     """Write a tiny random model and its tokenizer to `path` (replaced atomically)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
-
     path = Path(path)
     tokenizer = _build_tokenizer()
     torch.manual_seed(seed)
@@ -94,9 +104,14 @@ def build_tiny_model(path: str | Path, family: str = "llama", seed: int = 0) -> 
     return path
 
 
+_BUILD_LOCK = threading.Lock()  # one build at a time in a process; the others then find it built
+
+
 def ensure_tiny_model(data_dir: str | Path, family: str = "llama") -> Path:
-    """The cached tiny model under `{data_dir}/base_models/`, built on first use."""
+    """The cached tiny model under `{data_dir}/base_models/`, built if missing."""
     path = Path(data_dir) / "base_models" / f"tiny-{family}"
     if not (path / "config.json").exists():
-        build_tiny_model(path, family=family)
+        with _BUILD_LOCK:
+            if not (path / "config.json").exists():
+                build_tiny_model(path, family=family)
     return path

@@ -27,20 +27,18 @@ def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return ensure_tiny_model(tmp_path_factory.mktemp("deploy-base"))
 
 
-@pytest.fixture(scope="session")
-def trained_tar(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """model.tar.gz as train.py writes it: a LoRA adapter (perturbed so it changes outputs),
-    the tokenizer and training_summary.json."""
+def build_adapter_tar(tiny_base: Path, root: Path, seed: int = 7) -> Path:
+    """model.tar.gz as train.py writes it: a LoRA adapter (perturbed by `seed` so it changes outputs,
+    differently for each seed), the tokenizer and training_summary.json."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    root = tmp_path_factory.mktemp("deploy-model")
     model_dir = root / "model"
     peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(tiny_base)),
                                 LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
                                            task_type="CAUSAL_LM"))
-    gen = torch.Generator().manual_seed(7)
+    gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
             if "lora_B" in name:
@@ -54,6 +52,11 @@ def trained_tar(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
         for p in sorted(model_dir.iterdir()):
             tar.add(p, arcname=p.name)
     return tar_path
+
+
+@pytest.fixture(scope="session")
+def trained_tar(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_adapter_tar(tiny_base, tmp_path_factory.mktemp("deploy-model"))
 
 
 @pytest.fixture
@@ -109,7 +112,7 @@ class FakeEndpointBackend:
         sid = len(self.servers) + 1
         self.specs.append(spec)
         self.servers[sid] = {"status": self.initial_status, "reason": None, "name": spec.endpoint_name,
-                             "deleted": False}
+                             "deleted": False, "adapters": dict(spec.adapters)}
         return {"server": sid}
 
     def describe(self, handle: dict[str, Any]) -> BackendEndpointStatus:
@@ -133,6 +136,12 @@ class FakeEndpointBackend:
 
     def delete(self, handle: dict[str, Any]) -> None:
         self.servers[handle["server"]]["deleted"] = True
+
+    def attach_adapter(self, handle: dict[str, Any], name: str, key: str) -> None:
+        self.servers[handle["server"]].setdefault("adapters", {})[name] = key
+
+    def detach_adapter(self, handle: dict[str, Any], name: str) -> None:
+        self.servers[handle["server"]].setdefault("adapters", {}).pop(name, None)
 
     # test helpers
     def set(self, endpoint_name: str, status: str, reason: str | None = None) -> None:

@@ -1,0 +1,40 @@
+"""Attach and detach LoRA adapters on a running base-model endpoint (app/deployments/adapters.py)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+
+from app.deployments.adapters import AdapterService
+from app.deployments.schemas import AdapterRead, AdapterRef
+from app.deps import BackendsDep, CurrentUser, SessionDep, StoreDep
+
+router = APIRouter(prefix="/api/endpoint/{endpoint_name}/adapters", tags=["deployments"])
+
+
+def adapter_service(session: SessionDep, store: StoreDep, backends: BackendsDep) -> AdapterService:
+    return AdapterService(session, store, backends)
+
+
+AdapterServiceDep = Annotated[AdapterService, Depends(adapter_service)]
+
+
+@router.get("", response_model=list[AdapterRead])
+async def list_adapters(endpoint_name: str, user: CurrentUser, svc: AdapterServiceDep) -> list[AdapterRead]:
+    """The adapters attached to a base-model endpoint."""
+    return svc.list_for(user, endpoint_name)
+
+
+@router.post("", status_code=201, response_model=AdapterRead)
+async def attach_adapter(endpoint_name: str, data: AdapterRef, user: CurrentUser,
+                         svc: AdapterServiceDep) -> AdapterRead:
+    """Attach an adapter trained on the endpoint's base model; a running server takes it without restarting."""
+    return await svc.attach(user, endpoint_name, data)
+
+
+@router.delete("/{adapter_name}", response_model=AdapterRead)
+async def detach_adapter(endpoint_name: str, adapter_name: str, user: CurrentUser,
+                         svc: AdapterServiceDep) -> AdapterRead:
+    """Detach an adapter: the server unloads it and frees its memory; the endpoint keeps running."""
+    return await svc.detach(user, endpoint_name, adapter_name)

@@ -1,0 +1,1 @@
+"""An OpenAI-compatible API under /v1 (models, chat completions, completions, streaming)."""
