@@ -111,3 +111,12 @@ def test_readme_names_only_real_settings() -> None:
     named = set(re.findall(r"`(LLMTUNER_[A-Z0-9_]+)", (ROOT / "README.md").read_text(encoding="utf-8")))
     unknown = sorted(n for n in named if n not in known and n not in groups)
     assert not unknown, f"README.md names settings app/config.py does not have: {unknown}"
+
+
+def test_every_hyperparameter_is_documented() -> None:
+    from app.training.schemas import Hyperparameters
+
+    rows = set(re.findall(r"^\|[^|]*\|", (ROOT / "docs" / "training.md").read_text(encoding="utf-8"), flags=re.M))
+    documented = {name for row in rows for name in re.findall(r"`([a-z0-9_]+)`", row)}
+    missing = sorted(set(Hyperparameters.model_fields) - documented)
+    assert not missing, f"add these hyperparameters to docs/training.md's table: {missing}"
