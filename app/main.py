@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import gc
-import hashlib
 import importlib
 import logging
 import threading
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -18,14 +17,18 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app import __version__
+from app import __version__, wiring
 from app.auth.ratelimit import LoginThrottle
+from app.backends.base import Backends
 from app.config import Settings, get_settings
-from app.db import make_engine, make_sessionmaker
+from app.datasets import parallel
 from app.errors import AppError
 from app.limits import BodyLimitMiddleware
+from app.runtime import SessionFactory, wake
 from app.security import Passwords, Tokens
+from app.storage import ObjectStore
 from app.web import mount_web
+from app.worker import Worker
 
 log = logging.getLogger("llmtuner")
 
@@ -38,69 +41,36 @@ DOMAIN_ROUTERS = [
 ]
 
 
-def build_store(settings: Settings) -> Any:
-    if settings.storage == "s3":
-        from app.aws import client
-        from app.storage.s3 import S3ObjectStore
-
-        return S3ObjectStore(client(settings, "s3"), settings.aws.s3_bucket, settings.aws.kms_key_id)
-    from app.storage.local import LocalObjectStore
-
-    key = hashlib.sha256(b"signed-links:" + settings.jwt.secret.get_secret_value().encode()).digest()
-    return LocalObjectStore(settings.data_path / "objects", key, settings.public_base_url)
-
-
-def build_backends(settings: Settings, store: Any) -> Any:
-    if settings.backend == "sagemaker":
-        from app.backends.sagemaker import build_sagemaker_backends
-
-        return build_sagemaker_backends(settings, store)
-    from app.backends.local import build_local_backends
-
-    return build_local_backends(settings, store)
-
-
 def create_app(
     settings: Settings | None = None,
     *,
-    sessionmaker: Any = None,
-    store: Any = None,
-    backends: Any = None,
-    backends_factory: Callable[[Settings, Any], Any] | None = None,
+    sessionmaker: SessionFactory | None = None,
+    store: ObjectStore | None = None,
+    backends: Backends | None = None,
+    backends_factory: wiring.BackendsFactory | None = None,
 ) -> FastAPI:
     settings = settings or get_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        settings.data_path.mkdir(parents=True, exist_ok=True)
-        engine = None
-        if app.state.sessionmaker is None:
-            engine = make_engine(settings.resolved_database_url)
-            app.state.sessionmaker = make_sessionmaker(engine)
-        if app.state.store is None:
-            app.state.store = build_store(settings)
-        if app.state.backends is None:
-            app.state.backends = (backends_factory or build_backends)(settings, app.state.store)
+        services = wiring.build(settings, sessionmaker=app.state.sessionmaker, store=app.state.store,
+                                backends=app.state.backends, backends_factory=backends_factory)
+        app.state.sessionmaker, app.state.store = services.sessionmaker, services.store
+        app.state.backends = services.backends
         # Move everything allocated at start-up out of the collector's reach: full collections then
         # scan only request garbage, which keeps them from stalling the event loop (tail latency).
-        # And collect the young generation less often: it is triggered by allocations minus
-        # deallocations, which the objects of dozens of requests in flight push past the default
-        # 700 every ~10 requests; under bench/api_load.py those collections (~500 per second per
-        # worker, 5-8% of its CPU) found nothing to free, and with 10,000 none were triggered.
+        # And collect the young generation less often: the objects of the requests in flight alone
+        # trigger it every few requests at CPython's default threshold, and it finds nothing to free.
         if settings.env != "test":  # (a test process starts many apps; their garbage must stay collectable)
             gc.collect()
             gc.freeze()
             gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
         if settings.dataset_worker_count > 1:  # large uploads are validated by worker processes
-            from app.datasets import parallel
-
             parallel.warm_up()
         stop = threading.Event()
         thread = None
         if settings.worker.enabled:
-            from app.worker import Worker
-
-            worker = Worker(app.state.sessionmaker, app.state.store, app.state.backends, settings)
+            worker = Worker(services.sessionmaker, services.store, services.backends, settings)
             app.state.worker = worker
             thread = threading.Thread(target=worker.run_forever, args=(stop,), name="worker", daemon=True)
             thread.start()
@@ -109,9 +79,9 @@ def create_app(
         finally:
             stop.set()
             if thread is not None:
+                wake()  # end its wait for the next poll
                 thread.join(timeout=10)
-            if engine is not None:
-                engine.dispose()
+            services.close()
 
     app = FastAPI(
         title="LLM Tuner", version=__version__, lifespan=lifespan,
