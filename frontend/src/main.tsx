@@ -5,6 +5,7 @@ import { lazy, StrictMode, Suspense, useEffect, useState } from "react";
 import { createRoot } from "react-dom/client";
 import { Redirect, Route, Switch } from "wouter";
 import { Layout } from "./components/Layout";
+import { jobQueries, jobsPage } from "./components/queries";
 import { Spinner } from "./components/ui";
 import { ApiError } from "./lib/errors";
 import { onSessionChange, session } from "./lib/auth";
@@ -12,11 +13,15 @@ import { SignIn } from "./pages/SignIn";
 
 // Every page but sign-in is its own chunk: the first load carries React, the query cache and the
 // router only.
+const pages = {
+  job: () => import("./pages/Job"),
+  jobs: () => import("./pages/Jobs"),
+};
 const Datasets = lazy(() => import("./pages/Datasets"));
 const Dataset = lazy(() => import("./pages/Dataset"));
 const NewJob = lazy(() => import("./pages/NewJob"));
-const Jobs = lazy(() => import("./pages/Jobs"));
-const Job = lazy(() => import("./pages/Job"));
+const Jobs = lazy(pages.jobs);
+const Job = lazy(pages.job);
 const Endpoints = lazy(() => import("./pages/Endpoints"));
 const Playground = lazy(() => import("./pages/Playground"));
 const Evaluations = lazy(() => import("./pages/Evaluations"));
@@ -33,6 +38,24 @@ const queries = new QueryClient({
     },
   },
 });
+
+/** On a direct load of the jobs list or a job page, fetch its code and its data at once, side by side. */
+function preload(path: string) {
+  if (!session()) return;
+  const job = /^\/jobs\/([^/]+)$/.exec(path);
+  if (job && job[1] !== "new") {
+    void pages.job();
+    const name = decodeURIComponent(job[1]);
+    void queries.prefetchQuery(jobQueries.job(name));
+    void queries.prefetchQuery(jobQueries.metrics(name));
+    void queries.prefetchQuery(jobQueries.events(name));
+    void queries.prefetchQuery(jobQueries.actions(name));
+  } else if (path === "/jobs" || path === "/") {
+    void pages.jobs();
+    void queries.prefetchQuery({ queryKey: ["jobs", undefined], queryFn: () => jobsPage() });
+  }
+}
+preload(location.pathname);
 
 function App() {
   const [signedIn, setSignedIn] = useState(session() !== null);

@@ -9,7 +9,7 @@ type JsonSchema = {
 
 export type Field = {
   name: string; title: string; kind: "integer" | "number" | "boolean" | "enum" | "list";
-  nullable: boolean; def: unknown; help: string; options: string[];
+  nullable: boolean; def: unknown; help: string; options: string[]; bool?: boolean;
   min?: number; max?: number; exclusiveMin?: number; exclusiveMax?: number;
 };
 
@@ -51,11 +51,13 @@ export function fields(schema: JsonSchema): Field[] {
     const variants = prop.anyOf ?? [prop];
     const nullable = variants.some((v) => v.type === "null");
     const s = variants.find((v) => v.type !== "null") ?? prop;
-    const kind: Field["kind"] = s.enum ? "enum" : s.type === "array" ? "list"
+    // A nullable boolean has three states (unset, true, false): a choice, not a checkbox.
+    const bool = s.type === "boolean" && nullable;
+    const kind: Field["kind"] = s.enum || bool ? "enum" : s.type === "array" ? "list"
       : s.type === "boolean" ? "boolean" : s.type === "integer" ? "integer" : "number";
     return {
-      name, title: prop.title ?? name, kind, nullable, def: prop.default ?? null,
-      help: prop.description ?? HELP[name] ?? "", options: (s.enum ?? []).map(String),
+      name, title: prop.title ?? name, kind, nullable, def: prop.default ?? null, bool,
+      help: prop.description ?? HELP[name] ?? "", options: bool ? ["true", "false"] : (s.enum ?? []).map(String),
       min: s.minimum, max: s.maximum, exclusiveMin: s.exclusiveMinimum, exclusiveMax: s.exclusiveMaximum,
     };
   });
@@ -109,7 +111,7 @@ export function payload(fs: Field[], values: Values): Record<string, unknown> {
     else if (f.kind === "list") {
       const items = String(raw ?? "").split(",").map((s) => s.trim()).filter(Boolean);
       v = items.length ? items : null;
-    } else if (f.kind === "enum") v = raw || null;
+    } else if (f.kind === "enum") v = raw === "" || raw === undefined ? null : f.bool ? raw === "true" : raw;
     else v = String(raw ?? "").trim() === "" ? null : Number(raw);
     if (JSON.stringify(v) !== JSON.stringify(f.def ?? null)) out[f.name] = v;
   }

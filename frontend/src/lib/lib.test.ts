@@ -94,6 +94,13 @@ describe("hyperparameters from the API schema", () => {
     expect(payload(fs, { ...initial(fs), lora_target_modules: "q_proj, v_proj", use_lora: false }))
       .toEqual({ lora_target_modules: ["q_proj", "v_proj"], use_lora: false });
   });
+  it("a nullable boolean is a three-way choice: unset, true, false", () => {
+    const [f] = fields({ properties: { fp16: { anyOf: [{ type: "boolean" }, { type: "null" }], description: "half" } } });
+    expect(f).toMatchObject({ kind: "enum", bool: true, options: ["true", "false"], def: null });
+    expect(payload([f], initial([f]))).toEqual({});
+    expect(payload([f], { fp16: "true" })).toEqual({ fp16: true });
+    expect(payload([f], { fp16: "false" })).toEqual({ fp16: false });
+  });
   it("presets name only real fields within bounds", () => {
     for (const p of PRESETS) {
       for (const k of Object.keys(p.values)) expect(by[k], `${p.id}.${k}`).toBeDefined();

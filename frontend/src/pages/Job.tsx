@@ -1,9 +1,9 @@
-import { keepPreviousData, useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
-import { type FormEvent, useMemo, useState } from "react";
+import { useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
+import { type FormEvent, useEffect, useMemo, useRef, useState } from "react";
 import { Link, useLocation } from "wouter";
 import { data, sdk, type TrainingJobRead } from "../api";
 import { Chart } from "../components/Chart";
-import { useInstanceTypes } from "../components/queries";
+import { jobQueries, useInstanceTypes } from "../components/queries";
 import { Card, Chip, ErrorBox, Field, Loaded, Progress, Stat } from "../components/ui";
 import { fieldError } from "../lib/errors";
 import { duration, modelNameFor, money, num, when } from "../lib/format";
@@ -13,8 +13,7 @@ const LIVE = ["InProgress", "Stopping"];
 const poll = (job?: TrainingJobRead) => (job && LIVE.includes(job.status) ? 2000 : false);
 
 function Charts({ name, job }: { name: string; job?: TrainingJobRead }) {
-  const q = useQuery({ queryKey: ["job", name, "metrics", job?.status], refetchInterval: poll(job), placeholderData: keepPreviousData,
-    queryFn: () => data(sdk.jobMetricsApiTrainingJobJobNameMetricsGet({ path: { job_name: name } })) });
+  const q = useQuery({ ...jobQueries.metrics(name), refetchInterval: poll(job) });
   const points = useMemo(() => q.data ?? [], [q.data]);
   const loss = useMemo(() => series(points, ["train_loss", "eval_loss"]), [points]);
   const lr = useMemo(() => series(points, ["learning_rate"]), [points]);
@@ -40,8 +39,7 @@ function Charts({ name, job }: { name: string; job?: TrainingJobRead }) {
 }
 
 function Events({ name, job }: { name: string; job?: TrainingJobRead }) {
-  const q = useQuery({ queryKey: ["job", name, "events", job?.status], refetchInterval: poll(job), placeholderData: keepPreviousData,
-    queryFn: () => data(sdk.jobEventsApiTrainingJobJobNameEventsGet({ path: { job_name: name } })) });
+  const q = useQuery({ ...jobQueries.events(name), refetchInterval: poll(job) });
   return (
     <Card title="Events">
       <Loaded q={q} empty={(d) => d.length === 0 && "No events yet."}>
@@ -98,12 +96,11 @@ function Register({ name, onDone }: { name: string; onDone: () => void }) {
   );
 }
 
-function Actions({ name, job }: { name: string; job: TrainingJobRead }) {
+function Actions({ name }: { name: string }) {
   const qc = useQueryClient();
   const [, go] = useLocation();
   const [open, setOpen] = useState<"deploy" | "register" | null>(null);
-  const actions = useQuery({ queryKey: ["job", name, "actions", job.status],
-    queryFn: () => data(sdk.jobActionsApiTrainingJobActionsJobNameGet({ path: { job_name: name } })) });
+  const actions = useQuery(jobQueries.actions(name));
   const can = (a: string) => actions.data?.actions.find((x) => x.name === a);
   const stop = useMutation({ mutationFn: () => data(sdk.stopJobApiTrainingJobJobNameStopPost({ path: { job_name: name } })),
     onSuccess: () => qc.invalidateQueries({ queryKey: ["job", name] }) });
@@ -131,45 +128,58 @@ function Actions({ name, job }: { name: string; job: TrainingJobRead }) {
   );
 }
 
+function Content({ name, job }: { name: string; job: TrainingJobRead }) {
+  const p = job.progress as { step?: number; total_steps?: number; epoch?: number; epochs?: number; percent?: number };
+  return (
+    <>
+      <h1 className="mono job-title">{job.job_name}</h1>
+      <p><Chip status={job.status} />{job.secondary_status !== job.status && <span className="muted"> {job.secondary_status}</span>}</p>
+      <Actions name={name} />
+      {job.error && <div className="error" role="alert"><strong>{job.error.code}: </strong>{job.error.message}</div>}
+      <Card title="Progress">
+        <Progress value={p.percent ?? (job.status === "Completed" ? 100 : 0)} label="Training progress" />
+        <div className="stats">
+          <Stat label="Step" value={p.total_steps ? `${p.step ?? 0} / ${p.total_steps}` : "—"} />
+          <Stat label="Epoch" value={p.epoch !== undefined ? `${num(p.epoch, 3)}${p.epochs ? ` / ${p.epochs}` : ""}` : "—"} />
+          <Stat label={job.actual_cost !== null ? "Cost" : "Estimated cost"} value={money(job.actual_cost ?? job.estimated_cost, job.currency)} />
+          <Stat label="Billable time" value={duration(job.billable_seconds)} />
+          <Stat label="Base model" value={job.base_model} />
+          <Stat label="Instance" value={`${job.instance_type} (${job.backend})`} />
+          <Stat label="Dataset" value={job.dataset_id ? <Link href={`/datasets/${job.dataset_id}`}>open</Link> : "deleted"} />
+          <Stat label="Started" value={when(job.started_at)} />
+        </div>
+      </Card>
+      <Charts name={name} job={job} />
+      <Events name={name} job={job} />
+      <Card title="Hyperparameters">
+        <dl className="kv">{Object.entries(job.hyperparameters).map(([k, v]) => (
+          <div key={k}><dt>{k}</dt><dd className="mono">{JSON.stringify(v)}</dd></div>
+        ))}</dl>
+      </Card>
+    </>
+  );
+}
+
 export default function Job({ name }: { name: string }) {
-  const q = useQuery({ queryKey: ["job", name], refetchInterval: (query) => poll(query.state.data),
-    queryFn: () => data(sdk.getJobApiTrainingJobJobNameGet({ path: { job_name: name } })) });
+  const qc = useQueryClient();
+  const q = useQuery({ ...jobQueries.job(name), refetchInterval: (query) => poll(query.state.data) });
+  // Metrics, events and actions load beside the job, not after it (they need only its name).
+  useQuery(jobQueries.metrics(name));
+  useQuery(jobQueries.events(name));
+  useQuery(jobQueries.actions(name));
+  // A status change brings the last points and events, and changes which actions apply.
+  const status = q.data?.status;
+  const seen = useRef(status);
+  useEffect(() => {
+    if (seen.current && status !== seen.current) {
+      void qc.invalidateQueries({ predicate: (x) => x.queryKey[0] === "job" && x.queryKey[1] === name && x.queryKey.length > 2 });
+    }
+    seen.current = status;
+  }, [status, name, qc]);
   return (
     <>
       <p><Link href="/jobs">← Jobs</Link></p>
-      <Loaded q={q}>
-        {(job) => {
-          const p = job.progress as { step?: number; total_steps?: number; epoch?: number; epochs?: number; percent?: number };
-          return (
-            <>
-              <h1 className="mono job-title">{job.job_name}</h1>
-              <p><Chip status={job.status} />{job.secondary_status !== job.status && <span className="muted"> {job.secondary_status}</span>}</p>
-              <Actions name={name} job={job} />
-              {job.error && <div className="error" role="alert"><strong>{job.error.code}: </strong>{job.error.message}</div>}
-              <Card title="Progress">
-                <Progress value={p.percent ?? (job.status === "Completed" ? 100 : 0)} label="Training progress" />
-                <div className="stats">
-                  <Stat label="Step" value={p.total_steps ? `${p.step ?? 0} / ${p.total_steps}` : "—"} />
-                  <Stat label="Epoch" value={p.epoch !== undefined ? `${num(p.epoch, 3)}${p.epochs ? ` / ${p.epochs}` : ""}` : "—"} />
-                  <Stat label={job.actual_cost !== null ? "Cost" : "Estimated cost"} value={money(job.actual_cost ?? job.estimated_cost, job.currency)} />
-                  <Stat label="Billable time" value={duration(job.billable_seconds)} />
-                  <Stat label="Base model" value={job.base_model} />
-                  <Stat label="Instance" value={`${job.instance_type} (${job.backend})`} />
-                  <Stat label="Dataset" value={job.dataset_id ? <Link href={`/datasets/${job.dataset_id}`}>open</Link> : "deleted"} />
-                  <Stat label="Started" value={when(job.started_at)} />
-                </div>
-              </Card>
-              <Charts name={name} job={job} />
-              <Events name={name} job={job} />
-              <Card title="Hyperparameters">
-                <dl className="kv">{Object.entries(job.hyperparameters).map(([k, v]) => (
-                  <div key={k}><dt>{k}</dt><dd className="mono">{JSON.stringify(v)}</dd></div>
-                ))}</dl>
-              </Card>
-            </>
-          );
-        }}
-      </Loaded>
+      <Loaded q={q}>{(job) => <Content name={name} job={job} />}</Loaded>
     </>
   );
 }

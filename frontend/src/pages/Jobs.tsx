@@ -1,5 +1,5 @@
 import { Link } from "wouter";
-import { data, sdk } from "../api";
+import { jobsPage } from "../components/queries";
 import { PagedTable } from "../components/Table";
 import { Chip, Progress } from "../components/ui";
 import { usePaged } from "../components/usePaged";
@@ -8,8 +8,7 @@ import { money, when } from "../lib/format";
 const RUNNING = ["InProgress", "Stopping"];
 
 export default function Jobs() {
-  const paged = usePaged(["jobs"],
-    (after) => data(sdk.listJobsApiTrainingJobsGet({ query: { limit: 20, after } })),
+  const paged = usePaged(["jobs"], jobsPage,
     (rows) => (rows.some((j) => RUNNING.includes(j.status)) ? 3000 : false));
   return (
     <>

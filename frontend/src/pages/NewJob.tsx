@@ -36,6 +36,7 @@ function HyperField({ f, values, set, error }: { f: Field; values: Values; set: 
     <FieldBox label={f.name} help={help} error={error}>
       {(id, d) => f.kind === "enum"
         ? <select id={id} aria-describedby={d} value={String(values[f.name])} onChange={(e) => set(f.name, e.target.value)}>
+            {f.nullable && <option value="">{f.def === null ? "unset (server default)" : ""}</option>}
             {f.options.map((o) => <option key={o}>{o}</option>)}
           </select>
         : <input id={id} aria-describedby={d} name={f.name} inputMode={f.kind === "list" ? "text" : "decimal"}
