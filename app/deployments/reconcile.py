@@ -20,7 +20,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from app import catalog, events
+from app import catalog, events, leases
 from app.backends.base import BackendEndpointStatus, EndpointSpec
 from app.db import utcnow
 from app.deployments import adapters
@@ -54,6 +54,9 @@ def reconcile(ctx: Any) -> None:
         ids = [e.id for e in rows]
     for ep_id in ids:
         with ctx.sessionmaker() as session:
+            # One worker at a time follows an endpoint (app/leases.py): no double deploy or event.
+            if not leases.claim(session, RESOURCE, ep_id, ctx.owner, ctx.settings.worker.lease_seconds):
+                continue
             try:
                 _reconcile_one(ctx, session, ep_id, slots)
             except Exception:  # one endpoint must not stop the others

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app import events
+from app import events, leases
 from app.backends.base import BackendJobStatus, TrainingSpec
 from app.db import utcnow
 from app.errors import AppError
@@ -34,7 +34,14 @@ def reconcile(ctx: Any) -> None:
     with ctx.sessionmaker() as session:
         active = list(session.scalars(select(Evaluation).where(Evaluation.status.in_(EVALUATION_ACTIVE))
                                       .order_by(Evaluation.created_at)))
+        session.commit()
         for ev in active:
+            # One worker at a time follows an evaluation (app/leases.py): no double submit or event.
+            if not leases.claim(session, RESOURCE, ev.id, ctx.owner, ctx.settings.worker.lease_seconds):
+                continue
+            session.refresh(ev)
+            if ev.status not in EVALUATION_ACTIVE:
+                continue
             try:
                 if ev.status == EvaluationStatus.IN_PROGRESS:
                     follow(session, ctx, ev)
@@ -77,7 +84,8 @@ def _maybe_submit(session: Session, ctx: Any, ev: Evaluation, active: list[Evalu
 def submit(ctx: Any, ev: Evaluation) -> None:
     """Hand the evaluation to the training backend as a job running evaluate.py."""
     req = ev.request
-    job_name = f"eval-{ev.id[:8]}-{utcnow():%Y%m%d-%H%M%S}"
+    # The same name on every try: a resubmission after a crash finds the first job (idempotent by name).
+    job_name = f"eval-{ev.id[:8]}-{ev.created_at:%Y%m%d-%H%M%S}"
     source = base_source(ctx.settings, req["base_model"])
     channels = {"model": req["model_key"]}
     base_key = ctx.store.key_from_uri(source) if source.startswith("s3://") else None

@@ -33,9 +33,9 @@ def reconcile(ctx: Any) -> None:
         for job in jobs:
             if job.backend_handle and _claim(session, ctx, job):
                 _guarded(session, ctx, job, follow)
-        queued = [j for j in jobs if not j.backend_handle]
-        if queued and leases.claim(session, *leases.SCHEDULER, ctx.owner, ttl):
-            _schedule(session, ctx, queued)
+        if leases.claim(session, *leases.SCHEDULER, ctx.owner, ttl):
+            _schedule(session, ctx, [j for j in jobs if not j.backend_handle])
+            leases.purge_expired(session)  # those of resources that ended or were deleted
 
 
 def _claim(session: Session, ctx: Any, job: TrainingJob) -> bool:

@@ -167,9 +167,13 @@ def fake_backends(fake_backend: FakeEndpointBackend) -> Backends:
 def reconcile_once(session_factory: Any, store: Any, settings: Any, client: Any, app: Any) -> Callable[..., None]:
     """One pass of the endpoint reconciler alone (not the other domains')."""
     from app.deployments.reconcile import reconcile
+    from app.leases import new_owner
+
+    owner = new_owner()  # one worker identity across passes: it keeps the leases it took
 
     def _run(first_pass: bool = False) -> None:
-        reconcile(WorkerContext(session_factory, store, app.state.backends, settings, first_pass=first_pass))
+        reconcile(WorkerContext(session_factory, store, app.state.backends, settings, first_pass=first_pass,
+                                owner=owner))
 
     return _run
 
