@@ -11,6 +11,7 @@ Containers (how records are laid out in the file): ``jsonl``, ``json_array``, ``
 from __future__ import annotations
 
 import codecs
+import csv
 import io
 import json
 import re
@@ -270,8 +271,6 @@ def iter_json_array(reader: io.BufferedReader, chunk_size: int = 1 << 20,
 # ---------------------------------------------------------------- CSV / TSV
 
 def _csv_reader(lines: Any, delimiter: str) -> Any:
-    import csv
-
     return csv.reader(lines, delimiter=delimiter, strict=False)
 
 

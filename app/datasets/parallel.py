@@ -27,6 +27,7 @@ per process, by `warm_up()` when the app starts; each run then forks its workers
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import io
 import multiprocessing
@@ -37,9 +38,10 @@ import time
 from array import array
 from collections import Counter, deque
 from concurrent.futures import Future, ProcessPoolExecutor
-from multiprocessing import reduction
+from multiprocessing import forkserver, reduction
 from typing import Any, BinaryIO, cast
 
+from app.datasets.jsonl import JsonlRecords, first_records, majority_shape, run_json
 from app.datasets.report import Collector, HashLog
 
 RANGE_BYTES = 4 << 20
@@ -47,7 +49,7 @@ RUNNING = threading.Lock()  # one parallel run per process at a time: CPUs and m
 IN_FLIGHT_PER_WORKER = 2
 # The forkserver imports what the workers need once; "__main__" too, or each worker would run the
 # main script again (under uvicorn's script: 0.1 s of imports per worker).
-_PRELOAD = ["__main__", "app.datasets.validation", "concurrent.futures.process"]
+_PRELOAD = ["__main__", "app.datasets.jsonl", "concurrent.futures.process"]
 _UNKNOWN, _FAILED = -1, -2  # offsets of the ranges' output not known yet, or never (a range failed)
 # In a worker: its duplicates of the upload's and the output's descriptors, and where each range's
 # output starts in the output file (shared by the run's processes).
@@ -80,8 +82,6 @@ def _init_worker(src: _SharedFd | int, out: _SharedFd | int | None, offsets: Any
 
 def _keep_freed_memory() -> None:
     """Have glibc reuse freed blocks instead of giving them back at once (fewer page faults)."""
-    import ctypes
-
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):
@@ -148,16 +148,14 @@ def convert_range(i: int, start: int, stop: int, first: int, end: int, shape: st
     The output is written at the range's place in the output file once the ranges before it
     are written (usually already the case: range i - 1 was started first).
     """
-    from app.datasets.validation import _JsonlRecords, _run_json
-
     try:
         s, e = line_start(_src_fd, start, first, end), line_start(_src_fd, stop, first, end)
         parts = _Parts() if _out_fd >= 0 else None
         col = Collector(cast(BinaryIO, parts), max_chars, max_issues, long_chars)
         col.dedup = HashLog("q")
-        records = _JsonlRecords(io.BufferedReader(RangeRaw(_src_fd, s, e), 1 << 20), col, limit)
+        records = JsonlRecords(io.BufferedReader(RangeRaw(_src_fd, s, e), 1 << 20), col, limit)
         if s < e:
-            _run_json(records, col, shape)
+            run_json(records, col, shape)
             col.flush()
         if parts is not None:
             _write_at(i, parts)
@@ -211,16 +209,12 @@ def file_span(src: Any, start: int | None, min_bytes: int) -> tuple[int, int] | 
 
 def detect_shape(fd: int, first: int, end: int, limit: int) -> str | None:
     """The shape the one-process path finds in the file's first records (reading no further; no fingerprints)."""
-    from app.datasets.validation import _JsonlRecords, first_records, majority_shape
-
-    records = _JsonlRecords(io.BufferedReader(RangeRaw(fd, first, end), 1 << 16), Collector(None, 1, 0), limit)
+    records = JsonlRecords(io.BufferedReader(RangeRaw(fd, first, end), 1 << 16), Collector(None, 1, 0), limit)
     return majority_shape([obj for _, _, obj in first_records(records)])
 
 
 def warm_up() -> None:
     """Start the forkserver now (in the background), so that the first large upload does not wait for it."""
-    from multiprocessing import forkserver
-
     multiprocessing.get_context("forkserver").set_forkserver_preload(_PRELOAD)
     forkserver.ensure_running()
 

@@ -9,10 +9,11 @@ import random
 import orjson
 import pytest
 
+from app.datasets import jsonl as jsonl_mod
 from app.datasets import report as report_mod
 from app.datasets import validation
+from app.datasets.jsonl import DETECT_RECORDS, line_batches
 from app.datasets.report import DedupTable, fingerprint, normalised
-from app.datasets.validation import DETECT_RECORDS, _line_batches
 from tests.datasets.test_formats import jsonl, run
 
 FILLER = [{"prompt": f"filler {i}", "response": f"answer {i}"} for i in range(DETECT_RECORDS + 5)]
@@ -52,7 +53,7 @@ WHITESPACE_CASES = [
 @pytest.mark.parametrize("where", ["first records", "hot path", "line by line"])
 def test_whitespace_duplicate_rule(monkeypatch, a: str, b: str, same: bool, where: str) -> None:  # type: ignore[no-untyped-def]
     if where == "line by line":
-        monkeypatch.setattr(validation, "_parse_pairs", lambda *args: None)
+        monkeypatch.setattr(jsonl_mod, "_parse_pairs", lambda *args: None)
     recs = [{"prompt": "Q: " + a, "response": a}, {"prompt": "Q: " + b, "response": b}]
     rows = jsonl(*recs) if where == "first records" else jsonl(*FILLER) + jsonl(*recs)
     report, out = run(rows)
@@ -110,7 +111,7 @@ def test_line_batches_cut_lines_as_readline_does() -> None:
             data = b"\n".join(b"x" * n for n in lengths) + tail
             for size in (1, 3, 7, 64):
                 got = [ln if len(ln) <= limit else None
-                       for batch in _line_batches(io.BufferedReader(io.BytesIO(data)), limit, size)
+                       for batch in line_batches(io.BufferedReader(io.BytesIO(data)), limit, size)
                        for ln in batch]
                 assert got == _readline_reference(data, limit), (lengths, tail, size)
 
@@ -157,7 +158,7 @@ def test_bulk_pairs_give_what_line_by_line_gives(monkeypatch) -> None:  # type: 
     bulk_report, _ = run(data, max_example_chars=50_000)
     bulk = io.BytesIO()
     validation.validate_and_convert(io.BytesIO(data.encode()), bulk, filename="x.jsonl", max_example_chars=50_000)
-    monkeypatch.setattr(validation, "_parse_pairs", lambda *args: None)
+    monkeypatch.setattr(jsonl_mod, "_parse_pairs", lambda *args: None)
     one_by_one = io.BytesIO()
     report = validation.validate_and_convert(io.BytesIO(data.encode()), one_by_one, filename="x.jsonl",
                                              max_example_chars=50_000)
