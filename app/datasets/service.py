@@ -152,6 +152,8 @@ class DatasetService:
         if running:
             raise Conflict(f"Dataset {dataset_id!r} is used by the running job {running!r}; stop it first",
                            code="dataset_in_use", param="dataset_id")
-        self.store.delete_prefix(f"{user_prefix(self.user.id)}datasets/{ds.id}/")
+        # The row first: a failure after it leaves unreferenced files, never a row naming removed ones.
+        prefix = f"{user_prefix(self.user.id)}datasets/{ds.id}/"
         self.session.delete(ds)
         self.session.commit()
+        self.store.delete_prefix(prefix)
