@@ -189,7 +189,9 @@ def _run_batch(state: State, items: list[_Item]) -> list[dict[str, Any] | BaseEx
         try:
             use = state.templated if it.adapter not in (None, adapters.BASE) else loaded
             p = modeling.prepare(use or loaded, it.text, it.params, messages=it.messages)
-            p.adapter, p.sink = (it.adapter or adapters.BASE) if state.pool else None, it.sink
+            # adapter names only while a PeftModel answers (with none resident the base model runs alone)
+            p.adapter = (it.adapter or adapters.BASE) if state.pool and state.pool.resident else None
+            p.sink = it.sink
             prepared.append(p)
             owners.append(id(it))
         except modeling.ParamError as e:

@@ -462,3 +462,125 @@ def test_generation_timeout_answers_504_and_frees_the_worker(trained: tuple[Path
         assert r.status_code == 200, r.text  # the long generation was cancelled, not left running
         info = client.get("/info").json()
         assert info["requests_failed"] == 1 and info["requests_served"] == 1
+
+
+# ------------------------------------------------------------------ streaming, chat messages, many adapters
+
+
+def stream_events(url: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    with httpx.stream("POST", f"{url}/invocations", json={**body, "stream": True}, timeout=60) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        return [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
+
+
+def test_stream_gives_the_same_text_token_by_token(server: Any, loaded: modeling.Loaded) -> None:
+    url, _ = server
+
+    def both_ways(params: dict[str, Any]) -> tuple[str, int]:
+        body = {"inputs": PROMPTS[1], "parameters": {"max_new_tokens": 10, "return_full_text": False, **params}}
+        [whole] = httpx.post(f"{url}/invocations", json=body, timeout=60).json()
+        events = stream_events(url, body)
+        assert "".join(e["text"] for e in events) == whole["generated_text"]
+        assert events[-1]["details"] == whole["details"]
+        return str(whole["generated_text"]), len(events)
+
+    first, n = both_ways({})
+    assert n > 2  # text arrives in pieces, then the result
+    # a stop sequence met mid-answer (its start is held back while the text might still turn into it)
+    stop = next(first[k:k + 3] for k in range(2, len(first) - 3) if first.index(first[k:k + 3]) >= 2)
+    assert both_ways({"stop": [stop]})[0] == first[: first.index(stop)]
+    r = httpx.post(f"{url}/invocations", json={"inputs": ["a", "b"], "stream": True}, timeout=30)
+    assert r.status_code == 422 and r.json()["error"]["param"] == "stream"
+
+
+def test_messages_are_rendered_with_the_training_template(server: Any, loaded: modeling.Loaded) -> None:
+    url, _ = server
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": PROMPTS[1]},
+                {"role": "assistant", "content": "Go to settings."}, {"role": "user", "content": "And then?"}]
+    r = httpx.post(f"{url}/invocations", json={"messages": messages, "parameters": {"max_new_tokens": 6}}, timeout=60)
+    assert r.status_code == 200, r.text
+    prepared = modeling.prepare(loaded, "", greedy(6), messages=messages)
+    assert prepared.prompt.endswith("### User:\nAnd then?\n\n### Assistant:\n") and "Be brief.\n\n" in prepared.prompt
+    assert r.json()[0]["details"]["prompt_tokens"] == len(prepared.ids)
+    bad = httpx.post(f"{url}/invocations", json={"messages": [{"role": "robot", "content": "x"}]}, timeout=30)
+    assert bad.status_code == 422 and bad.json()["error"]["param"] == "messages[0]"
+    one = httpx.post(f"{url}/invocations", json={"inputs": "x", "adapter": "other"}, timeout=30)
+    assert one.status_code == 422 and one.json()["error"]["param"] == "adapter"
+    put = httpx.put(f"{url}/adapters/x", json={"source": str(SCRIPTS)}, timeout=30)
+    assert put.status_code == 409 and put.json()["error"]["code"] == "single_model"
+
+
+def make_adapter(base: Path, out: Path, seed: int) -> Path:
+    """A LoRA adapter of `base` saved as train.py saves one, its weights drawn with `seed`."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(base)),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+    model.save_pretrained(str(out))
+    (out / "training_summary.json").write_text(json.dumps({"base_model": str(base), "task": "causal_lm"}))
+    return out
+
+
+@pytest.fixture(scope="module")
+def multi_server(trained: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A base-model server with one adapter resident at a time; "a" given at start, "b" attached later."""
+    root = tmp_path_factory.mktemp("multi")
+    a, b = make_adapter(trained[0], root / "a", 1), make_adapter(trained[0], root / "b", 2)
+    log = root / "serve.log"
+    proc, url = start_server(trained[0], log, "--batch-wait-ms", "300", "--max-adapters", "1", "--adapter", f"a={a}")
+    try:
+        wait_ready(proc, url, log)
+        yield url, b
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_many_adapters_share_one_batch_and_load_on_demand(multi_server: Any) -> None:
+    url, b = multi_server
+    assert httpx.put(f"{url}/adapters/b", json={"source": str(b)}, timeout=30).status_code == 200
+    assert httpx.get(f"{url}/adapters").json()["resident"] == []  # registered, loaded on first use
+
+    def ask(adapter: str) -> Any:
+        body = {"inputs": PROMPTS[1], "adapter": adapter, "parameters": {"max_new_tokens": 8, "raw": True}}
+        return httpx.post(f"{url}/invocations", json=body, timeout=60).json()
+
+    names = ["a", "b", "__base__"]
+    one_by_one = {n: ask(n) for n in names}
+    assert len({json.dumps(v) for v in one_by_one.values()}) == 3  # each adapter answers its own way
+    info = httpx.get(f"{url}/adapters").json()
+    assert info["evictions"] >= 1 and len(info["resident"]) == 1  # the cap of one: least recently used unloaded
+
+    before = httpx.get(f"{url}/info").json()["largest_batch"]
+    together: dict[str, Any] = {}
+    barrier = threading.Barrier(len(names))
+
+    def call(n: str) -> None:
+        barrier.wait()
+        together[n] = ask(n)
+
+    threads = [threading.Thread(target=call, args=(n,)) for n in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert together == one_by_one  # a mixed-adapter batch answers as each would alone
+    assert httpx.get(f"{url}/info").json()["largest_batch"] >= max(before, 3)
+
+    loaded = httpx.get(f"{url}/adapters").json()
+    assert loaded["resident_adapter_parameters"] > 0
+    assert httpx.delete(f"{url}/adapters/a", timeout=30).status_code == 200
+    assert httpx.delete(f"{url}/adapters/b", timeout=30).status_code == 200
+    after = httpx.get(f"{url}/adapters").json()
+    assert after["registered"] == [] and after["resident_adapter_parameters"] == 0  # weights freed
+    r = httpx.post(f"{url}/invocations", json={"inputs": "x", "adapter": "a"}, timeout=30)
+    assert r.status_code == 422 and r.json()["error"]["param"] == "adapter"
+    assert httpx.delete(f"{url}/adapters/a", timeout=30).status_code == 404
+    assert ask("__base__") == one_by_one["__base__"]  # the base alone, after every adapter left
