@@ -13,13 +13,16 @@ from llmtuner.types import Deployment, Endpoint, Event, GenerationParameters, In
 
 class _EndpointOps(Resource):
     def _deploy(self, job: Any = None, *, model_name: str, model_s3_uri: str | None = None,
-                model_id: str | None = None, instance_type: str | None = None,
+                model_id: str | None = None, base_model: str | None = None,
+                adapters: list[str | dict[str, str]] | None = None, instance_type: str | None = None,
                 initial_instance_count: int | None = None, idempotency_key: str | None = None) -> Op[Deployment]:
         """Deploy a trained model (a job, its name, a registered `model_id` or a `model_s3_uri`) to the endpoint
-        `{model_name}-endpoint`. Answers at once with status Creating: `wait()` for InService."""
+        `{model_name}-endpoint`; or a `base_model` serving several `adapters` (job names, or
+        `{"job_name" | "model_id", "name"}`). Answers at once with status Creating: `wait()` for InService."""
+        refs = None if adapters is None else [{"job_name": a} if isinstance(a, str) else a for a in adapters]
         body = {"job_name": None if job is None else ident(job, "job_name"), "model_s3_uri": model_s3_uri,
-                "model_id": model_id, "model_name": model_name, "instance_type": instance_type,
-                "initial_instance_count": initial_instance_count}
+                "model_id": model_id, "base_model": base_model, "adapters": refs, "model_name": model_name,
+                "instance_type": instance_type, "initial_instance_count": initial_instance_count}
         out = yield Request("POST", "/api/deploy-model", json={k: v for k, v in body.items() if v is not None},
                             idempotency_key=idempotency_key or new_idempotency_key())
         return Deployment.model_validate(out)

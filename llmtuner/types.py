@@ -114,6 +114,7 @@ class TrainingConfig(APIModel):
     seed: int | None = None
     max_steps: int | None = None
     merge_adapter: bool | None = None
+    cpu_accel: bool | None = None
 
 
 class MetricValue(APIModel):
@@ -215,6 +216,18 @@ class CostEstimate(APIModel):
 
 # --- deployments ------------------------------------------------------------------------------
 
+class Adapter(APIModel):
+    """An adapter served by a base-model endpoint (`model` names it in requests)."""
+
+    name: str
+    status: str  # attached | detached
+    job_name: str | None
+    registered_model_id: str | None
+    base_model: str | None
+    created_at: datetime
+    detached_at: datetime | None
+
+
 class Endpoint(APIModel):
     endpoint_name: str
     status: str  # Creating | InService | Updating | Failed | Deleting | OutOfService | Deleted
@@ -233,6 +246,7 @@ class Endpoint(APIModel):
     job_name: str | None
     registered_model_id: str | None
     backend: str
+    adapters: list[Adapter] = []
 
 
 class DeploymentSummary(APIModel):

@@ -24,6 +24,9 @@ console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
 JsonOpt = typer.Option(False, "--json", help="Print the result as JSON (for scripts).")
+JobArg = typer.Argument(..., metavar="JOB", help="A job name (`llmtuner jobs ls` lists them).")
+EndpointArg = typer.Argument(..., metavar="ENDPOINT", help="An endpoint name (`llmtuner endpoints ls`).")
+DatasetArg = typer.Argument(..., metavar="DATASET", help="A dataset id (`llmtuner datasets ls`).")
 
 
 class State:

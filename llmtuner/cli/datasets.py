@@ -8,7 +8,7 @@ import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
 
-from llmtuner.cli._common import FAILED, JsonOpt, api_errors, client, console, print_json, show, when
+from llmtuner.cli._common import FAILED, DatasetArg, JsonOpt, api_errors, client, console, print_json, show, when
 from llmtuner.types import Dataset
 
 app = typer.Typer(help="Upload and inspect training datasets.", no_args_is_help=True)
@@ -36,7 +36,8 @@ def render_report(ds: Dataset) -> None:
 
 @app.command("upload")
 def upload(
-    file: Path = typer.Argument(..., exists=True, dir_okay=False, readable=True, help="JSONL, JSON, CSV/TSV or .txt"),
+    file: Path = typer.Argument(..., exists=True, dir_okay=False, readable=True, metavar="FILE",
+                                help="JSONL, JSON, CSV/TSV or .txt"),
     name: str = typer.Option(None, help="A name for the dataset (default: the file name)."),
     format: str = typer.Option(None, help="Override format detection (e.g. jsonl, csv, txt)."),
     prompt_column: str = typer.Option(None, help="CSV: the prompt column."),
@@ -72,7 +73,8 @@ def ls(limit: int = typer.Option(50, help="At most this many."), as_json: bool =
 
 
 @app.command("show")
-def show_dataset(dataset_id: str, base_model: str = typer.Option(None, help="Token statistics for this model."),
+def show_dataset(dataset_id: str = DatasetArg,
+                 base_model: str = typer.Option(None, help="Token statistics for this model."),
                  as_json: bool = JsonOpt) -> None:
     """Show a dataset and its validation report."""
     with api_errors():
@@ -81,7 +83,8 @@ def show_dataset(dataset_id: str, base_model: str = typer.Option(None, help="Tok
 
 
 @app.command("preview")
-def preview(dataset_id: str, limit: int = typer.Option(5, help="How many records."), as_json: bool = JsonOpt) -> None:
+def preview(dataset_id: str = DatasetArg, limit: int = typer.Option(5, help="How many records."),
+            as_json: bool = JsonOpt) -> None:
     """Show the first records as converted to the training format."""
     with api_errors():
         pv = client().datasets.preview(dataset_id, limit=limit)
@@ -92,7 +95,7 @@ def preview(dataset_id: str, limit: int = typer.Option(5, help="How many records
 
 
 @app.command("rm")
-def rm(dataset_id: str) -> None:
+def rm(dataset_id: str = DatasetArg) -> None:
     """Delete a dataset and its files."""
     with api_errors():
         client().datasets.delete(dataset_id)

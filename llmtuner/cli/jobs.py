@@ -13,6 +13,7 @@ from rich.table import Table
 
 from llmtuner.cli._common import (
     FAILED,
+    JobArg,
     JsonOpt,
     api_errors,
     client,
@@ -76,15 +77,18 @@ def finish(job: TrainingJob) -> None:
 
 
 def train(
-    dataset: str = typer.Option(..., "--dataset", "-d", help="A dataset id, or a file to upload first."),
-    base_model: str = typer.Option(None, "--base-model", "-m", help="A base model id (see `llmtuner models`)."),
+    dataset: str = typer.Option(..., "--dataset", "-d", metavar="DATASET|FILE",
+                                help="A dataset id, or a file to upload first."),
+    base_model: str = typer.Option(None, "--base-model", "-m", metavar="MODEL",
+                                   help="A base model id (`llmtuner base-models`; default: the server's)."),
     epochs: int = typer.Option(None, help="Passes over the data."),
     batch_size: int = typer.Option(None, help="Examples per step."),
     learning_rate: float = typer.Option(None, "--learning-rate", "--lr", help="Peak learning rate."),
     lora_rank: int = typer.Option(None, help="LoRA rank."),
     max_length: int = typer.Option(None, help="Tokens per example (longer ones are cut)."),
     max_steps: int = typer.Option(None, help="Stop after this many steps."),
-    hp: list[str] = typer.Option([], "--hp", help="Any other hyperparameter as KEY=VALUE (repeatable)."),
+    hp: list[str] = typer.Option([], "--hp", metavar="KEY=VALUE",
+                                 help="Any other hyperparameter, e.g. --hp warmup_ratio=0.1 (repeatable)."),
     instance_type: str = typer.Option(None, help="Where to train (default: the server's)."),
     name: str = typer.Option(None, help="A name for the job."),
     follow_job: bool = typer.Option(False, "--follow", "-f", help="Show live progress until the job ends."),
@@ -133,7 +137,7 @@ def ls(status: str = typer.Option(None, help="InProgress, Completed, Failed, Sto
 
 
 @app.command("show")
-def show_job(job_name: str, as_json: bool = JsonOpt) -> None:
+def show_job(job_name: str = JobArg, as_json: bool = JsonOpt) -> None:
     """Show a job: status, progress, metrics, cost and error."""
     with api_errors():
         job = client().jobs.get(job_name)
@@ -141,7 +145,7 @@ def show_job(job_name: str, as_json: bool = JsonOpt) -> None:
 
 
 @app.command("metrics")
-def metrics(job_name: str, metric: str = typer.Option(None, help="Only this metric (e.g. train_loss)."),
+def metrics(job_name: str = JobArg, metric: str = typer.Option(None, help="Only this metric (e.g. train_loss)."),
             as_json: bool = JsonOpt) -> None:
     """Print a job's metric time series."""
     with api_errors():
@@ -158,7 +162,8 @@ def metrics(job_name: str, metric: str = typer.Option(None, help="Only this metr
 
 
 @app.command("logs")
-def logs(job_name: str, follow_job: bool = typer.Option(False, "--follow", "-f", help="Keep printing until it ends."),
+def logs(job_name: str = JobArg,
+         follow_job: bool = typer.Option(False, "--follow", "-f", help="Keep printing until it ends."),
          poll_interval: float = typer.Option(2.0, hidden=True), as_json: bool = JsonOpt) -> None:
     """Print a job's events (status changes, epochs, checkpoints, errors); -f follows them live."""
     seen = 0
@@ -182,14 +187,15 @@ def logs(job_name: str, follow_job: bool = typer.Option(False, "--follow", "-f",
 
 
 @app.command("stop")
-def stop(job_name: str, as_json: bool = JsonOpt) -> None:
+def stop(job_name: str = JobArg, as_json: bool = JsonOpt) -> None:
     """Stop a running job."""
     with api_errors():
         job = client().jobs.stop(job_name)
     show(job, as_json, lambda j: console.print(f"{j.job_name}: {j.status}"))
 
 
-def download(job_name: str, output: Path = typer.Option(None, "--output", "-o", help="Folder (default: ./JOB)."),
+def download(job_name: str = JobArg,
+             output: Path = typer.Option(None, "--output", "-o", metavar="DIR", help="Folder (default: ./JOB)."),
              as_json: bool = JsonOpt) -> None:
     """Download a completed job's model and unpack it (adapter, tokenizer, training summary)."""
     with api_errors(), Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),

@@ -8,6 +8,7 @@ from rich.table import Table
 from llmtuner import errors
 from llmtuner.cli._common import (
     FAILED,
+    EndpointArg,
     JsonOpt,
     api_errors,
     client,
@@ -35,7 +36,7 @@ def render_endpoint(ep: Endpoint) -> None:
 
 
 def deploy(
-    job_name: str = typer.Argument(..., help="The completed job whose model to serve."),
+    job_name: str = typer.Argument(..., metavar="JOB", help="The completed job whose model to serve."),
     model_name: str = typer.Option(None, "--name", "-n", help="Model name; the endpoint is NAME-endpoint "
                                    "(default: the job name)."),
     instance_type: str = typer.Option(None, help="e.g. local, ml.g5.xlarge (default: the server's)."),
@@ -74,7 +75,7 @@ def ls(all_: bool = typer.Option(False, "--all", help="Include deleted endpoints
 
 
 @app.command("show")
-def show_endpoint(endpoint_name: str, as_json: bool = JsonOpt) -> None:
+def show_endpoint(endpoint_name: str = EndpointArg, as_json: bool = JsonOpt) -> None:
     """Show an endpoint's status and cost."""
     with api_errors():
         ep = client().endpoints.get(endpoint_name)
@@ -82,34 +83,35 @@ def show_endpoint(endpoint_name: str, as_json: bool = JsonOpt) -> None:
 
 
 @app.command("rm")
-def rm(endpoint_name: str, as_json: bool = JsonOpt) -> None:
+def rm(endpoint_name: str = EndpointArg, as_json: bool = JsonOpt) -> None:
     """Delete an endpoint (its cost stops now)."""
     with api_errors():
         ep = client().endpoints.delete(endpoint_name)
     show(ep, as_json, lambda e: console.print(f"{e.endpoint_name}: {e.status}"))
 
 
-def _reply(cli: Client, ep: Endpoint, history: list[dict[str, str]], max_tokens: int, stream: bool) -> str:
-    """Stream from /v1/chat/completions when the server offers it, else one /api/invoke-model call."""
-    model = ep.registered_model_id or ep.job_name
-    if stream and model:
+def _reply(cli: Client, target: str, history: list[dict[str, str]], max_tokens: int, stream: bool) -> str:
+    """Stream from /v1/chat/completions when the server offers it (`model`: an endpoint, model or adapter
+    name), else one /api/invoke-model call on the endpoint with the last message."""
+    if stream:
         try:
             text = ""
-            for piece in cli.chat_stream(model, history, max_tokens=max_tokens):
-                console.print(piece, end="", soft_wrap=True, markup=False)
+            for piece in cli.chat_stream(target, history, max_tokens=max_tokens):
+                console.print(piece, end="", soft_wrap=True, markup=False, highlight=False)
                 text += piece
             console.print()
             return text
         except errors.NotFoundError:
-            pass  # no OpenAI-compatible route (or it does not know this model): invoke the endpoint
+            pass  # no OpenAI-compatible route on this server, or it does not know the name: invoke it
     prompt = history[-1]["content"]
-    out = cli.endpoints.invoke(ep.endpoint_name, prompt, max_new_tokens=max_tokens).generated_text
+    out = cli.endpoints.invoke(target, prompt, max_new_tokens=max_tokens).generated_text
     text = out[len(prompt):] if out.startswith(prompt) else out
-    console.print(text, markup=False)
+    console.print(text, markup=False, highlight=False)
     return text
 
 
-def chat(endpoint_name: str = typer.Argument(..., help="An InService endpoint."),
+def chat(target: str = typer.Argument(..., metavar="ENDPOINT_OR_MODEL",
+                                      help="An InService endpoint, or a deployed model or adapter name."),
          message: list[str] = typer.Option([], "--message", "-m", help="Send this instead of asking (repeatable)."),
          max_tokens: int = typer.Option(128, help="Tokens to generate per reply."),
          stream: bool = typer.Option(True, "--stream/--no-stream", help="Stream replies when the server can.")
@@ -117,7 +119,6 @@ def chat(endpoint_name: str = typer.Argument(..., help="An InService endpoint.")
     """Chat with a deployed model. Interactive (an empty line or Ctrl-D ends), or -m for one-shot messages."""
     with api_errors():
         cli = client()
-        ep = cli.endpoints.get(endpoint_name)
         history: list[dict[str, str]] = []
         pending = list(message)
         while True:
@@ -135,7 +136,7 @@ def chat(endpoint_name: str = typer.Argument(..., help="An InService endpoint.")
             history.append({"role": "user", "content": text})
             if interactive():
                 console.print("[bold]model>[/bold] ", end="")
-            history.append({"role": "assistant", "content": _reply(cli, ep, history, max_tokens, stream)})
+            history.append({"role": "assistant", "content": _reply(cli, target, history, max_tokens, stream)})
 
 
 def render_evaluation(ev: Evaluation) -> None:
@@ -156,16 +157,21 @@ def render_evaluation(ev: Evaluation) -> None:
                       + (" — [red]forgetting[/red]" if gc.forgetting else ""))
 
 
-def evaluate(job_name: str = typer.Argument(..., help="A completed job (or a registered model id)."),
+def evaluate(job_name: str = typer.Argument(..., metavar="JOB", help="A completed job (or a registered model id)."),
              dataset: str = typer.Option(None, help="A dataset id (default: the job's validation split)."),
              max_examples: int = typer.Option(None, help="Examples to score."),
              base: bool = typer.Option(True, "--base/--no-base", help="Compare with the base model."),
+             probe: bool = typer.Option(True, "--probe/--no-probe",
+                                        help="Also run the general-capability probe (checks for forgetting)."),
+             max_new_tokens: int = typer.Option(None, help="Tokens to generate per example."),
              wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait for the results."),
              as_json: bool = JsonOpt) -> None:
     """Evaluate a tuned model against its base model and print the metrics side by side."""
     with api_errors():
         cli = client()
-        ev = cli.evaluations.create(job_name, dataset=dataset, max_examples=max_examples, compare_with_base=base)
+        ev = cli.evaluations.create(job_name, dataset=dataset, max_examples=max_examples, compare_with_base=base,
+                                    include_general_probe=probe,
+                                    generation=None if max_new_tokens is None else {"max_new_tokens": max_new_tokens})
         if wait:
             with console.status(f"Evaluating {job_name}…", spinner="dots") as status:
                 ev = cli.evaluations.wait(ev, on_progress=lambda e: status.update(

@@ -83,9 +83,13 @@ def test_journey(live_server: LiveServer, qa_file: Path, tmp_path: Path) -> None
         assert ep.status == "InService" and [e.endpoint_name for e in client.endpoints.list()] == [name]
         out = client.endpoints.invoke(name, "How do I reset my password?", max_new_tokens=8, temperature=0)
         assert out.endpoint_name == name and out.usage.completion_tokens > 0
+        if live_server.has_route("/v1/chat/completions"):
+            pieces = list(client.chat_stream(name, [{"role": "user", "content": "Hello"}], max_tokens=4))
+            assert pieces and all(isinstance(p, str) for p in pieces)
         assert client.endpoints.delete(name).status in ("Deleting", "Deleted")
 
-        ev = client.evaluations.create(job, max_examples=4, generation={"max_new_tokens": 8})
+        ev = client.evaluations.create(job, max_examples=2, generation={"max_new_tokens": 4},
+                                       include_general_probe=False)
         ev = client.evaluations.wait(ev, poll_interval=0.5, timeout=300)
         assert ev.status == "Completed" and ev.results is not None
         assert ev.results.base is not None and ev.results.improvement is not None
