@@ -140,7 +140,7 @@ try {
       return p && p.textContent && p.textContent !== "…";
     }, null, { timeout: 120_000 });
     await page.getByRole("button", { name: "Send" }).waitFor();
-    log(`  answer: ${JSON.stringify((await answer.innerText()).slice(0, 80))}`);
+    log(`  answer: ${JSON.stringify((await answer.innerText()).slice(0, 80))} (${await page.locator(".chat-mode").innerText()})`);
     await shot("09-playground");
     await nav("Endpoints").click();
     await page.getByRole("link", { name: endpoint }).waitFor();

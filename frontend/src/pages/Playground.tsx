@@ -62,7 +62,7 @@ function Chat({ endpoint, model, ready }: { endpoint: string; model: string; rea
           {busy ? <button type="button" onClick={() => abort.current?.abort()}>Stop</button>
             : <button className="primary" disabled={!ready || !input.trim()}>Send</button>}
         </form>
-        {mode && <p className="muted small">Last reply {mode}.</p>}
+        {mode && <p className="muted small chat-mode">Last reply {mode}.</p>}
       </Card>
       <Card title="Generation">
         {PARAMS.map((p) => (
@@ -100,7 +100,7 @@ export default function Playground({ name }: { name: string }) {
               <Stat label="Cost so far" value={money(e.accrued_cost, e.currency)} />
               <Stat label="In service since" value={when(e.in_service_at)} />
             </div>
-            <Chat endpoint={e.endpoint_name} model={e.registered_model_id ?? e.job_name ?? e.model_name} ready={e.status === "InService"} />
+            <Chat endpoint={e.endpoint_name} model={e.model_name} ready={e.status === "InService"} />
           </>
         )}
       </Loaded>
