@@ -72,6 +72,18 @@ class WorkerSettings(BaseModel):
     lease_seconds: float = Field(60.0, ge=1)
 
 
+class LimitsSettings(BaseModel):
+    """Fair use of shared capacity, per user and per training job (the `max_steps` bound itself is
+    the hyperparameter contract's, training_scripts/config.py)."""
+
+    # Training jobs one user may have queued or running at once (more: 429 too_many_jobs).
+    max_active_jobs_per_user: int = Field(10, ge=1)
+    # Training tokens one job may process (examples' tokens x epochs, or x max_steps' batches).
+    max_job_tokens: int = Field(100_000_000, ge=1)
+    # Wall time of one job: refused when the estimate exceeds it, stopped when a run does.
+    max_job_seconds: int = Field(24 * 3600, ge=60)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="LLMTUNER_", env_nested_delimiter="__", env_file=".env", extra="ignore"
@@ -101,6 +113,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = AuthSettings()
     aws: AWSSettings = AWSSettings()
     worker: WorkerSettings = WorkerSettings()
+    limits: LimitsSettings = LimitsSettings()
 
     @model_validator(mode="after")
     def _refuse_dev_secret(self) -> Settings:

@@ -79,13 +79,16 @@ class LocalTrainingBackend:
         for name in spec.extra_channels:
             env[f"SM_CHANNEL_{name.upper()}"] = str(dirs[f"channel_{name}"])
         handle = process.spawn([str(process.SCRIPTS / spec.entry_point)], job, env, "train")
-        handle.update(started=time.time(), offset=0, output_key=spec.output_key)
+        handle.update(started=time.time(), offset=0, output_key=spec.output_key, max_runtime=spec.max_runtime_seconds)
         return handle
 
     def describe(self, handle: dict[str, Any]) -> BackendJobStatus:
         lines, offset = process.read_new_lines(handle, int(handle.get("offset", 0)))
         update: dict[str, Any] = {"offset": offset}
         if process.alive(handle):
+            if time.time() - handle["started"] > float(handle.get("max_runtime") or "inf"):
+                process.terminate(handle)  # past its wall-time limit (settings.limits.max_job_seconds)
+                update["timed_out"] = True
             secondary = "Stopping" if handle.get("stopping") else ("Training" if lines or offset else "Starting")
             return BackendJobStatus("Stopping" if handle.get("stopping") else "InProgress", secondary, lines,
                                     billable_seconds=int(time.time() - handle["started"]), handle_update=update)
@@ -98,7 +101,7 @@ class LocalTrainingBackend:
         if handle.get("stopping"):
             return BackendJobStatus("Stopped", "Stopped", lines, billable_seconds=billable, handle_update=update,
                                     ended_at=ended)
-        if code == 0:
+        if code == 0 and not handle.get("timed_out"):
             uri = handle.get("artifact_uri") or self._pack(handle)
             update["artifact_uri"] = uri
             return BackendJobStatus("Completed", "Completed", lines, billable_seconds=billable,
@@ -107,6 +110,9 @@ class LocalTrainingBackend:
                                 failure_reason=self._failure(handle, code), handle_update=update, ended_at=ended)
 
     def _failure(self, handle: dict[str, Any], code: int | None) -> str:
+        if handle.get("timed_out"):
+            return (f"max_runtime_exceeded: the job ran longer than its limit of {handle['max_runtime']} s and was "
+                    "stopped; lower epochs or max_steps")
         f = Path(handle["dir"]) / "output" / "failure"
         if f.is_file():
             return f.read_text().strip()[:2000]

@@ -3,6 +3,7 @@ after (billable seconds x price)."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from app.training.schemas import Hyperparameters
@@ -27,20 +28,23 @@ def estimate(report: dict[str, Any], model: dict[str, Any], hp: Hyperparameters,
              price_per_hour: float, validation_split: float) -> dict[str, Any]:
     tokens, token_source = dataset_tokens(report, hp.max_length)
     train_tokens = int(tokens * (1 - validation_split))
+    eval_tokens = tokens - train_tokens
+    per_example = tokens / max(1, int(report.get("valid_examples") or 1))
+    # Tokens trained: every epoch over the training split, or max_steps batches when that ends sooner.
+    trained = train_tokens * hp.epochs
+    if hp.max_steps:
+        trained = min(trained, int(hp.max_steps * hp.batch_size * hp.gradient_accumulation_steps * per_example))
+    # Validation runs after each epoch that is (at least partly) trained.
+    eval_passes = min(hp.epochs, math.ceil(trained / train_tokens)) if train_tokens else 0
     params = float(model.get("parameters") or 1e9)
     # Forward 2N + backward through activations 2N; full fine-tuning also computes weight grads (+2N).
     flops_per_token = (4 if hp.use_lora else 6) * params
     mfu = MFU_GPU if instance.get("gpus") else MFU_CPU
     effective = float(instance["peak_tflops"]) * 1e12 * mfu
-    eval_tokens = tokens - train_tokens
-    compute_s = (train_tokens * hp.epochs * flops_per_token + eval_tokens * hp.epochs * 2 * params) / effective
-    if hp.max_steps:
-        per_step = hp.batch_size * hp.gradient_accumulation_steps * (train_tokens / max(1, report.get(
-            "valid_examples") or 1))
-        compute_s = min(compute_s, hp.max_steps * per_step * flops_per_token / effective)
+    compute_s = (trained * flops_per_token + eval_tokens * eval_passes * 2 * params) / effective
     seconds = int(compute_s + float(instance["startup_seconds"]))
     return {
-        "estimated_tokens": train_tokens * hp.epochs,
+        "estimated_tokens": trained,
         "estimated_seconds": seconds,
         "estimated_cost": round(seconds / 3600 * price_per_hour, 4),
         "currency": "USD",
@@ -49,7 +53,10 @@ def estimate(report: dict[str, Any], model: dict[str, Any], hp: Hyperparameters,
         "assumptions": {
             "tokens_from": token_source,
             "training_tokens_per_epoch": train_tokens,
+            "validation_tokens_per_pass": eval_tokens,
+            "validation_passes": eval_passes,
             "epochs": hp.epochs,
+            "max_steps": hp.max_steps,
             "model_parameters": int(params),
             "flops_per_token": flops_per_token,
             "instance_peak_tflops": instance["peak_tflops"],

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
@@ -25,7 +25,7 @@ from app.db import new_id, utcnow
 from app.errors import AppError, Conflict, NotFound, ValidationFailed
 from app.pagination import paginate
 from app.runtime import wake as wake_worker
-from app.statuses import JOB_ENDED, JobStatus
+from app.statuses import JOB_ACTIVE, JOB_ENDED, JobStatus
 from app.storage import model_key
 from app.training import cost, naming
 from app.training.models import JobMetric, TrainingJob
@@ -110,7 +110,8 @@ class TrainingService:
         self._check(model, req.hyperparameters)
         est = cost.estimate(ds.report, model, req.hyperparameters, inst, float(inst["training"]),
                             req.validation_split)
-        check_budget(self.session, self.user, est["estimated_cost"])
+        self._check_limits(est)
+        check_budget(self.session, self.user, est["estimated_cost"], reserved=self._reserved())
         for _ in range(5):  # a generated name another create took meanwhile: take the next
             job = self._insert(req, ds, model, inst, est)
             if job is not None:
@@ -119,6 +120,37 @@ class TrainingService:
             raise Conflict("Could not find a free job name; try again in a second", code="job_exists")
         wake_worker()
         return job_read(self.session, job).model_dump(mode="json")
+
+    def _check_limits(self, est: dict[str, Any]) -> None:
+        """Fair use of shared capacity (settings.limits): a job's size and a user's queue."""
+        lim = self.settings.limits
+        if est["estimated_tokens"] > lim.max_job_tokens:
+            raise ValidationFailed(
+                f"This job would train on about {est['estimated_tokens']:,} tokens, more than the limit of "
+                f"{lim.max_job_tokens:,} per job; lower epochs or max_steps, or use a smaller dataset",
+                param="hyperparameters", code="job_too_large", details=[{"estimated_tokens": est["estimated_tokens"],
+                                                                          "max_job_tokens": lim.max_job_tokens}])
+        if est["estimated_seconds"] > lim.max_job_seconds:
+            raise ValidationFailed(
+                f"This job is estimated to run {est['estimated_seconds']:,} s, longer than the limit of "
+                f"{lim.max_job_seconds:,} s per job; lower epochs or max_steps, or choose a faster instance type",
+                param="hyperparameters", code="job_too_long", details=[{
+                    "estimated_seconds": est["estimated_seconds"], "max_job_seconds": lim.max_job_seconds}])
+        active = self.session.scalar(select(func.count()).select_from(TrainingJob).where(
+            TrainingJob.user_id == self.user.id, TrainingJob.status.in_(JOB_ACTIVE))) or 0
+        if active >= lim.max_active_jobs_per_user:
+            raise AppError(
+                f"You have {active} training jobs queued or running, the most one user may have at once; "
+                "wait for one to finish or stop one", status_code=429, code="too_many_jobs",
+                details=[{"active_jobs": active, "max_active_jobs_per_user": lim.max_active_jobs_per_user}],
+                headers={"Retry-After": "60"})
+
+    def _reserved(self) -> float:
+        """What the user's queued and running jobs are still expected to cost: budget they hold."""
+        rows = self.session.execute(select(TrainingJob.estimated_cost, TrainingJob.billable_seconds,
+                                           TrainingJob.price_per_hour).where(
+            TrainingJob.user_id == self.user.id, TrainingJob.status.in_(JOB_ACTIVE))).all()
+        return sum(max(0.0, est - cost.actual(secs or 0, price)) for est, secs, price in rows)
 
     def _insert(self, req: TrainingJobCreate, ds: Dataset, model: dict[str, Any], inst: dict[str, Any],
                 est: dict[str, Any]) -> TrainingJob | None:
@@ -277,7 +309,7 @@ def submit(session: Session, settings: Settings, store: Any, backends: Any, job:
         train_key=job.data["train_key"], validation_key=job.data.get("validation_key"),
         output_key=model_key(job.user_id, job.job_name, "output/model.tar.gz"),
         checkpoint_prefix=model_key(job.user_id, job.job_name, "checkpoints") + "/",
-        max_runtime_seconds=settings.aws.max_runtime_seconds,
+        max_runtime_seconds=min(settings.aws.max_runtime_seconds, settings.limits.max_job_seconds),
     )
     session.commit()  # no transaction open while the backend works
     handle = backends.training.submit(spec)

@@ -134,22 +134,25 @@ def month_spend(session: Session, user: User, now: datetime | None = None) -> fl
     return usage(session, user, now).this_month
 
 
-def check_budget(session: Session, user: User, estimate: float) -> None:
-    """Refuse (429 budget_exceeded) new spending whose estimate exceeds what is left this month.
+def check_budget(session: Session, user: User, estimate: float, reserved: float = 0.0) -> None:
+    """Refuse (429 budget_exceeded) new spending whose estimate exceeds what is left this month,
+    after what `reserved` holds (the still-expected cost of queued and running work).
 
     No budget set means no limit.
     """
     if user.monthly_budget is None:
         return
     limit = float(user.monthly_budget)
-    remaining = round(limit - month_spend(session, user), 4)
+    remaining = round(limit - month_spend(session, user) - reserved, 4)
     if estimate > remaining + 1e-9:
         left = max(remaining, 0.0)
         raise AppError(
             f"The estimated cost ${estimate:.2f} exceeds the ${left:.2f} left of your ${limit:.2f} monthly "
-            "budget; choose a smaller job or instance type, or raise the budget",
+            "budget" + (f" (${reserved:.2f} of it is held by your queued and running jobs)" if reserved else "")
+            + "; choose a smaller job or instance type, or raise the budget",
             status_code=429, code="budget_exceeded",
-            details=[{"estimated_cost": round(estimate, 4), "remaining": left, "monthly_budget": limit}])
+            details=[{"estimated_cost": round(estimate, 4), "remaining": left, "monthly_budget": limit,
+                      "reserved": round(reserved, 4)}])
 
 
 def flag_endpoints_over_budget(session: Session, user: User, now: datetime | None = None) -> int:
