@@ -31,7 +31,8 @@ class AuthSettings(BaseModel):
     argon2_time_cost: int = Field(2, ge=1)
     argon2_memory_kib: int = Field(19456, ge=8192)
     argon2_parallelism: int = Field(1, ge=1)
-    # Failed logins per username in the window before 429.
+    # Failed logins from one client address for one username before each further attempt from that
+    # address must wait (1 s, then doubling; app/auth/ratelimit.py). The account is never locked.
     max_failed_logins: int = 5
     failed_login_window_seconds: int = 300
     # Logins in flight across the process; more wait in line (CPU guard).

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Depends, Form, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from app.auth.models import User
+from app.auth.ratelimit import normalise_username
 from app.auth.schemas import BudgetUpdate, Token, UserCreate, UserRead
 from app.auth.service import AuthService
 from app.deps import CurrentUser, SessionDep, SettingsDep, current_user
@@ -40,8 +41,9 @@ async def token(
 ) -> Token:
     """Log in with the OAuth2 password form; returns a bearer token."""
     throttle = request.app.state.login_throttle
-    name = username.strip().lower()
-    throttle.check(name)
+    name = normalise_username(username)
+    address = request.client.host if request.client else "unknown"
+    throttle.check(address, name)
     user = svc.find_for_login(name)
     # Hand the pooled connection back (`user` keeps its loaded attributes) before waiting for a
     # hashing slot and a thread: requests queued there must not hold connections, or a burst of
@@ -50,9 +52,9 @@ async def token(
     async with throttle.slots:
         ok = await run_in_threadpool(svc.passwords.verify, user.password_hash if user else None, password)
     if not ok or user is None:
-        throttle.failed(name)
+        throttle.failed(address, name)
         raise svc.login_failed()
-    throttle.succeeded(name)
+    throttle.succeeded(address, name)
     return Token(access_token=request.app.state.tokens.issue(user.id),
                  expires_in=settings.jwt.lifetime_seconds)
 

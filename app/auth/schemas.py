@@ -2,7 +2,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
+
+from app.auth.ratelimit import normalise_username
 
 
 class UserCreate(BaseModel):
@@ -12,6 +14,11 @@ class UserCreate(BaseModel):
                           description="lower-case letters, digits, '-' and '_'")
     email: EmailStr
     password: str = Field(min_length=1, max_length=256)
+
+    @field_validator("username", mode="before")
+    @classmethod
+    def _one_spelling(cls, v: object) -> object:
+        return normalise_username(v) if isinstance(v, str) else v  # " Carol " registers "carol"
 
 
 class UserRead(BaseModel):

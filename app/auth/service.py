@@ -5,6 +5,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.auth.models import User
+from app.auth.ratelimit import normalise_username
 from app.auth.schemas import UserCreate
 from app.config import Settings
 from app.errors import Conflict, Unauthorized, ValidationFailed
@@ -45,7 +46,7 @@ class AuthService:
         return user
 
     def find_for_login(self, username: str) -> User | None:
-        return self.session.scalar(select(User).where(User.username == username.strip().lower()))
+        return self.session.scalar(select(User).where(User.username == normalise_username(username)))
 
     @staticmethod
     def login_failed() -> Unauthorized:
