@@ -25,7 +25,7 @@ from app.datasets import parallel
 from app.errors import AppError
 from app.limits import BodyLimitMiddleware
 from app.runtime import SessionFactory, wake
-from app.security import Passwords, Tokens
+from app.security import Passwords, Tokens, ensure_jwt_secret
 from app.storage import ObjectStore
 from app.web import mount_web
 from app.worker import Worker
@@ -50,6 +50,7 @@ def create_app(
     backends_factory: wiring.BackendsFactory | None = None,
 ) -> FastAPI:
     settings = settings or get_settings()
+    ensure_jwt_secret(settings)  # before anything signs with it (tokens, download links, API keys)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -2,15 +2,45 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 import time
 from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from jose import JWTError, jwt
+from pydantic import SecretStr
 
-from app.config import Settings
+from app.config import DEV_JWT_SECRET, Settings
 from app.errors import Unauthorized
+
+SECRET_FILE = ".jwt-secret"  # under the data dir: development's generated signing secret
+
+
+def ensure_jwt_secret(settings: Settings) -> None:
+    """Development (`make run`): in place of the built-in secret, which anyone can read in the
+    source and forge tokens and download links with, use a random one generated on the first start
+    and kept under the data dir (0600), so tokens survive restarts. Production refuses the built-in
+    secret at start (app/config.py); test settings keep it (fixed tokens in test suites)."""
+    j = settings.jwt
+    if settings.env != "development" or not j.algorithm.startswith("HS") or \
+            j.secret.get_secret_value() != DEV_JWT_SECRET:
+        return
+    path = settings.data_path / SECRET_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:  # O_EXCL: of processes starting at once, one writes and the others read its secret
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        for _ in range(50):  # written right after its creation
+            if secret := path.read_text().strip():
+                break
+            time.sleep(0.1)
+    else:
+        secret = secrets.token_hex(32)
+        with os.fdopen(fd, "w") as f:
+            f.write(secret + "\n")
+    j.secret = SecretStr(secret)
 
 
 class Passwords:
