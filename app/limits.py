@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
 from app.errors import PayloadTooLarge
 
 # Multipart framing around the file adds a little to the body.
@@ -37,7 +39,7 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    raise _TooLarge()
+                    raise _TooLarge(what, limit)
             return message
 
         try:
@@ -46,8 +48,12 @@ class BodyLimitMiddleware:
             await _reject(send, what, limit)
 
 
-class _TooLarge(Exception):
-    pass
+class _TooLarge(StarletteHTTPException):
+    """An HTTPException, so that a route's body parsing re-raises it as it is (FastAPI turns any other
+    exception met while parsing a body into a 400) and the API's handler answers 413."""
+
+    def __init__(self, what: str, limit: int) -> None:
+        super().__init__(413, f"The {what} is larger than the limit of {limit} bytes")
 
 
 async def _reject(send: Any, what: str, limit: int) -> None:

@@ -23,6 +23,7 @@ from app.backends.base import Backends
 from app.config import Settings, get_settings
 from app.datasets import parallel
 from app.errors import AppError
+from app.headers import SecurityHeadersMiddleware
 from app.limits import BodyLimitMiddleware
 from app.runtime import SessionFactory, wake
 from app.security import Passwords, Tokens, ensure_jwt_secret
@@ -103,6 +104,7 @@ def create_app(
         CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=True,
         allow_methods=["*"], allow_headers=["*"],
     )
+    app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(
         BodyLimitMiddleware, default_limit=settings.max_request_body_bytes,
         upload_limit=settings.max_upload_bytes, upload_paths=("/api/datasets",),

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import Select, and_, or_
 from sqlalchemy.orm import Session
 
-from app.errors import ValidationFailed
+from app.errors import BadRequest
 
 
 def _encode(created_at: datetime, ident: str) -> str:
@@ -19,10 +19,14 @@ def _encode(created_at: datetime, ident: str) -> str:
 def _decode(cursor: str) -> tuple[datetime, str]:
     try:
         ts, ident = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
-        return datetime.fromisoformat(ts), ident
+        at = datetime.fromisoformat(ts)
     except Exception as e:
-        raise ValidationFailed("Invalid cursor; pass next_cursor from the previous page", param="after",
-                               code="invalid_cursor") from e
+        raise BadRequest("Invalid cursor; pass next_cursor from the previous page", param="after",
+                         code="invalid_cursor") from e
+    if at.tzinfo is None:  # every cursor we issue carries its UTC offset
+        raise BadRequest("Invalid cursor (its timestamp has no time zone); pass next_cursor from the previous "
+                         "page", param="after", code="invalid_cursor")
+    return at, ident
 
 
 def paginate(session: Session, query: Select[Any], model: Any, limit: int, after: str | None,

@@ -123,7 +123,8 @@ def follow(session: Session, ctx: Any, ev: Evaluation) -> None:
         state["billable_seconds"] = int(st.billable_seconds)
     ev.backend_handle = state
     if st.status == JobStatus.COMPLETED:
-        ev.results = _read_results(ctx.store, st.artifact_uri, state["output_key"])
+        ev.results = public_results(_read_results(ctx.store, st.artifact_uri, state["output_key"]),
+                                    str(ev.request.get("base_model") or ""))
         _end(session, ev, EvaluationStatus.COMPLETED, None, None)
     elif st.status == JobStatus.FAILED:
         code, message = _split_reason(st.failure_reason)
@@ -165,6 +166,27 @@ def _read_results(store: Any, artifact_uri: str | None, output_key: str) -> dict
     if not isinstance(data, dict) or not isinstance(data.get("tuned"), dict):
         raise AppError(f"{RESULT_FILE} has no per-model results", code="evaluation_output_invalid")
     return data
+
+
+PATH_KEYS = ("model_dir", "adapter_dir", "source", "path")
+
+
+def public_results(obj: Any, base_model: str) -> Any:
+    """The report without this server's paths: the base model by the id the user gave, folders
+    dropped, any other absolute path cut to its last part."""
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            if k in PATH_KEYS and isinstance(v, str):
+                continue
+            out[k] = base_model if k == "base_model" and isinstance(v, str) and base_model else \
+                public_results(v, base_model)
+        return out
+    if isinstance(obj, list):
+        return [public_results(v, base_model) for v in obj]
+    if isinstance(obj, str) and obj.startswith("/") and not any(c.isspace() for c in obj):
+        return Path(obj).name
+    return obj
 
 
 def _split_reason(reason: str | None) -> tuple[str, str]:

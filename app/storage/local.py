@@ -110,7 +110,8 @@ class LocalObjectStore:
 
     def verify(self, key: str, expires: int, signature: str) -> Path:
         good = self._sign(key, expires)
-        if not hmac.compare_digest(good, signature):
+        # compare_digest refuses non-ASCII str: compare bytes (a forged link is 401, never a 500).
+        if not hmac.compare_digest(good.encode(), signature.encode("utf-8", "surrogatepass")):
             raise Unauthorized("The download link's signature is invalid", code="invalid_signature")
         if expires < time.time():
             raise Unauthorized("The download link has expired; ask for a new one", code="link_expired")
@@ -131,6 +132,9 @@ class LocalObjectStore:
             return None
 
     def health(self) -> None:
-        probe = self.root / ".health"
-        probe.write_bytes(b"ok")
-        probe.unlink()
+        """Write, read back and remove a file of this check's own: concurrent checks never race."""
+        with tempfile.NamedTemporaryFile(dir=self.root, prefix=".health-") as probe:
+            probe.write(b"ok")
+            probe.flush()
+            if Path(probe.name).read_bytes() != b"ok":
+                raise OSError("the object store did not read back what it wrote")
