@@ -62,8 +62,7 @@ class _CurrentUser(SecurityBase):
     header is read from the ASGI scope (bench/api_load.py)."""
 
     def __init__(self) -> None:
-        self.model = HTTPBearerModel(
-            bearerFormat="JWT", description="A token from POST /api/auth/token, or an API key (llmt_...)")
+        self.model = HTTPBearerModel(bearerFormat="JWT", description="A token from POST /api/auth/token")
         self.scheme_name = "bearer"
         # For a route that calls `row()` itself rather than depending on this: its OpenAPI security.
         self.openapi: dict[str, Any] = {"security": [{self.scheme_name: []}]}

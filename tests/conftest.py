@@ -24,6 +24,16 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 PG_URL = os.environ.get("TEST_DATABASE_URL")
 DB_PARAMS = ["sqlite"] + (["postgresql"] if PG_URL else [])
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """In CI nothing is skipped for want of a database or the real datasets: it fails instead."""
+    if IN_CI and not PG_URL:
+        raise pytest.UsageError("CI=true but TEST_DATABASE_URL is unset: the PostgreSQL half of the suite "
+                                "must run in CI (.ci/run sets it)")
+    if IN_CI and not SHARED_DATA.is_dir():
+        raise pytest.UsageError(f"CI=true but the real datasets folder {SHARED_DATA} is absent")
 
 
 def migrate(url: str) -> None:

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from app.api_keys.models import ApiKey
 from app.api_keys.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyList, ApiKeyRead
+from app.auth.lookup import user_row
 from app.config import Settings
 from app.db import utcnow
 from app.errors import AppError, Conflict, NotFound, Unauthorized, ValidationFailed
@@ -108,8 +109,6 @@ def allowed_for_inference(method: str, route_path: str) -> bool:
 
 async def user_row_for_key(request: Any, secret: str) -> dict[str, Any] | None:
     """For app/deps.py: the users row of the key's owner; the key is kept on `request.state.api_key`."""
-    from app.auth.lookup import user_row
-
     state = request.app.state
     route = request.scope.get("route")
     path = getattr(route, "path", None) or request.url.path

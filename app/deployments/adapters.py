@@ -1,5 +1,5 @@
 """Many LoRA adapters on one base-model endpoint: deploy-time adapters, attach and detach on a
-running endpoint (no restart), and which endpoint and adapter answer a model name.
+running endpoint (no restart).
 
 A base-model endpoint records `model_uri = "base-model:{catalogue id}"`; its server loads the base
 once and the adapters on demand (training_scripts/adapters.py). An adapter must have been trained on
@@ -48,23 +48,6 @@ def attached(session: Session, endpoint_ids: list[str]) -> dict[str, list[Endpoi
 def to_read(a: EndpointAdapter, job_name: str | None) -> AdapterRead:
     return AdapterRead(name=a.name, status=a.status, job_name=job_name, registered_model_id=a.registered_model_id,
                        base_model=a.base_model, created_at=a.created_at, detached_at=a.detached_at)
-
-
-def resolve_model(session: Session, user: User, model: str) -> tuple[Endpoint, str | None] | None:
-    """(endpoint, adapter name or None) serving `model` for this user: an attached adapter's name
-    first (on an InService endpoint if one has it), else an endpoint's own model (service's lookup)."""
-    from app.deployments.service import endpoint_for_model
-
-    rows = list(session.execute(
-        select(Endpoint, EndpointAdapter).join(EndpointAdapter, EndpointAdapter.endpoint_id == Endpoint.id)
-        .where(EndpointAdapter.user_id == user.id, EndpointAdapter.name == model,
-               EndpointAdapter.status == "attached", Endpoint.status != "Deleted")
-        .order_by(Endpoint.created_at.desc())).tuples())
-    if rows:
-        ep = next((e for e, _ in rows if e.status == "InService"), rows[0][0])
-        return ep, model
-    single = endpoint_for_model(session, user, model)
-    return (single, None) if single is not None else None
 
 
 class AdapterSources:

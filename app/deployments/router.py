@@ -1,4 +1,4 @@
-"""Deployment and inference routes (seed 000 Method 1, seed 001, seed 002 "Use via API")."""
+"""Deployment and inference routes: deploy, status, list, delete, events, invoke-model and /api/v1/generate."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Request and response shapes of deployment and inference (seed 000 Method 1, seed 002 "Use via API")."""
+"""Request and response shapes of deployment and inference."""
 
 from __future__ import annotations
 
@@ -160,7 +160,7 @@ class InvokeResponse(BaseModel):
 
 
 class GenerateRequest(BaseModel):
-    """Seed 002's `/api/v1/generate`; `model_id` names an endpoint or a deployed registered model."""
+    """`/api/v1/generate`: `model_id` names an endpoint or a deployed registered model."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 

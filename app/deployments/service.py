@@ -24,7 +24,7 @@ from app.auth.models import User
 from app.config import Settings
 from app.db import new_id, utcnow
 from app.deployments import adapters
-from app.deployments.models import Endpoint
+from app.deployments.models import Endpoint, EndpointAdapter
 from app.deployments.schemas import (
     AdapterRead,
     DeploymentSummary,
@@ -86,6 +86,21 @@ def endpoint_for_model(session: Session, user: User, model_id: str) -> Endpoint 
             match.append(Endpoint.job_id == model.job_id)
         return _best(session, live.where(or_(*match)))
     return _best(session, live.where(Endpoint.model_name == model_id))
+
+
+def endpoint_for_request(session: Session, user: User, model: str) -> tuple[Endpoint, str | None] | None:
+    """(endpoint, adapter name or None) serving `model` for this user: an attached adapter's name
+    first (on an InService endpoint if one has it), else an endpoint's own model (service's lookup)."""
+    rows = list(session.execute(
+        select(Endpoint, EndpointAdapter).join(EndpointAdapter, EndpointAdapter.endpoint_id == Endpoint.id)
+        .where(EndpointAdapter.user_id == user.id, EndpointAdapter.name == model,
+               EndpointAdapter.status == "attached", Endpoint.status != "Deleted")
+        .order_by(Endpoint.created_at.desc())).tuples())
+    if rows:
+        ep = next((e for e, _ in rows if e.status == "InService"), rows[0][0])
+        return ep, model
+    single = endpoint_for_model(session, user, model)
+    return (single, None) if single is not None else None
 
 
 def transition(session: Session, endpoint: Endpoint, expected: str, **values: Any) -> bool:

@@ -1,7 +1,7 @@
 """Chat completions and completions on the caller's endpoints, as OpenAI shapes them.
 
 `model` names an adapter attached to a base-model endpoint, or an endpoint's own model (its
-model_name, endpoint name or registered model; app/deployments/adapters.resolve_model). Streams relay
+model_name, endpoint name or registered model; app/deployments/service.endpoint_for_request). Streams relay
 the model server's events as they arrive (no buffering): each text delta becomes one `data:` chunk,
 then the finish reason, the usage when asked for, and `data: [DONE]`. Every answered request is
 recorded with the adapter that served it (inference_records).
@@ -22,7 +22,7 @@ from sqlalchemy import select
 from app.auth.models import User
 from app.deployments import adapters
 from app.deployments.models import Endpoint, EndpointAdapter, InferenceRecord
-from app.deployments.service import EndpointService
+from app.deployments.service import EndpointService, endpoint_for_request
 from app.errors import AppError, Conflict, NotFound
 from app.openai import errors
 from app.openai.schemas import ChatCompletionRequest, CompletionRequest
@@ -55,7 +55,7 @@ class Completions:
 
     async def create(self, req: ChatCompletionRequest | CompletionRequest) -> Any:
         chat = isinstance(req, ChatCompletionRequest)
-        found = adapters.resolve_model(self.svc.session, self.user, req.model)
+        found = endpoint_for_request(self.svc.session, self.user, req.model)
         if found is None:
             raise NotFound(f"The model {req.model!r} does not exist or is not deployed; GET /v1/models lists yours",
                            code="model_not_found", param="model")
