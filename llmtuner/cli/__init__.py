@@ -6,7 +6,7 @@ import typer
 
 from llmtuner import __version__
 from llmtuner.cli import account, datasets, jobs, serving
-from llmtuner.cli._common import state
+from llmtuner.cli._common import state, widen_when_piped
 
 app = typer.Typer(
     name="llmtuner", no_args_is_help=True, add_completion=False, rich_markup_mode=None,
@@ -48,4 +48,5 @@ app.command("usage")(account.usage)
 
 
 def main() -> None:
+    widen_when_piped()
     app()

@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 import typer
 from pydantic import BaseModel
 from rich.console import Console
+from rich.table import Table
 
 from llmtuner import errors
 from llmtuner.client import Client
@@ -22,6 +23,13 @@ OK, FAILED, USAGE, AUTH, NOT_FOUND, REFUSED, LIMITED, UNAVAILABLE = 0, 1, 2, 3, 
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
+PIPED_WIDTH = 200  # output to a file or a pipe is not cut to 80 columns (COLUMNS overrides)
+
+
+def widen_when_piped() -> None:
+    for c in (console, err_console):
+        if not c.is_terminal and not os.environ.get("COLUMNS"):
+            c.width = PIPED_WIDTH
 
 JsonOpt = typer.Option(False, "--json", help="Print the result as JSON (for scripts).")
 JobArg = typer.Argument(..., metavar="JOB", help="A job name (`llmtuner jobs ls` lists them).")
@@ -132,6 +140,14 @@ def show(obj: Any, as_json: bool, render: Callable[[Any], None]) -> None:
         print_json(obj)
     else:
         render(obj)
+
+
+def listing(*headers: str, **kw: Any) -> Table:
+    """A table whose first column names things (ids, job names): folded onto more lines on a narrow
+    terminal, never cut short, so it can be copied."""
+    table = Table(*headers, **kw)
+    table.columns[0].overflow = "fold"
+    return table
 
 
 def when(value: Any) -> str:

@@ -18,6 +18,7 @@ from llmtuner.cli._common import (
     console,
     err_console,
     fail,
+    listing,
     load_config,
     money,
     print_json,
@@ -67,7 +68,7 @@ def login(
         cfg["base_url"] = url
     path = save_config(cfg)
     console.print(f"Logged in as [bold]{user.username}[/bold] at {url or 'the default server'}; saved {note} "
-                  f"to {path}")
+                  f"to {path}", soft_wrap=True)
 
 
 def logout() -> None:
@@ -112,7 +113,7 @@ def base_models(as_json: bool = JsonOpt) -> None:
         models = client().base_models()
     if as_json:
         return print_json(models)
-    table = Table("id", "family", "parameters", "task", "max length")
+    table = listing("id", "family", "parameters", "task", "max length")
     for m in models:
         table.add_row(m["id"], m.get("family", ""), f"{m.get('parameters', 0):,}", m.get("task", ""),
                       str(m.get("max_length", "")))

@@ -8,7 +8,18 @@ import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
 
-from llmtuner.cli._common import FAILED, DatasetArg, JsonOpt, api_errors, client, console, print_json, show, when
+from llmtuner.cli._common import (
+    FAILED,
+    DatasetArg,
+    JsonOpt,
+    api_errors,
+    client,
+    console,
+    listing,
+    print_json,
+    show,
+    when,
+)
 from llmtuner.types import Dataset
 
 app = typer.Typer(help="Upload and inspect training datasets.", no_args_is_help=True)
@@ -66,7 +77,7 @@ def ls(limit: int = typer.Option(50, help="At most this many."), as_json: bool =
         rows = list(client().datasets.list(limit=limit))
     if as_json:
         return print_json(rows)
-    table = Table("id", "name", "status", "format", "examples", "created")
+    table = listing("id", "name", "status", "format", "examples", "created")
     for d in rows:
         table.add_row(d.id, d.name, d.status, d.format or "", str(d.num_examples), when(d.created_at))
     console.print(table)

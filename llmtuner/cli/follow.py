@@ -1,9 +1,13 @@
-"""The live view of a training job: a progress bar with epoch/step, ETA, latest loss, a loss sparkline
-and the cost so far."""
+"""The live view of a training job: a progress bar with epoch/step, elapsed time and ETA, and under it
+the latest loss, a sparkline of the loss so far and the cost so far."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+from rich.console import RenderableType
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.text import Text
 
 from llmtuner.cli._common import console, money
 from llmtuner.client import Client
@@ -12,7 +16,7 @@ from llmtuner.types import TrainingJob
 SPARKS = "▁▂▃▄▅▆▇█"
 
 
-def sparkline(values: list[float], width: int = 24) -> str:
+def sparkline(values: list[float], width: int = 30) -> str:
     """The last `width` values as block characters, lowest ▁ to highest █."""
     values = values[-width:]
     if not values:
@@ -26,25 +30,38 @@ def describe(job: TrainingJob) -> str:
     p = job.progress
     if p.step is None:
         return f"{job.status} · {job.secondary_status}"
-    epoch = f"epoch {p.epoch or 0:.1f}/{p.epochs or '?'}" if p.epochs else f"epoch {p.epoch or 0:.1f}"
-    return f"{epoch} · step {p.step}/{p.total_steps or '?'}"
+    epochs = f"/{p.epochs:g}" if p.epochs else ""
+    return f"epoch {p.epoch or 0:.1f}{epochs} · step {p.step}/{p.total_steps or '?'}"
 
 
-def follow(cli: Client, job: TrainingJob, poll_interval: float = 1.0) -> TrainingJob:
-    """Poll the job until it ends, drawing its progress; returns the final state."""
+class _JobProgress(Progress):
+    """One bar, and a line of loss and cost under it (kept apart so a narrow terminal shows both)."""
+
+    info: RenderableType = Text("")
+
+    def get_renderables(self) -> Iterable[RenderableType]:
+        yield self.make_tasks_table(self.tasks)
+        yield self.info
+
+
+def follow(cli: Client, job: TrainingJob, poll_interval: float = 1.0) -> tuple[TrainingJob, float | None]:
+    """Poll the job until it ends, drawing its progress; returns its final state and last logged loss."""
     losses: list[float] = []
     columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
-               TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
-    with Progress(*columns, console=console, refresh_per_second=4) as bar:
-        task = bar.add_task(describe(job), total=None, info="")
+               TextColumn("ETA"), TimeRemainingColumn())
+    with _JobProgress(*columns, console=console, refresh_per_second=4) as bar:
+        task = bar.add_task(describe(job), total=None)
 
         def update(current: TrainingJob) -> None:
             nonlocal losses
             if current.progress.step:
                 losses = [m.value for m in cli.jobs.metrics(current, metric_name="train_loss")]
             cost = current.actual_cost if current.actual_cost is not None else current.estimated_cost
-            loss = f"loss {losses[-1]:.4f} {sparkline(losses)}" if losses else "loss —"
+            bar.info = Text(f"  loss {losses[-1]:.4f} {sparkline(losses)}" if losses else "  loss —",
+                            no_wrap=True, overflow="ellipsis")
+            bar.info.append(f"  cost {money(cost)}")
             bar.update(task, description=describe(current), completed=current.progress.step or 0,
-                       total=current.progress.total_steps, info=f"{loss} · cost {money(cost)}")
+                       total=current.progress.total_steps)
 
-        return cli.jobs.wait(job, poll_interval=poll_interval, on_progress=update, raise_on_failure=False)
+        final = cli.jobs.wait(job, poll_interval=poll_interval, on_progress=update, raise_on_failure=False)
+    return final, losses[-1] if losses else None

@@ -20,6 +20,7 @@ from llmtuner.cli._common import (
     console,
     err_console,
     fail,
+    listing,
     money,
     print_json,
     show,
@@ -59,21 +60,22 @@ def render_job(job: TrainingJob) -> None:
     if job.error:
         rows.append(("error", f"[red]{job.error.message} ({job.error.code})[/red]"))
     table = Table(show_header=False, box=None)
+    table.add_column()
+    table.add_column(overflow="fold")
     for k, v in rows:
         table.add_row(k, v)
     console.print(table)
 
 
-def finish(job: TrainingJob) -> None:
+def finish(job: TrainingJob, last_loss: float | None) -> None:
     """The last line of a followed job; exit 1 when it failed."""
     if job.status == "Failed":
         err = job.error
         fail(FAILED, f"Job {job.job_name} failed: {err.message if err else 'no reason given'}"
              + (f" ({err.code})" if err else ""))
-    loss = job.metric("train_loss")
     console.print(f"[bold]{job.status}[/bold]: {job.job_name} in {job.billable_seconds} s"
-                  + (f" · final train_loss {loss:.4f}" if loss is not None else "")
-                  + f" · cost {money(job.actual_cost)}")
+                  + (f" · final loss {last_loss:.4f}" if last_loss is not None else "")
+                  + f" · cost {money(job.actual_cost)}", soft_wrap=True)
 
 
 def train(
@@ -109,15 +111,13 @@ def train(
         job = cli.jobs.create(dataset, base_model, config, instance_type=instance_type, name=name)
         if not follow_job:
             return show(job, as_json, lambda j: console.print(f"Started job [bold]{j.job_name}[/bold]"))
-        if not as_json:
-            console.print(f"Started job [bold]{job.job_name}[/bold] on {job.base_model}")
-            job = follow(cli, job)
-        else:
+        if as_json:
             job = cli.jobs.wait(job, raise_on_failure=False)
             print_json(job)
-    if as_json:
-        raise typer.Exit(FAILED if job.status == "Failed" else 0)
-    finish(job)
+            raise typer.Exit(FAILED if job.status == "Failed" else 0)
+        console.print(f"Started job [bold]{job.job_name}[/bold] on {job.base_model}", soft_wrap=True)
+        job, last_loss = follow(cli, job)
+    finish(job, last_loss)
 
 
 @app.command("ls")
@@ -128,7 +128,7 @@ def ls(status: str = typer.Option(None, help="InProgress, Completed, Failed, Sto
         jobs = list(client().jobs.list(status=status, limit=limit))
     if as_json:
         return print_json(jobs)
-    table = Table("job", "status", "base model", "progress", "train_loss", "cost", "created")
+    table = listing("job", "status", "base model", "progress", "train_loss", "cost", "created")
     for j in jobs:
         loss = j.metric("train_loss")
         table.add_row(j.job_name, j.status, j.base_model, f"{j.progress.percent or 0:.0f}%",

@@ -15,6 +15,7 @@ from llmtuner.cli._common import (
     console,
     err_console,
     interactive,
+    listing,
     money,
     print_json,
     show,
@@ -67,7 +68,7 @@ def ls(all_: bool = typer.Option(False, "--all", help="Include deleted endpoints
         eps = list(client().endpoints.list(include_deleted=all_))
     if as_json:
         return print_json(eps)
-    table = Table("endpoint", "status", "model", "instance", "per hour", "accrued", "created")
+    table = listing("endpoint", "status", "model", "instance", "per hour", "accrued", "created")
     for e in eps:
         table.add_row(e.endpoint_name, e.status, e.model_name, e.instance_type, money(e.estimated_cost_per_hour),
                       money(e.accrued_cost), when(e.created_at))

@@ -61,7 +61,7 @@ def test_journey(cli: Any, live_server: LiveServer, qa_file: Path, tmp_path: Pat
               "--batch-size", "4", "--lr", str(FAST["learning_rate"]), "--max-length", "64",
               "--hp", "logging_steps=1", "--follow").output
     assert "━" in out and "step" in out and "loss" in out  # the progress bar's last frame
-    assert "Completed" in out and "final train_loss" in out
+    assert "Completed" in out and "final loss" in out
     [job] = as_json(cli("jobs", "ls", "--json"))
     name = job["job_name"]
     shown = as_json(cli("jobs", "show", name, "--json"))
