@@ -1,7 +1,8 @@
 // The whole journey in a real browser (Debian's Chromium driven by playwright-core) against a
 // running server with its worker: sign up -> a broken dataset reported line by line -> a good one
 // dropped in -> a job started with a preset -> the loss chart draws and the job completes ->
-// deploy -> chat in the playground -> cost in usage -> a bad token sends you back to sign in.
+// registered -> evaluated against its base -> deployed -> a chat in the playground -> cost in usage
+// -> a bad token sends you back to sign in.
 // A screenshot of each page lands in ARTIFACTS. Exit status 0 when every step passed.
 //
 //   BASE_URL=http://127.0.0.1:8000 node e2e/journey.mjs
@@ -95,6 +96,8 @@ try {
     await page.getByRole("link", { name: "Fine-tune on it" }).click();
     await page.getByRole("radio", { name: /Quick check/ }).click();
     await page.getByLabel("Base model").selectOption("llmtuner/tiny-llama");
+    // EPOCHS=40: a model that has learnt its answers, for screenshots worth showing.
+    if (process.env.EPOCHS) await page.getByLabel("epochs", { exact: true }).fill(process.env.EPOCHS);
     await page.getByText("Estimated cost").waitFor();
     await shot("05-new-job");
     await page.getByRole("button", { name: "Start fine-tuning" }).click();
@@ -110,6 +113,7 @@ try {
     await page.getByRole("button", { name: "Deploy…" }).and(page.locator(":enabled")).waitFor();
     await page.waitForTimeout(500); // the last points and events after the status change
     await shot("06-job");
+    await shot("readme-job", false);
     await page.getByRole("link", { name: "← Jobs" }).click();
     await page.locator(".chip", { hasText: "Completed" }).first().waitFor();
     await shot("07-jobs");
@@ -122,6 +126,15 @@ try {
     await page.waitForURL(/\/models$/);
     await page.getByText("v1").waitFor();
     await shot("08-models");
+  });
+
+  await step("evaluate against the base model, side by side", async () => {
+    await page.goto(jobUrl);
+    await page.getByRole("button", { name: "Evaluate vs base" }).click();
+    await page.waitForURL(/\/evaluations\/[^/]+$/);
+    await page.getByRole("heading", { name: "Tuned vs base" }).waitFor({ timeout: TRAIN_TIMEOUT });
+    await page.locator("h1 .chip", { hasText: "Completed" }).waitFor({ timeout: TRAIN_TIMEOUT });
+    await shot("09-evaluation");
   });
 
   let endpoint = "";
@@ -141,10 +154,11 @@ try {
     }, null, { timeout: 120_000 });
     await page.getByRole("button", { name: "Send" }).waitFor();
     log(`  answer: ${JSON.stringify((await answer.innerText()).slice(0, 80))} (${await page.locator(".chat-mode").innerText()})`);
-    await shot("09-playground");
+    await shot("10-playground");
+    await shot("readme-playground", false);
     await nav("Endpoints").click();
     await page.getByRole("link", { name: endpoint }).waitFor();
-    await shot("10-endpoints");
+    await shot("11-endpoints");
   });
 
   await step("cost shows in usage", async () => {
@@ -155,20 +169,20 @@ try {
     const accrued = (await row.locator("td").nth(4).innerText()).trim();
     if (!/^\$\d/.test(accrued) || Number(accrued.replace(/[$,]/g, "")) <= 0) throw new Error(`endpoint cost ${accrued}`);
     log(`  endpoint accrued ${accrued}`);
-    await shot("11-usage");
+    await shot("12-usage");
     await nav("Evaluations").click();
-    await page.getByText("No evaluations").waitFor();
-    await shot("12-evaluations");
+    await page.locator("tbody .chip", { hasText: "Completed" }).waitFor();
+    await shot("13-evaluations");
   });
 
   await step("phone width", async () => {
     await page.setViewportSize({ width: 390, height: 844 });
     await page.goto(jobUrl);
     await page.locator("figure[aria-label=Loss] canvas").waitFor();
-    await shot("13-phone-job");
+    await shot("14-phone-job");
     await page.goto(`/endpoints/${endpoint}`);
     await page.getByLabel("Message").waitFor();
-    await shot("14-phone-playground", false);
+    await shot("15-phone-playground", false);
     await page.setViewportSize({ width: 1280, height: 860 });
   });
 
@@ -179,7 +193,7 @@ try {
     });
     await page.goto("/jobs");
     await page.getByText("Your session expired").waitFor();
-    await shot("15-session-expired");
+    await shot("16-session-expired");
   });
 
   if (problems.length) throw new Error(`the page reported errors:\n${problems.join("\n")}`);

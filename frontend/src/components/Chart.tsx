@@ -17,7 +17,8 @@ export function Chart({ title, data, names, log = false }: { title: string; data
       scales: { x: { time: false }, y: log ? { distr: 3 } : {} },
       axes: [{ label: "step" }, { size: 60 }],
       series: [{ label: "step" }, ...names.map((n, i) => ({ label: n, stroke: COLORS[i % COLORS.length], width: 2,
-        spanGaps: true, points: { show: data[0].length < 40 } }))],
+        // Dots on a short series only; a long one reads better as a line.
+        spanGaps: true, points: { show: (u: uPlot) => u.data[0].length < 40 } }))],
       legend: { live: false }, // the latest values are shown above the charts
     };
     plot.current = new uPlot(opts, data as uPlot.AlignedData, el);

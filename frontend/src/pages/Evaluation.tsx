@@ -5,7 +5,9 @@ import { Table } from "../components/Table";
 import { Card, Chip, Loaded, Progress, Stat } from "../components/ui";
 import { duration, money, num } from "../lib/format";
 
-const pct = (v: number | null | undefined) => (v === null || v === undefined ? "—" : `${v > 0 ? "+" : ""}${(v * 100).toFixed(1)}%`);
+// The API's `improvement` is tuned minus base, signed so that positive is better (base - tuned for
+// perplexity): shown with its sign, green when better.
+const signed = (v: number | null | undefined) => (v === null || v === undefined ? "—" : `${v > 0 ? "+" : ""}${num(v)}`);
 
 export default function Evaluation({ id }: { id: string }) {
   const q = useQuery({
@@ -41,18 +43,17 @@ export default function Evaluation({ id }: { id: string }) {
               )}
               {r && (
                 <Card title="Tuned vs base">
-                  <Table head={["Metric", "Base", "Tuned", "Change"]}>
+                  <Table head={["Metric", "Base", "Tuned", "Improvement"]}>
                         {Object.keys(r.tuned).map((m) => {
                           const better = info(m)?.higher_is_better;
                           const imp = r.improvement?.[m];
-                          const good = imp === null || imp === undefined || better === null || better === undefined ? ""
-                            : (imp > 0) === better ? "ok-text" : "bad-text";
+                          const good = imp === null || imp === undefined || imp === 0 ? "" : imp > 0 ? "ok-text" : "bad-text";
                           return (
                             <tr key={m}>
                               <td title={info(m)?.description}>{m}{better !== undefined && better !== null && <span className="muted"> ({better ? "↑" : "↓"} better)</span>}</td>
                               <td>{num(r.base?.[m])}</td>
                               <td><strong>{num(r.tuned[m])}</strong></td>
-                              <td className={good}>{pct(imp)}</td>
+                              <td className={good}>{signed(imp)}</td>
                             </tr>
                           );
                         })}
