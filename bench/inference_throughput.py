@@ -67,6 +67,42 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def start_server(model_dir: Path, log: Path, *extra: str, env: dict[str, str] | None = None
+                 ) -> tuple[subprocess.Popen[bytes], str]:
+    """serve.py on a free port; (process, url) once /ping answers 200."""
+    import httpx
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "training_scripts" / "serve.py"), "--model-dir", str(model_dir),
+         "--port", str(port), *extra],
+        stdout=subprocess.DEVNULL, stderr=log.open("wb"),
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"serve.py exited: {log.read_text()[-2000:]}")
+        try:
+            if httpx.get(f"{url}/ping", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError("serve.py did not become ready")
+        time.sleep(0.1)
+
+
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 class Sequential:
     """The baseline: plain HF generate in this process, one prompt at a time, KV cache on."""
 
@@ -127,6 +163,11 @@ async def measure(url: str, seq: Sequential, prompts: list[str], new_tokens: int
     return best_seq, best_srv, batches
 
 
+def serve_flags(args: argparse.Namespace) -> list[str]:
+    return ["--max-batch-size", str(args.concurrency), "--batch-wait-ms", str(args.batch_wait_ms),
+            "--max-batch-wait-ms", str(args.max_batch_wait_ms), "--threads", str(args.threads)]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--concurrency", type=int, default=8)
@@ -142,7 +183,16 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads on both sides (1 by default: on a shared, oversubscribed CPU "
                          "more threads spin and slow everything; 0 = torch's default)")
+    ap.add_argument("--compare", choices=["batching", "adapters", "streaming"], default="batching",
+                    help="batching: the comparison above; adapters: N adapters on one endpoint vs N single-adapter "
+                         "endpoints; streaming: time to first token of concurrent streams vs whole answers "
+                         "(bench/serving_compare.py)")
+    ap.add_argument("--adapters", type=int, default=8, help="adapters in --compare adapters")
     args = ap.parse_args()
+    if args.compare != "batching":
+        import serving_compare
+
+        return serving_compare.run(args)
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(args.concurrency)]
 
     import httpx
@@ -156,42 +206,16 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="llmtuner-bench-") as tmp:
         model_dir = Path(tmp) / "model"
         n_params = build_model(model_dir, args.hidden, args.layers)
-        port = free_port()
         log = Path(args.serve_log) if args.serve_log else Path(tmp) / "serve.log"
-        proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "training_scripts" / "serve.py"), "--model-dir", str(model_dir),
-             "--port", str(port), "--max-batch-size", str(args.concurrency),
-             "--batch-wait-ms", str(args.batch_wait_ms), "--max-batch-wait-ms", str(args.max_batch_wait_ms),
-             "--threads", str(args.threads)],
-            stdout=subprocess.DEVNULL, stderr=log.open("wb"), env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        url = f"http://127.0.0.1:{port}"
+        proc, url = start_server(model_dir, log, *serve_flags(args))
         try:
-            deadline = time.monotonic() + 120
-            while True:
-                if proc.poll() is not None:
-                    print(log.read_text(), file=sys.stderr)
-                    return 1
-                try:
-                    if httpx.get(f"{url}/ping", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    print("server did not become ready", file=sys.stderr)
-                    return 1
-                time.sleep(0.1)
             # The server idles while the baseline runs, and the other way round.
             seq = Sequential(model_dir, prompts, args.new_tokens)
             (seq_s, seq_tokens), (srv_s, srv_tokens), batches = asyncio.run(
                 measure(url, seq, prompts, args.new_tokens, args.rounds))
             info = httpx.get(f"{url}/info").json()
         finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_server(proc)
 
     seq_tps = seq_tokens / seq_s
     srv_tps = srv_tokens / srv_s
