@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.errors import PayloadTooLarge
@@ -57,8 +58,6 @@ class _TooLarge(StarletteHTTPException):
 
 
 async def _reject(send: Any, what: str, limit: int) -> None:
-    import orjson
-
     err = PayloadTooLarge(f"The {what} is larger than the limit of {limit} bytes", param="file"
                           if what == "upload" else None)
     body = orjson.dumps(err.body())

@@ -31,6 +31,8 @@ import asyncio
 import weakref
 from typing import Any
 
+from psycopg import errors, pq
+from psycopg.adapt import PyFormat, Transformer
 from sqlalchemy import ARRAY, String, any_, bindparam, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
@@ -183,9 +185,6 @@ class _UserLookup:
         return rows
 
     def _fetch_libpq(self, conn: Any, user_ids: list[str]) -> dict[str, dict[str, Any]]:
-        from psycopg import errors, pq
-        from psycopg.adapt import PyFormat, Transformer
-
         dbapi_conn = conn.dbapi_connection
         pgconn = dbapi_conn.pgconn
         if pgconn.transaction_status != pq.TransactionStatus.IDLE:
@@ -211,8 +210,6 @@ class _UserLookup:
         return {row["id"]: row for row in rows}
 
     def _prepare(self, pgconn: Any, encoding: str) -> None:
-        from psycopg import errors, pq
-
         res = pgconn.prepare(self.pg_name, self.pg_sql)
         if res.status != pq.ExecStatus.COMMAND_OK:
             raise errors.error_from_result(res, encoding=encoding)

@@ -37,7 +37,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError, ReadTimeoutError
 
-from app import aws
+from app import aws, catalog
 from app.backends import process
 from app.backends.base import BackendEndpointStatus, BackendJobStatus, Backends, EndpointSpec, TrainingSpec
 from app.backends.sagemaker_images import image_uri
@@ -290,8 +290,6 @@ class SageMakerTrainingBackend:
         return [self._channel(name, upload_base_folder(self.store, spec.user_id, Path(base).expanduser()))], None
 
     def _refuse_multi_gpu(self, instance_type: str) -> None:
-        from app import catalog
-
         gpus = int((catalog.instance_types(self.settings).get(instance_type) or {}).get("gpus") or 0)
         if gpus > 1:
             raise ValidationFailed(

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -10,7 +11,7 @@ TAG_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 ._:/+-]{0,63}$"
 
 
 class ModelCreate(BaseModel):
-    """Seed 002 "Save and Register Model": a completed job's weights under a name, versioned."""
+    """A completed job's weights under a name, versioned."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -25,8 +26,6 @@ class ModelCreate(BaseModel):
     @field_validator("tags")
     @classmethod
     def _tags(cls, tags: list[str]) -> list[str]:
-        import re
-
         out: list[str] = []
         for t in (t.strip() for t in tags):
             if not re.match(TAG_PATTERN, t):
