@@ -27,7 +27,7 @@ class JWTSettings(BaseModel):
 class AuthSettings(BaseModel):
     min_password_length: int = Field(10, ge=8)
     # argon2id at OWASP's recommended minimum (m=19 MiB, t=2, p=1): ~25 ms a hash here,
-    # against ~200 ms for the library defaults (PERF-NOTES); logins are also rate-limited.
+    # against several times that for the library's defaults; logins are also rate-limited.
     argon2_time_cost: int = Field(2, ge=1)
     argon2_memory_kib: int = Field(19456, ge=8192)
     argon2_parallelism: int = Field(1, ge=1)

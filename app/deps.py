@@ -1,5 +1,5 @@
-"""Request-scoped dependencies. Routes are `async def` and call the sync session inline:
-no thread hop holds a pooled connection while waiting for a thread (see PERF-NOTES).
+"""Request-scoped dependencies. Routes are `async def` and call the sync session inline, so that
+no request holds a pooled connection while it waits for a thread.
 
 `current_user` is on every authenticated request (bench/api_load.py): it checks the token, then
 reads the users row (app/auth/lookup.py: no Session; on PostgreSQL one round trip shared by the

@@ -187,10 +187,8 @@ def line_batches(reader: io.BufferedReader, limit: int, size: int = 1 << 16) -> 
 
     Memory stays under 2 * `size` + `limit`: a line of `limit` bytes or more (not counting its
     "\\n") comes cut to `limit` + 1 bytes, the rest skipped; shorter lines come whole.
-    The size was measured (200 MB, fresh processes): 1 MiB batches were twice as slow as
-    64 KiB ones (the data no longer stays in the CPU caches from one step to the next), and
-    128 KiB ones 20% slower (each chunk is then above glibc's mmap threshold: 10 times more
-    page faults).
+    64 KiB keeps a batch in the CPU caches from one step to the next, and each chunk below glibc's
+    mmap threshold (bench/dataset_pipeline.py: larger batches were markedly slower).
     """
     while chunk := reader.read(size):
         lines = io.BytesIO(chunk).readlines()

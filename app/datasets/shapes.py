@@ -295,7 +295,8 @@ def shape_of(obj: dict[str, Any], loose: bool = False) -> str | None:
 
 
 def txt_record(block: str) -> tuple[dict[str, Any], int, int, str]:
-    """Seed 001's conversion of a plain-text block: its first 100 characters as the input."""
+    """A plain-text block as a training record: its first 100 characters as the input, the rest as
+    the output."""
     head, rest = block[:TXT_PROMPT_CHARS], block[TXT_PROMPT_CHARS:]
     user = TXT_INSTRUCTION + "\n\n" + head
     return ({"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": rest}]},

@@ -224,7 +224,7 @@ def _text_lines(reader: io.BufferedReader, limit: int) -> Any:
 
 
 def _run_txt(sn: Sniffed, col: Collector, limit: int) -> None:
-    """Seed 001: one example per blank-line-separated block (or per line when there are none)."""
+    """Plain text: one example per blank-line-separated block (or per line when there are none)."""
     blocks = sniff_txt_blocks(sn.head_text)
     cap = col.max_chars + TXT_PROMPT_CHARS
     parts: list[str] = []

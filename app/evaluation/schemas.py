@@ -13,7 +13,8 @@ __all__ = ["ALL_METRICS", "Metric"]
 
 
 class GenerationConfig(BaseModel):
-    """How the models answer the evaluation prompts; greedy (temperature 0) by default (seed 003)."""
+    """How the models answer the evaluation prompts; greedy (temperature 0) by default, so that
+    scores are reproducible."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -1,4 +1,4 @@
-"""Evaluations (seed 002 "Model Evaluation", seed 003): a tuned model against its base on held-out
+"""Evaluations: a tuned model against its base on held-out
 data, run in the background as a training-style job of `training_scripts/evaluate.py` on the compute
 backend (a local subprocess, or a SageMaker training job with the same script)."""
 

@@ -1,4 +1,4 @@
-"""The model registry (seed 002 "Save and Register Model"): named, versioned, tagged models, each
+"""The model registry: named, versioned, tagged models, each
 pointing at a Completed training job's weights. Also resolves what evaluation and deployment
 accept as a model: a job name, a model_id, or a model name (its latest version)."""
 
@@ -23,8 +23,8 @@ ROUTE = "POST /api/models"
 
 
 def owned_job(session: Session, user: User, job_name: str, param: str = "job_name") -> TrainingJob:
-    job = session.scalar(select(TrainingJob).where(TrainingJob.job_name == job_name))
-    if job is None or job.user_id != user.id:
+    job = session.scalar(select(TrainingJob).where(TrainingJob.user_id == user.id, TrainingJob.job_name == job_name))
+    if job is None:
         raise NotFound(f"No training job {job_name!r}", param=param, code="job_not_found")
     return job
 

@@ -1,4 +1,4 @@
-"""Job names as seed 000: llm-tune-{username}-{model}-{YYYYMMDD-HHMMSS}, within SageMaker's
+"""Job names: llm-tune-{username}-{model}-{YYYYMMDD-HHMMSS}, within SageMaker's
 63-character rule (letters, digits and hyphens)."""
 
 from __future__ import annotations

@@ -66,7 +66,7 @@ class UsageWarning(BaseModel):
 
 
 class Usage(BaseModel):
-    """Seed 001 "Cost Tracking": what was spent, per job and per endpoint, in total and this month."""
+    """What was spent, per job, endpoint and evaluation, in total and this month."""
 
     currency: str = "USD"
     month: str

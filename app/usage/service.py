@@ -1,4 +1,4 @@
-"""Usage and budgets (seed 001 "Cost Tracking", "Monitor Costs").
+"""Usage and budgets: what each user has spent, and an optional monthly budget.
 
 Costs: a training job costs its `actual_cost` once ended, else billable seconds x price so far;
 an endpoint its accrued cost (deployments' `accrued_cost`); an evaluation its billable seconds
