@@ -20,7 +20,7 @@ from app.training.schemas import (
     TrainingJobList,
     TrainingJobRead,
 )
-from app.training.service import RESOURCE, TrainingService, job_read
+from app.training.service import RESOURCE, TrainingService, job_read, job_reads
 
 router = APIRouter(prefix="/api", tags=["training"])
 
@@ -69,7 +69,7 @@ async def list_jobs(svc: ServiceDep, limit: int = Query(20, ge=1, le=100), after
                     ) -> TrainingJobList:
     """The caller's jobs, newest first."""
     jobs, more, nxt = svc.list_jobs(limit, after, status)
-    return TrainingJobList(data=[job_read(svc.session, j) for j in jobs], has_more=more, next_cursor=nxt)
+    return TrainingJobList(data=job_reads(svc.session, jobs), has_more=more, next_cursor=nxt)
 
 
 @router.get("/training-job/{job_name}", response_model=TrainingJobRead)

@@ -194,7 +194,7 @@ class TrainingService:
         raise Conflict("Could not find a free job name; try again in a second", code="job_exists")
 
     def _split(self, job: TrainingJob, ds: Dataset) -> None:
-        """Seeded, reproducible train/validation split of the canonical file (seed 002: default 20%)."""
+        """Seeded, reproducible train/validation split of the canonical file (20% for validation by default)."""
         assert ds.canonical_key
         seed = int(job.hyperparameters.get("seed", 42))
         with self.store.open(ds.canonical_key) as f:
@@ -343,11 +343,29 @@ def note_submit_failure(session: Session, job: TrainingJob, e: AppError) -> bool
     return give_up
 
 
-def job_read(session: Session, job: TrainingJob) -> Any:
-    latest: dict[str, float] = dict(job.final_metrics or {})
-    if not latest:
-        for m in session.scalars(select(JobMetric).where(JobMetric.job_id == job.id).order_by(JobMetric.id)):
-            latest[m.metric_name] = m.value
+def latest_metrics(session: Session, jobs: list[TrainingJob]) -> dict[str, dict[str, float]]:
+    """Each job's metrics: its final ones once recorded, else the last value of each metric so far
+    (one query for all the jobs that need it)."""
+    out = {j.id: dict(j.final_metrics) for j in jobs if j.final_metrics}
+    running = [j.id for j in jobs if j.id not in out]
+    if running:
+        last = (select(func.max(JobMetric.id)).where(JobMetric.job_id.in_(running))
+                .group_by(JobMetric.job_id, JobMetric.metric_name))
+        rows = session.execute(select(JobMetric.job_id, JobMetric.metric_name, JobMetric.value)
+                               .where(JobMetric.id.in_(last)).order_by(JobMetric.id))
+        for job_id, name, value in rows:
+            out.setdefault(job_id, {})[name] = value
+    return out
+
+
+def job_reads(session: Session, jobs: list[TrainingJob]) -> list[TrainingJobRead]:
+    latest = latest_metrics(session, jobs)
+    return [job_read(session, j, latest.get(j.id, {})) for j in jobs]
+
+
+def job_read(session: Session, job: TrainingJob, latest: dict[str, float] | None = None) -> Any:
+    if latest is None:
+        latest = latest_metrics(session, [job]).get(job.id, {})
     return TrainingJobRead(
         job_name=job.job_name, status=job.status, secondary_status=job.secondary_status,
         model_artifacts_s3_uri=job.model_artifacts_uri,
