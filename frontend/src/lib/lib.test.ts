@@ -123,3 +123,18 @@ describe("SSE", () => {
     expect(new SSEParser().push('data: {"error": {"message": "model gone"}}\n\n').error).toBe("model gone");
   });
 });
+
+describe("usage per day", () => {
+  it("puts jobs on their day and spreads an endpoint's cost over the hours it was up", async () => {
+    const { dailySpend } = await import("./usage");
+    const now = Date.parse("2026-12-07T12:00:00Z");
+    const d = dailySpend(
+      [{ created_at: "2026-12-07T01:00:00Z", cost: 2 }, { created_at: "2026-10-01T00:00:00Z", cost: 9 }],
+      [{ created_at: "2026-12-06T12:00:00Z", deleted_at: null, accrued_cost: 24 }],
+      [{ created_at: "2026-12-06T03:00:00Z", cost: 0.5 }], now, 3);
+    expect(d.days).toEqual([Date.parse("2026-12-05") / 1000, Date.parse("2026-12-06") / 1000, Date.parse("2026-12-07") / 1000]);
+    expect(d.training).toEqual([0, 0, 2]); // the October job is outside the window
+    expect(d.inference).toEqual([0, 12, 12]);
+    expect(d.evaluation).toEqual([0, 0.5, 0]);
+  });
+});

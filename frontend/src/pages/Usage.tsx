@@ -1,9 +1,25 @@
 import { useQuery } from "@tanstack/react-query";
+import { lazy, Suspense, useMemo } from "react";
 import { Link } from "wouter";
-import { data, sdk } from "../api";
+import { data, type GetUsageApiUsageGetResponse as UsageBody, sdk } from "../api";
 import { Table } from "../components/Table";
-import { Card, Chip, Loaded, Progress, Stat } from "../components/ui";
+import { Card, Chip, Loaded, Progress, Spinner, Stat } from "../components/ui";
 import { duration, money, when } from "../lib/format";
+import { dailySpend } from "../lib/usage";
+
+const Chart = lazy(() => import("../components/Chart").then((m) => ({ default: m.Chart })));
+
+function SpendChart({ u }: { u: UsageBody }) {
+  const d = useMemo(() => dailySpend(u.training.jobs, u.inference.endpoints, u.evaluation.evaluations), [u]);
+  return (
+    <Card title="Spend per day, last 30 days">
+      <Suspense fallback={<Spinner />}>
+        <Chart title="USD per day" time names={["training", "inference", "evaluation"]}
+          data={[d.days, d.training, d.inference, d.evaluation]} />
+      </Suspense>
+    </Card>
+  );
+}
 
 export default function Usage() {
   const q = useQuery({ queryKey: ["usage"], queryFn: () => data(sdk.getUsageApiUsageGet()), refetchInterval: 10000 });
@@ -20,6 +36,7 @@ export default function Usage() {
               <Stat label="Inference" value={money(u.inference.total)} />
               <Stat label="Evaluation" value={money(u.evaluation.total)} />
             </div>
+            <SpendChart u={u} />
             <Card title="Budget">
               {u.budget ? (
                 <>
