@@ -1,5 +1,5 @@
 """A real server for the SDK and CLI: the app served by uvicorn on a free loopback port, with its
-worker on, SQLite in a temporary folder and the built-in tiny model. One per test session."""
+worker on, SQLite in a temporary folder and the built-in tiny model, shared by the tests of this folder."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # stopped (worker and model servers too) once tests/client is done
 def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     root = tmp_path_factory.mktemp("client-server")
     port = free_port()
