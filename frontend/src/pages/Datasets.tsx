@@ -6,6 +6,7 @@ import { useBaseModels } from "../components/queries";
 import { PagedTable } from "../components/Table";
 import { Card, Chip, ErrorBox, Field, Progress } from "../components/ui";
 import { usePaged } from "../components/usePaged";
+import { fieldError } from "../lib/errors";
 import { bytes, when } from "../lib/format";
 import { uploadDataset } from "../lib/upload";
 
@@ -13,6 +14,7 @@ function DropZone() {
   const input = useRef<HTMLInputElement>(null);
   const models = useBaseModels();
   const [tokenizer, setTokenizer] = useState("");
+  const [opts, setOpts] = useState({ name: "", format: "", prompt_column: "", response_column: "" });
   const [over, setOver] = useState(false);
   const [progress, setProgress] = useState<number | null>(null);
   const [error, setError] = useState<unknown>(null);
@@ -24,7 +26,7 @@ function DropZone() {
     setError(null);
     setProgress(0);
     try {
-      const ds = await uploadDataset(file, setProgress, { base_model: tokenizer || models.data?.[0]?.id || "" });
+      const ds = await uploadDataset(file, setProgress, { ...opts, base_model: tokenizer || models.data?.[0]?.id || "" });
       await qc.invalidateQueries({ queryKey: ["datasets"] });
       go(`/datasets/${ds.id}`);
     } catch (e) {
@@ -58,6 +60,18 @@ function DropZone() {
             </select>}
           </Field>
         </div>
+        <details className="upload-options">
+          <summary>Options</summary>
+          <div className="grid">
+            {([["name", "Name", "default: the file's name"], ["format", "Format", "default: detected (e.g. alpaca, openai_chat, sharegpt, csv, txt)"],
+              ["prompt_column", "CSV prompt column", "default: detected"], ["response_column", "CSV response column", "default: detected"]] as const)
+              .map(([k, label, help]) => (
+                <Field key={k} label={label} help={help} error={fieldError(error, k)}>
+                  {(id, d) => <input id={id} aria-describedby={d} value={opts[k]} onChange={(e) => setOpts({ ...opts, [k]: e.target.value })} />}
+                </Field>
+              ))}
+          </div>
+        </details>
         {progress !== null && (
           <div className="upload-progress">
             <Progress value={progress * 100} label="Upload progress" />

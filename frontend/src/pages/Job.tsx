@@ -3,6 +3,7 @@ import { type FormEvent, useEffect, useMemo, useRef, useState } from "react";
 import { Link, useLocation } from "wouter";
 import { data, sdk, type TrainingJobRead } from "../api";
 import { Chart } from "../components/Chart";
+import { Timeline } from "../components/Timeline";
 import { jobQueries, useInstanceTypes } from "../components/queries";
 import { Card, Chip, ErrorBox, Field, Loaded, Progress, Stat } from "../components/ui";
 import { fieldError } from "../lib/errors";
@@ -39,16 +40,7 @@ function Charts({ name, job }: { name: string; job?: TrainingJobRead }) {
 }
 
 function Events({ name, job }: { name: string; job?: TrainingJobRead }) {
-  const q = useQuery({ ...jobQueries.events(name), refetchInterval: poll(job) });
-  return (
-    <Card title="Events">
-      <Loaded q={q} empty={(d) => d.length === 0 && "No events yet."}>
-        {(d) => <ol className="timeline">{[...d].reverse().map((e, i) => (
-          <li key={i} className={`ev-${e.level}`}><time className="muted">{when(e.timestamp)}</time> <span className="mono muted">{e.type}</span> {e.message}</li>
-        ))}</ol>}
-      </Loaded>
-    </Card>
-  );
+  return <Timeline q={useQuery({ ...jobQueries.events(name), refetchInterval: poll(job) })} />;
 }
 
 function Deploy({ name, onDone }: { name: string; onDone: (endpoint: string) => void }) {

@@ -2,6 +2,7 @@ import { useQuery } from "@tanstack/react-query";
 import { type FormEvent, useRef, useState } from "react";
 import { Link } from "wouter";
 import { data, sdk } from "../api";
+import { Timeline } from "../components/Timeline";
 import { Card, Chip, ErrorBox, Field, Loaded, Stat } from "../components/ui";
 import { type Params, reply, type Turn } from "../lib/chat";
 import { money, when } from "../lib/format";
@@ -80,6 +81,11 @@ function Chat({ endpoint, model, ready }: { endpoint: string; model: string; rea
   );
 }
 
+function Events({ name, changing }: { name: string; changing: boolean }) {
+  return <Timeline q={useQuery({ queryKey: ["endpoint", name, "events"], refetchInterval: changing ? 2000 : 15000,
+    queryFn: () => data(sdk.endpointEventsApiEndpointEndpointNameEventsGet({ path: { endpoint_name: name } })) })} />;
+}
+
 export default function Playground({ name }: { name: string }) {
   const q = useQuery({
     queryKey: ["endpoint", name],
@@ -101,6 +107,7 @@ export default function Playground({ name }: { name: string }) {
               <Stat label="In service since" value={when(e.in_service_at)} />
             </div>
             <Chat endpoint={e.endpoint_name} model={e.model_name} ready={e.status === "InService"} />
+            <Events name={e.endpoint_name} changing={e.status !== "InService" && e.status !== "Failed"} />
           </>
         )}
       </Loaded>
