@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ROOT / "training_scripts"
 sys.path.insert(0, str(SCRIPTS))
 
+import adapters  # noqa: E402
 import modeling  # noqa: E402
 
 PROMPTS = [
@@ -584,3 +585,27 @@ def test_many_adapters_share_one_batch_and_load_on_demand(multi_server: Any) -> 
     assert r.status_code == 422 and r.json()["error"]["param"] == "adapter"
     assert httpx.delete(f"{url}/adapters/a", timeout=30).status_code == 404
     assert ask("__base__") == one_by_one["__base__"]  # the base alone, after every adapter left
+
+
+def test_batched_lora_forward_equals_peft_loop(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    """The two-matmul mixed-adapter forward gives what peft's per-adapter loop gives."""
+    import torch
+    from peft.tuners.lora import layer
+
+    loaded = modeling.load_model(trained[0])
+    pool = adapters.AdapterPool(loaded, 4)
+    for name, seed in (("a", 1), ("b", 2)):
+        pool.register(name, str(make_adapter(trained[0], tmp_path / name, seed)))
+    pool.ensure({"a", "b"})
+    enc = loaded.tokenizer(PROMPTS[:4], return_tensors="pt", padding=True)
+    names = ["a", "b", "__base__", "b"]
+    outs = []
+    try:
+        for forward in (adapters.batched_lora_forward, adapters._PEFT_MIXED):
+            layer.Linear._mixed_batch_forward = forward
+            with torch.inference_mode():
+                outs.append(loaded.model(**enc, adapter_names=names).logits)
+    finally:
+        layer.Linear._mixed_batch_forward = adapters.batched_lora_forward
+    torch.testing.assert_close(outs[0], outs[1])
+    assert not torch.allclose(outs[0][0], outs[0][1])  # rows of different adapters differ
