@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
@@ -92,9 +92,9 @@ async def job_events(job_name: str, svc: ServiceDep) -> list[Any]:
 
 
 @router.get("/training-job/{job_name}/metrics", response_model=list[MetricPoint])
-async def job_metrics(job_name: str, svc: ServiceDep, metric_name: str | None = None) -> list[Any]:
+async def job_metrics(job_name: str, svc: ServiceDep, metric_name: str | None = None) -> Response:
     """Metric time series (train_loss, eval_loss, learning_rate, tokens_per_second, grad_norm)."""
-    return svc.metrics(svc.owned(job_name), metric_name)
+    return Response(svc.metrics_json(svc.owned(job_name), metric_name), media_type="application/json")
 
 
 @router.get("/training-job-actions/{job_name}", response_model=JobActions)

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -231,11 +232,15 @@ class TrainingService:
             q = q.where(TrainingJob.status == status)
         return paginate(self.session, q, TrainingJob, limit, after)
 
-    def metrics(self, job: TrainingJob, name: str | None) -> list[JobMetric]:
-        q = select(JobMetric).where(JobMetric.job_id == job.id)
+    def metrics_json(self, job: TrainingJob, name: str | None) -> bytes:
+        """The job's metric points as the API's JSON list (MetricPoint), written from the columns with no
+        ORM objects or response model in between: a long job has thousands of points, and charts poll."""
+        q = select(JobMetric.metric_name, JobMetric.step, JobMetric.epoch, JobMetric.value, JobMetric.timestamp)
+        q = q.where(JobMetric.job_id == job.id)
         if name:
             q = q.where(JobMetric.metric_name == name)
-        return list(self.session.scalars(q.order_by(JobMetric.id)))
+        rows = self.session.execute(q.order_by(JobMetric.id))
+        return orjson.dumps([row._asdict() for row in rows], option=orjson.OPT_UTC_Z)
 
     # Stop ---------------------------------------------------------------------------------
     def stop(self, job_name: str) -> TrainingJob:

@@ -51,7 +51,13 @@ def month_start(now: datetime) -> datetime:
     return now.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 
 
-def job_cost(job: TrainingJob) -> float:
+JOB_COST_COLUMNS = (TrainingJob.job_name, TrainingJob.status, TrainingJob.actual_cost, TrainingJob.billable_seconds,
+                    TrainingJob.price_per_hour, TrainingJob.estimated_cost, TrainingJob.instance_type,
+                    TrainingJob.created_at)
+
+
+def job_cost(job: Any) -> float:
+    """A job's cost; `job` is a TrainingJob or a row of JOB_COST_COLUMNS."""
     if job.status in JOB_ENDED and job.actual_cost is not None:
         return float(job.actual_cost)
     return round((job.billable_seconds or 0) / 3600 * (job.price_per_hour or 0.0), 4)
@@ -78,10 +84,13 @@ def usage(session: Session, user: User, now: datetime | None = None) -> Usage:
     """Everything the user has spent, per job, endpoint and evaluation, in total and this month."""
     now = now or utcnow()
     start = month_start(now)
-    jobs = list(session.scalars(select(TrainingJob).where(TrainingJob.user_id == user.id)
-                                .order_by(TrainingJob.created_at.desc())))
-    job_rows = [JobCost(job_name=j.job_name, status=j.status, cost=job_cost(j), billable_seconds=j.billable_seconds,
-                        estimated_cost=j.estimated_cost, instance_type=j.instance_type, created_at=j.created_at)
+    # The columns alone, not ORM objects, and rows built unvalidated from them: a user has
+    # hundreds of jobs, and this route is polled.
+    jobs = session.execute(select(*JOB_COST_COLUMNS).where(TrainingJob.user_id == user.id)
+                           .order_by(TrainingJob.created_at.desc()))
+    job_rows = [JobCost.model_construct(job_name=j.job_name, status=j.status, cost=job_cost(j),
+                                        billable_seconds=j.billable_seconds, estimated_cost=j.estimated_cost,
+                                        instance_type=j.instance_type, created_at=j.created_at)
                 for j in jobs]
     endpoints = list(session.scalars(select(Endpoint).where(Endpoint.user_id == user.id)
                                      .order_by(Endpoint.created_at.desc())))
