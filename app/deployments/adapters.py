@@ -58,7 +58,8 @@ class AdapterSources:
 
     def values(self, user: User, ref: AdapterRef, base_model: str, param: str) -> dict[str, Any]:
         if ref.job_name is not None:
-            job = self.session.scalar(select(TrainingJob).where(TrainingJob.job_name == ref.job_name))
+            job = self.session.scalar(select(TrainingJob).where(TrainingJob.user_id == user.id,
+                                                                   TrainingJob.job_name == ref.job_name))
             catalog.require_owned(job, user.id, "training job", ref.job_name, f"{param}job_name")
             assert job is not None
             if job.status != "Completed":

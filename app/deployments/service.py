@@ -267,7 +267,8 @@ class EndpointService:
         if data.base_model is not None:
             return None, None, str(catalog.base_model(self.settings, data.base_model)["id"]), "base_model"
         if data.job_name is not None:
-            job = self.session.scalar(select(TrainingJob).where(TrainingJob.job_name == data.job_name))
+            job = self.session.scalar(select(TrainingJob).where(TrainingJob.user_id == user.id,
+                                                                   TrainingJob.job_name == data.job_name))
             catalog.require_owned(job, user.id, "training job", data.job_name, "job_name")
             assert job is not None
             if job.status != "Completed":

@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import BigInteger, Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, new_id, utcnow
@@ -11,9 +11,12 @@ from app.db import Base, new_id, utcnow
 
 class TrainingJob(Base):
     __tablename__ = "training_jobs"
+    # Names are unique per user: nobody learns or takes another user's names. The backends get a
+    # globally unique one (app/training/service.py: backend_job_name).
+    __table_args__ = (UniqueConstraint("user_id", "job_name"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    job_name: Mapped[str] = mapped_column(String(63), unique=True)
+    job_name: Mapped[str] = mapped_column(String(63))
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     dataset_id: Mapped[str | None] = mapped_column(
         ForeignKey("datasets.id", ondelete="SET NULL"), nullable=True, index=True

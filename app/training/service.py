@@ -59,8 +59,9 @@ class TrainingService:
 
     # Lookups --------------------------------------------------------------------------------
     def owned(self, job_name: str) -> TrainingJob:
-        job = self.session.scalar(select(TrainingJob).where(TrainingJob.job_name == job_name))
-        if job is None or job.user_id != self.user.id:
+        job = self.session.scalar(select(TrainingJob).where(TrainingJob.user_id == self.user.id,
+                                                            TrainingJob.job_name == job_name))
+        if job is None:
             raise NotFound(f"No training job {job_name!r}", param="job_name", code="job_not_found")
         return job
 
@@ -157,8 +158,9 @@ class TrainingService:
                 est: dict[str, Any]) -> TrainingJob | None:
         """Split the data and insert the job; None when its generated name was taken meanwhile."""
         name = req.name or self._unique_name(model["id"])
-        if self.session.scalar(select(TrainingJob.id).where(TrainingJob.job_name == name)):
-            raise Conflict(f"A training job named {name!r} already exists", param="name", code="job_exists")
+        if self.session.scalar(select(TrainingJob.id).where(TrainingJob.user_id == self.user.id,
+                                                            TrainingJob.job_name == name)):
+            raise Conflict(f"You already have a training job named {name!r}", param="name", code="job_exists")
         job = TrainingJob(
             id=new_id(), job_name=name, user_id=self.user.id, dataset_id=ds.id, base_model=model["id"],
             hyperparameters=req.hyperparameters.model_dump(), instance_type=inst["name"],
@@ -181,7 +183,7 @@ class TrainingService:
             self.session.rollback()
             self.store.delete_prefix(model_key(job.user_id, job.job_name, f"input/{job.id}") + "/")
             if req.name:
-                raise Conflict(f"A training job named {name!r} already exists", param="name",
+                raise Conflict(f"You already have a training job named {name!r}", param="name",
                                code="job_exists") from e
             return None
         return job
@@ -190,7 +192,8 @@ class TrainingService:
         now = utcnow()
         for i in range(100):  # after the plain name, random suffixes: concurrent creates pick different ones
             name = naming.job_name(self.user.username, model_id, now, suffix=secrets.token_hex(2) if i else "")
-            if not self.session.scalar(select(TrainingJob.id).where(TrainingJob.job_name == name)):
+            if not self.session.scalar(select(TrainingJob.id).where(TrainingJob.user_id == self.user.id,
+                                                                    TrainingJob.job_name == name)):
                 return name
         raise Conflict("Could not find a free job name; try again in a second", code="job_exists")
 
@@ -286,6 +289,12 @@ class TrainingService:
                 "job_name": job.job_name, "expires_in": expires_in}
 
 
+def backend_job_name(job: TrainingJob) -> str:
+    """The job's name on the backend, unique across users (SageMaker's names are per account, the
+    local backend's folders per machine): the user's name, cut to fit, and 8 characters of its id."""
+    return f"{job.job_name[:54].rstrip('-')}-{job.id[:8]}"
+
+
 def _move(session: Session, job: TrainingJob, expected: dict[str, Any], **values: Any) -> bool:
     """Change the job's row only if it still has the `expected` values (one writer wins)."""
     cond = [getattr(TrainingJob, k) == v for k, v in expected.items()]
@@ -307,12 +316,14 @@ def submit(session: Session, settings: Settings, store: Any, backends: Any, job:
         raise NotFound("The job's training data is no longer in storage (was the dataset deleted?)",
                        code="dataset_missing")
     entry = catalog.base_model(settings, job.base_model)
+    name = backend_job_name(job)
     spec = TrainingSpec(
-        job_name=job.job_name, user_id=job.user_id, base_model=job.base_model,
+        job_name=name, user_id=job.user_id, base_model=job.base_model,
         base_model_source=catalog.resolve_source(settings, entry),
         hyperparameters={**job.hyperparameters, "task": entry["task"]}, instance_type=job.instance_type,
         train_key=job.data["train_key"], validation_key=job.data.get("validation_key"),
-        output_key=model_key(job.user_id, job.job_name, "output/model.tar.gz"),
+        # Under the job's folder, in the backend name's: where SageMaker writes a job's output.
+        output_key=model_key(job.user_id, job.job_name, f"{name}/output/model.tar.gz"),
         checkpoint_prefix=model_key(job.user_id, job.job_name, "checkpoints") + "/",
         max_runtime_seconds=min(settings.aws.max_runtime_seconds, settings.limits.max_job_seconds),
     )

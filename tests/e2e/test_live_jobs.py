@@ -30,9 +30,15 @@ def all_ended(app: LiveApp, h: dict[str, str]) -> list[dict[str, Any]] | None:
     return jobs if all(j["status"] in ENDED for j in jobs) else None
 
 
+def job_dir(data_dir: Path, job_name: str) -> Path:
+    """The local backend's folder of a job (its backend name: the job's name and a piece of its id)."""
+    (found,) = (data_dir / "jobs").glob(f"{job_name[:54]}-*[!.]")
+    return found
+
+
 def processes_started(data_dir: Path, job_name: str) -> int:
     """train.py processes that ran for a job: each writes one "start" event to the job's log."""
-    log = data_dir / "jobs" / job_name / "train.stdout"
+    log = job_dir(data_dir, job_name) / "train.stdout"
     return sum(1 for line in log.read_text().splitlines() if line.startswith("{")
                and json.loads(line).get("event") == "start")
 
@@ -78,7 +84,7 @@ def test_a_crash_mid_job_is_told_truthfully_after_the_restart(live: LiveApp) -> 
     live.wait_for(lambda: live.http.get(f"/api/training-job/{name}", headers=h).json()["secondary_status"]
                   == "Training", what="training to start")
     live.kill()  # SIGKILL the API; train.py runs on in its own session and finishes meanwhile
-    handle = json.loads((live.data_dir / "jobs" / name / "handle.json").read_text())
+    handle = json.loads((job_dir(live.data_dir, name) / "handle.json").read_text())
     exit_file = Path(handle["dir"]) / "train.exit_code"
     live.wait_for(exit_file.is_file, timeout=300, what="train.py to finish while the API is down")
     ended_at = exit_file.stat().st_mtime

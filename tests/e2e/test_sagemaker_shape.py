@@ -75,7 +75,11 @@ def test_seed_000_journey_against_a_moto_server(monkeypatch, tmp_path, session_f
             assert name.startswith("llm-tune-user123-llama-2-7b-hf-") and job["instance_type"] == "ml.g5.xlarge"
             assert job["estimated_cost"] > 0 and job["backend"] == "sagemaker"
             sm = boto3.client("sagemaker", endpoint_url=url, region_name="us-east-1")
-            described = sm.describe_training_job(TrainingJobName=name)
+            worker.tick()  # the worker submits it
+            # SageMaker's name: unique across users (the user's name and a piece of the job's id)
+            sm_name = sm.list_training_jobs()["TrainingJobSummaries"][0]["TrainingJobName"]
+            assert sm_name.startswith(name[:54]) and len(sm_name) <= 63
+            described = sm.describe_training_job(TrainingJobName=sm_name)
             channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"]
                         for c in described["InputDataConfig"]}
             assert channels["train"].startswith(f"s3://{BUCKET}/users/{uid}/models/{name}/")
@@ -84,11 +88,11 @@ def test_seed_000_journey_against_a_moto_server(monkeypatch, tmp_path, session_f
             # A metric line in CloudWatch, as train.py prints it, becomes a metric point.
             logs = boto3.client("logs", endpoint_url=url, region_name="us-east-1")
             logs.create_log_group(logGroupName="/aws/sagemaker/TrainingJobs")
-            logs.create_log_stream(logGroupName="/aws/sagemaker/TrainingJobs", logStreamName=f"{name}/algo-1-1")
+            logs.create_log_stream(logGroupName="/aws/sagemaker/TrainingJobs", logStreamName=f"{sm_name}/algo-1-1")
             line = '{"event": "log", "step": 10, "epoch": 0.5, "train_loss": 1.5, "learning_rate": 0.0002}'
-            logs.put_log_events(logGroupName="/aws/sagemaker/TrainingJobs", logStreamName=f"{name}/algo-1-1",
+            logs.put_log_events(logGroupName="/aws/sagemaker/TrainingJobs", logStreamName=f"{sm_name}/algo-1-1",
                                 logEvents=[{"timestamp": int(time.time() * 1000), "message": line}])
-            moto_sm.set_training_job(name, secondary="Training")
+            moto_sm.set_training_job(sm_name, secondary="Training")
             worker.tick()
             got = client.get(f"/api/training-job/{name}", headers=h).json()
             assert got["status"] == "InProgress" and got["secondary_status"] == "Training"
@@ -99,7 +103,7 @@ def test_seed_000_journey_against_a_moto_server(monkeypatch, tmp_path, session_f
             artifact_key = f"users/{uid}/models/{name}/output/model.tar.gz"
             tarball = _model_tarball()  # (gzip headers carry the time: build it once)
             s3.put_object(Bucket=BUCKET, Key=artifact_key, Body=tarball)
-            moto_sm.set_training_job(name, status="Completed", billable_seconds=3600,
+            moto_sm.set_training_job(sm_name, status="Completed", billable_seconds=3600,
                                      artifacts=f"s3://{BUCKET}/{artifact_key}", final_metrics={"train_loss": 0.245})
             worker.tick()
             # Step 1 of the journey: the completed job's status.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -44,7 +45,7 @@ def test_train_download_and_load(client, dataset, wait_for, tmp_path):
     done = wait_for(lambda: ended(client, h, name), what="job to end")
     assert done["status"] == "Completed", done
     assert done["model_artifacts_s3_uri"].startswith("local://users/")
-    assert done["model_artifacts_s3_uri"].endswith(f"/models/{name}/output/model.tar.gz")
+    assert re.search(rf"/models/{name}/{name[:54]}-[0-9a-f]{{8}}/output/model.tar.gz$", done["model_artifacts_s3_uri"])
     assert {m["metric_name"] for m in done["training_metrics"]} >= {"train_loss"}
     assert done["progress"]["percent"] == 100.0 and done["ended_at"] and done["billable_seconds"] >= 1
     assert done["actual_cost"] == 0.0 and done["error"] is None
