@@ -169,6 +169,7 @@ try {
     const accrued = (await row.locator("td").nth(4).innerText()).trim();
     if (!/^\$\d/.test(accrued) || Number(accrued.replace(/[$,]/g, "")) <= 0) throw new Error(`endpoint cost ${accrued}`);
     log(`  endpoint accrued ${accrued}`);
+    await page.locator("figure[aria-label='USD per day'] canvas").waitFor();
     await shot("12-usage");
     await nav("Evaluations").click();
     await page.locator("tbody .chip", { hasText: "Completed" }).waitFor();

@@ -1,4 +1,4 @@
-import { useQuery } from "@tanstack/react-query";
+import { keepPreviousData, useQuery } from "@tanstack/react-query";
 import { type FormEvent, useRef, useState } from "react";
 import { Link } from "wouter";
 import { data, sdk } from "../api";
@@ -81,8 +81,11 @@ function Chat({ endpoint, model, ready }: { endpoint: string; model: string; rea
   );
 }
 
-function Events({ name, changing }: { name: string; changing: boolean }) {
-  return <Timeline q={useQuery({ queryKey: ["endpoint", name, "events"], refetchInterval: changing ? 2000 : 15000,
+function Events({ name, status }: { name: string; status: string }) {
+  // Keyed by status: a status change brings its event at once.
+  const changing = status !== "InService" && status !== "Failed";
+  return <Timeline q={useQuery({ queryKey: ["endpoint", name, "events", status], placeholderData: keepPreviousData,
+    refetchInterval: changing ? 2000 : 15000,
     queryFn: () => data(sdk.endpointEventsApiEndpointEndpointNameEventsGet({ path: { endpoint_name: name } })) })} />;
 }
 
@@ -107,7 +110,7 @@ export default function Playground({ name }: { name: string }) {
               <Stat label="In service since" value={when(e.in_service_at)} />
             </div>
             <Chat endpoint={e.endpoint_name} model={e.model_name} ready={e.status === "InService"} />
-            <Events name={e.endpoint_name} changing={e.status !== "InService" && e.status !== "Failed"} />
+            <Events name={e.endpoint_name} status={e.status} />
           </>
         )}
       </Loaded>
