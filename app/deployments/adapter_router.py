@@ -1,4 +1,5 @@
-"""Attach and detach LoRA adapters on a running base-model endpoint (app/deployments/adapters.py)."""
+"""Attach and detach LoRA adapters on a running base-model endpoint (app/deployments/adapters.py), and
+what each adapter of an endpoint served."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 
 from app.deployments.adapters import AdapterService
-from app.deployments.schemas import AdapterRead, AdapterRef
+from app.deployments.schemas import AdapterRead, AdapterRef, AdapterUsage
 from app.deps import BackendsDep, CurrentUser, SessionDep, StoreDep
 
-router = APIRouter(prefix="/api/endpoint/{endpoint_name}/adapters", tags=["deployments"])
+router = APIRouter(prefix="/api/endpoint/{endpoint_name}", tags=["deployments"])
 
 
 def adapter_service(session: SessionDep, store: StoreDep, backends: BackendsDep) -> AdapterService:
@@ -20,21 +21,27 @@ def adapter_service(session: SessionDep, store: StoreDep, backends: BackendsDep)
 AdapterServiceDep = Annotated[AdapterService, Depends(adapter_service)]
 
 
-@router.get("", response_model=list[AdapterRead])
+@router.get("/adapters", response_model=list[AdapterRead])
 async def list_adapters(endpoint_name: str, user: CurrentUser, svc: AdapterServiceDep) -> list[AdapterRead]:
     """The adapters attached to a base-model endpoint."""
     return svc.list_for(user, endpoint_name)
 
 
-@router.post("", status_code=201, response_model=AdapterRead)
+@router.post("/adapters", status_code=201, response_model=AdapterRead)
 async def attach_adapter(endpoint_name: str, data: AdapterRef, user: CurrentUser,
                          svc: AdapterServiceDep) -> AdapterRead:
     """Attach an adapter trained on the endpoint's base model; a running server takes it without restarting."""
     return await svc.attach(user, endpoint_name, data)
 
 
-@router.delete("/{adapter_name}", response_model=AdapterRead)
+@router.delete("/adapters/{adapter_name}", response_model=AdapterRead)
 async def detach_adapter(endpoint_name: str, adapter_name: str, user: CurrentUser,
                          svc: AdapterServiceDep) -> AdapterRead:
     """Detach an adapter: the server unloads it and frees its memory; the endpoint keeps running."""
     return await svc.detach(user, endpoint_name, adapter_name)
+
+
+@router.get("/usage", response_model=list[AdapterUsage])
+async def endpoint_usage(endpoint_name: str, user: CurrentUser, svc: AdapterServiceDep) -> list[AdapterUsage]:
+    """Requests answered through /v1 by this endpoint, per adapter (`adapter` null: its own model)."""
+    return svc.usage(user, endpoint_name)

@@ -12,14 +12,14 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from app import catalog, events
 from app.auth.models import User
 from app.db import utcnow
-from app.deployments.models import Endpoint, EndpointAdapter
-from app.deployments.schemas import AdapterRead, AdapterRef
+from app.deployments.models import Endpoint, EndpointAdapter, InferenceRecord
+from app.deployments.schemas import AdapterRead, AdapterRef, AdapterUsage
 from app.errors import Conflict, NotFound, ValidationFailed
 from app.registry.models import RegisteredModel
 from app.storage import user_prefix
@@ -158,6 +158,19 @@ class AdapterService:
                       message=f"Adapter {name!r} detached", data={"adapter": name, "action": "detach"})
         self.session.commit()
         return to_read(row, None)
+
+    def usage(self, user: User, endpoint_name: str) -> list[AdapterUsage]:
+        ep = self.session.scalar(select(Endpoint).where(Endpoint.endpoint_name == endpoint_name,
+                                                        Endpoint.user_id == user.id))
+        if ep is None:
+            raise NotFound(f"No endpoint {endpoint_name!r}", param="endpoint_name")
+        r = InferenceRecord
+        rows = self.session.execute(
+            select(r.adapter, func.count(), func.sum(case((r.streamed, 1), else_=0)), func.sum(r.prompt_tokens),
+                   func.sum(r.completion_tokens)).where(r.endpoint_id == ep.id).group_by(r.adapter)
+            .order_by(r.adapter)).tuples().all()
+        return [AdapterUsage(adapter=a, requests=n, streamed=int(st or 0), prompt_tokens=int(p or 0),
+                             completion_tokens=int(c or 0)) for a, n, st, p, c in rows]
 
     def list_for(self, user: User, endpoint_name: str) -> list[AdapterRead]:
         ep = self._base_endpoint(user, endpoint_name)

@@ -78,6 +78,14 @@ class AdapterRead(BaseModel):
     detached_at: datetime | None
 
 
+class AdapterUsage(BaseModel):
+    adapter: str | None
+    requests: int
+    streamed: int
+    prompt_tokens: int
+    completion_tokens: int
+
+
 class EndpointRead(BaseModel):
     endpoint_name: str
     status: str

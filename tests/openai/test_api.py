@@ -93,6 +93,9 @@ def test_non_streaming_answer_shape_and_usage(client: Any, served: dict[str, Any
     r = client.post("/v1/completions", headers=served["auth"], json={"model": "my-model", "prompt": "Once"})
     assert r.status_code == 200 and r.json()["choices"][0]["text"] == " and then the answer", r.text
     assert fake_backend.invocations[-1]["payload"]["parameters"]["raw"] is True
+    usage = client.get("/api/endpoint/my-model-endpoint/usage", headers=served["headers"])
+    assert usage.json() == [{"adapter": None, "requests": 2, "streamed": 0, "prompt_tokens": 10,
+                             "completion_tokens": 8}], usage.text
 
 
 def test_stream_is_relayed_as_it_is_generated(served: dict[str, Any], fake_backend: StreamingFake,
@@ -156,6 +159,7 @@ def test_another_users_model_is_404_and_not_listed(client: Any, served: dict[str
                                                   register: Callable[..., Headers]) -> None:
     bob = register("bob")
     assert client.get("/v1/models", headers=bob).json() == {"object": "list", "data": []}
+    assert client.get("/api/endpoint/my-model-endpoint/usage", headers=bob).status_code == 404
     oai_error(client.post("/v1/chat/completions", headers=bob, json=CHAT), 404, "model", "model_not_found")
     assert [m["id"] for m in client.get("/v1/models", headers=served["auth"]).json()["data"]] == ["my-model"]
 

@@ -51,6 +51,9 @@ def test_list_complete_and_stream_for_adapters_and_the_base(deployed: dict[str, 
         ("-", "chat.completions", False), ("legal", "chat.completions", False), ("legal", "completions", False),
         ("legal", "completions", True), ("support", "chat.completions", False), ("support", "chat.completions", True)]
     assert all(r.api_key_id for r in rows)
+    usage = {u["adapter"]: u for u in httpx.get(f"{live_url}/api/endpoint/tiny-base-endpoint/usage",
+                                                 headers=deployed["headers"]).json()}
+    assert usage["legal"]["requests"] == 3 and usage["legal"]["streamed"] == 1 and usage[None]["requests"] == 1
 
 
 def test_async_client_completes_and_streams(deployed: dict[str, Any], live_url: str) -> None:
