@@ -52,7 +52,7 @@ function preload(path: string) {
     void queries.prefetchQuery(jobQueries.actions(name));
   } else if (path === "/jobs" || path === "/") {
     void pages.jobs();
-    void queries.prefetchQuery({ queryKey: ["jobs", undefined], queryFn: () => jobsPage() });
+    void queries.prefetchQuery({ queryKey: ["jobs", undefined], queryFn: () => jobsPage() }); // usePaged's key
   }
 }
 preload(location.pathname);

@@ -42,4 +42,7 @@ export const jobQueries = {
 };
 
 export const JOBS_PAGE = 20;
-export const jobsPage = (after?: string) => data(sdk.listJobsApiTrainingJobsGet({ query: { limit: JOBS_PAGE, after } }));
+export const JOB_STATUSES = ["InProgress", "Completed", "Failed", "Stopping", "Stopped"] as const;
+export type JobStatus = (typeof JOB_STATUSES)[number];
+export const jobsPage = (after?: string, status?: JobStatus) =>
+  data(sdk.listJobsApiTrainingJobsGet({ query: { limit: JOBS_PAGE, after, status } }));
