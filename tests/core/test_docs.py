@@ -120,3 +120,12 @@ def test_every_hyperparameter_is_documented() -> None:
     documented = {name for row in rows for name in re.findall(r"`([a-z0-9_]+)`", row)}
     missing = sorted(set(Hyperparameters.model_fields) - documented)
     assert not missing, f"add these hyperparameters to docs/training.md's table: {missing}"
+
+
+def test_every_error_code_is_documented() -> None:
+    """Each `code="..."` the app raises is named in the README's errors table or a docs/ page."""
+    codes = {code for path in (ROOT / "app").rglob("*.py")
+             for code in re.findall(r'\bcode="([a-z_]+)"', path.read_text(encoding="utf-8"))}
+    text = "\n".join(p.read_text(encoding="utf-8") for p in markdown_docs())
+    missing = sorted(code for code in codes if f"`{code}`" not in text)
+    assert not missing, f"document these error codes (README's errors table or docs/<topic>.md): {missing}"
