@@ -12,7 +12,7 @@ export LLMTUNER_PUBLIC_BASE_URL ?= http://$(HOST):$(PORT)
 export UVICORN_ACCESS_LOG ?= false
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml llmtuner/pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: run test lint typecheck migrate install-run install-dev clean bench web
+.PHONY: run test lint typecheck migrate install-run install-dev clean bench web aws-smoke
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ lint: install
 
 test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# A real-AWS smoke run (docs/cloud.md): trains the tiny model on SageMaker, deploys, invokes,
+# downloads, deletes everything and prints the cost. Needs AWS credentials.
+aws-smoke: install
+	$(PY) scripts/aws_smoke.py --bucket "$(BUCKET)" --role "$(ROLE)" --region "$(or $(REGION),us-east-1)"
 
 bench: install
 	$(PY) -m pip install -q -e ".[local,dev,bench]"

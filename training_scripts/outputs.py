@@ -16,7 +16,9 @@ from typing import Any
 from metrics import log
 
 CODE_FILES = ("inference.py", "prompting.py", "modeling.py")
-INFERENCE_REQUIREMENTS = "peft>=0.17\naccelerate>=1.0\nsafetensors>=0.4\nsentencepiece>=0.2\n"
+# The model's code/requirements.txt, which SageMaker's inference container installs before serving:
+# the pinned versions the test suite runs (one file, checked by tests/parity/test_versions.py).
+INFERENCE_REQUIREMENTS = Path(__file__).resolve().with_name("inference_requirements.txt")
 BUNDLE_BASE_MAX_BYTES = 256 * 2**20
 
 
@@ -85,7 +87,7 @@ def copy_inference_code(code_dir: Path) -> None:
     for name in CODE_FILES:
         if (here / name).is_file():
             shutil.copy2(here / name, code_dir / name)
-    (code_dir / "requirements.txt").write_text(INFERENCE_REQUIREMENTS)
+    shutil.copyfile(INFERENCE_REQUIREMENTS, code_dir / "requirements.txt")
 
 
 def library_versions() -> dict[str, str]:

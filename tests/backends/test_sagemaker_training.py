@@ -145,15 +145,23 @@ def test_metric_definitions_read_real_train_lines() -> None:
 
 
 def test_metric_definitions_read_lines_printed_by_train_py(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The lines train.py's own Events.emit prints, not copies."""
-    spec = importlib.util.spec_from_file_location("llmtuner_train_for_metrics_test", process.SCRIPTS / "train.py")
-    assert spec and spec.loader
-    train = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, train)  # dataclasses look their module up there
-    spec.loader.exec_module(train)
+    """The lines train.py's own Events.emit prints, not copies (Events lives in metrics.py, or in
+    train.py itself in older trees)."""
     out = io.StringIO()
-    monkeypatch.setattr(train, "_METRIC_STDOUT", out)
-    events = train.Events(tmp_path / "metrics.jsonl")
+    if (process.SCRIPTS / "metrics.py").exists():
+        monkeypatch.syspath_prepend(str(process.SCRIPTS))
+        monkeypatch.delitem(sys.modules, "metrics", raising=False)
+        import metrics  # type: ignore[import-not-found]
+
+        events = metrics.Events(tmp_path / "metrics.jsonl", out)
+    else:
+        spec = importlib.util.spec_from_file_location("llmtuner_train_for_metrics_test", process.SCRIPTS / "train.py")
+        assert spec and spec.loader
+        train = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, spec.name, train)  # dataclasses look their module up there
+        spec.loader.exec_module(train)
+        monkeypatch.setattr(train, "_METRIC_STDOUT", out)
+        events = train.Events(tmp_path / "metrics.jsonl")
     events.emit("log", step=10, epoch=0.5, train_loss=1.23, learning_rate=0.0001, tokens_per_second=812.5,
                 grad_norm=0.7)
     events.emit("log", step=20, epoch=1.0, train_loss=0.000123, learning_rate=1e-05, tokens_per_second=99.0)
@@ -580,3 +588,65 @@ def test_map_aws_error_names_the_quota_even_when_aws_words_it_differently() -> N
     assert err.status_code == 429 and "Too many endpoints" in err.message
     err = map_aws_error(EndpointConnectionError(endpoint_url="https://api.sagemaker"), "describe")
     assert (err.status_code, err.code) == (502, "backend_unreachable")
+
+
+# --------------------------------------------------------------------------- CloudWatch Logs polling
+
+
+class CountingLogs:
+    """A CloudWatch Logs client that counts calls and can throttle."""
+
+    def __init__(self, real: Any) -> None:
+        self.real, self.calls, self.throttle = real, {"describe_log_streams": 0, "get_log_events": 0}, False
+
+    def _call(self, op: str, **kw: Any) -> Any:
+        from botocore.exceptions import ClientError
+
+        self.calls[op] += 1
+        if self.throttle:
+            raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "Rate exceeded"}}, op)
+        return getattr(self.real, op)(**kw)
+
+    def describe_log_streams(self, **kw: Any) -> Any:
+        return self._call("describe_log_streams", **kw)
+
+    def get_log_events(self, **kw: Any) -> Any:
+        return self._call("get_log_events", **kw)
+
+
+def test_log_polling_caches_stream_names_backs_off_and_honours_throttling(
+        sm_settings: Settings, s3_store: S3ObjectStore) -> None:
+    from app.backends.sagemaker_logs import MAX_WAIT_SECONDS, THROTTLED_WAIT_SECONDS, LogReader
+
+    now = [1000.0]
+    logs = CountingLogs(client(sm_settings, "logs"))
+    reader = LogReader(logs, clock=lambda: now[0])
+    handle: dict[str, Any] = {}
+
+    def poll(ended: bool = False) -> list[str]:
+        lines, update = reader.read(JOB, handle, ended)
+        handle.update(update)
+        return lines
+
+    assert poll() == [] and logs.calls == {"describe_log_streams": 1, "get_log_events": 0}  # not started yet
+    put_logs(sm_settings, JOB, [SAMPLE_LOG])
+    assert poll() == []  # within the wait: no call at all
+    assert logs.calls["describe_log_streams"] == 1
+    now[0] += handle["log_wait"]
+    assert poll() == [SAMPLE_LOG]
+    # The stream's name is kept: reading on costs one GetLogEvents, no more DescribeLogStreams.
+    for _ in range(6):
+        now[0] += handle["log_wait"]
+        assert poll() == []
+    assert logs.calls["describe_log_streams"] == 2 and logs.calls["get_log_events"] == 2 + 6  # a page, then its end
+    assert handle["log_wait"] == MAX_WAIT_SECONDS  # nothing new: the wait grew to its cap
+    put_logs(sm_settings, JOB, [SAMPLE_EVAL])
+    now[0] += MAX_WAIT_SECONDS
+    assert poll() == [SAMPLE_EVAL] and handle["log_wait"] == 2.0  # lines came: read soon again
+    logs.throttle = True
+    now[0] += 2.0
+    assert poll() == [] and handle["log_wait"] >= THROTTLED_WAIT_SECONDS
+    logs.throttle = False
+    put_logs(sm_settings, JOB, [SAMPLE_END])
+    # The job ended: the streams are listed again and read to the end, whatever the wait.
+    assert poll(ended=True) == [SAMPLE_END] and logs.calls["describe_log_streams"] == 3
