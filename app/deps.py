@@ -34,15 +34,17 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
         session.close()
 
 
-def get_settings(request: Request) -> Settings:
+# Dependencies that do no I/O are `async def`: FastAPI runs a plain `def` dependency in the threadpool,
+# a thread hop per dependency per request.
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
-def get_store(request: Request) -> ObjectStore:
+async def get_store(request: Request) -> ObjectStore:
     return request.app.state.store  # type: ignore[no-any-return]
 
 
-def get_backends(request: Request) -> Any:
+async def get_backends(request: Request) -> Any:
     return request.app.state.backends
 
 

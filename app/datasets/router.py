@@ -14,7 +14,8 @@ from app.deps import CurrentUser, SessionDep, SettingsDep, StoreDep
 router = APIRouter(prefix="/api/datasets", tags=["datasets"])
 
 
-def dataset_service(session: SessionDep, settings: SettingsDep, store: StoreDep, user: CurrentUser) -> DatasetService:
+async def dataset_service(session: SessionDep, settings: SettingsDep, store: StoreDep,
+                          user: CurrentUser) -> DatasetService:
     return DatasetService(session, settings, store, user)
 
 

@@ -25,7 +25,7 @@ router = APIRouter(tags=["deployments"])
 
 
 
-def endpoint_service(session: SessionDep, settings: SettingsDep, store: StoreDep,
+async def endpoint_service(session: SessionDep, settings: SettingsDep, store: StoreDep,
                      backends: BackendsDep) -> EndpointService:
     return EndpointService(session, settings, store, backends)
 

@@ -14,7 +14,7 @@ from app.evaluation.service import EvaluationService, evaluation_read
 router = APIRouter(prefix="/api/evaluations", tags=["evaluation"])
 
 
-def evaluation_service(session: SessionDep, settings: SettingsDep, store: StoreDep, backends: BackendsDep,
+async def evaluation_service(session: SessionDep, settings: SettingsDep, store: StoreDep, backends: BackendsDep,
                        user: CurrentUser) -> EvaluationService:
     return EvaluationService(session, settings, store, str(getattr(backends, "name", settings.backend)), user)
 

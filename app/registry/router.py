@@ -12,7 +12,7 @@ from app.registry.service import RegistryService
 router = APIRouter(prefix="/api/models", tags=["registry"])
 
 
-def registry_service(session: SessionDep, user: CurrentUser) -> RegistryService:
+async def registry_service(session: SessionDep, user: CurrentUser) -> RegistryService:
     return RegistryService(session, user)
 
 

@@ -25,7 +25,7 @@ from app.training.service import RESOURCE, TrainingService, job_read, job_reads
 router = APIRouter(prefix="/api", tags=["training"])
 
 
-def training_service(session: SessionDep, settings: SettingsDep, store: StoreDep, backends: BackendsDep,
+async def training_service(session: SessionDep, settings: SettingsDep, store: StoreDep, backends: BackendsDep,
                      user: CurrentUser) -> TrainingService:
     return TrainingService(session, settings, store, backends, user)
 

@@ -11,7 +11,7 @@ from app.usage.service import UsageService
 router = APIRouter(prefix="/api", tags=["usage"])
 
 
-def usage_service(session: SessionDep, user: CurrentUser) -> UsageService:
+async def usage_service(session: SessionDep, user: CurrentUser) -> UsageService:
     return UsageService(session, user)
 
 
