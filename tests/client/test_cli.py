@@ -103,6 +103,10 @@ def test_failed_job_exits_non_zero_with_its_error(cli: Any, live_server: LiveSer
     out = cli("train", "-d", ds["id"], "-m", TINY_ID, "--max-steps", "1",
               "--hp", 'lora_target_modules=["no_such_module"]', "--follow", code=1).output
     assert "failed" in out and "no_such_module" in out
+    [job] = as_json(cli("jobs", "ls", "--json"))
+    assert job["status"] == "Failed" and job["error"]["code"]
+    assert "Failed" in cli("jobs", "logs", job["job_name"], "-f", code=1).output  # followed to its end
+    assert "job_not_running" in cli("jobs", "stop", job["job_name"], code=5).output  # 409: it already ended
 
 
 def test_credential_errors(cli: Any, live_server: LiveServer) -> None:
