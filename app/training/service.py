@@ -158,8 +158,8 @@ class TrainingService:
                 est: dict[str, Any]) -> TrainingJob | None:
         """Split the data and insert the job; None when its generated name was taken meanwhile."""
         name = req.name or self._unique_name(model["id"])
-        if self.session.scalar(select(TrainingJob.id).where(TrainingJob.user_id == self.user.id,
-                                                            TrainingJob.job_name == name)):
+        if req.name and self.session.scalar(select(TrainingJob.id).where(TrainingJob.user_id == self.user.id,
+                                                                         TrainingJob.job_name == name)):
             raise Conflict(f"You already have a training job named {name!r}", param="name", code="job_exists")
         job = TrainingJob(
             id=new_id(), job_name=name, user_id=self.user.id, dataset_id=ds.id, base_model=model["id"],
