@@ -128,7 +128,7 @@ def test_password_login_and_api_key(live_server: LiveServer) -> None:
     assert Client(live_server.url, created.key).me().username == "sdkkeys"
 
 
-def test_async_client(live_server: LiveServer, qa_file: Path) -> None:
+def test_async_client(live_server: LiveServer, qa_file: Path, tmp_path: Path) -> None:
     token = live_server.register("sdkasync")
 
     async def run() -> None:
@@ -139,6 +139,11 @@ def test_async_client(live_server: LiveServer, qa_file: Path) -> None:
             assert (await client.me()).username == "sdkasync"
             with pytest.raises(NotFoundError):
                 await client.endpoints.get("nope-endpoint")
+            job = await client.jobs.create(ds, TINY_ID, {**FAST, "max_steps": 1})
+            job = await client.jobs.wait(job, poll_interval=0.5, timeout=300)
+            assert job.status == "Completed"
+            folder = await client.jobs.download(job, tmp_path / "async-model")
+            assert (folder / "adapter_model.safetensors").is_file()
 
     asyncio.run(run())
 
