@@ -31,13 +31,13 @@ export default function Endpoints() {
             <td>{e.instance_type} · {money(e.estimated_cost_per_hour)}/h</td>
             <td>{money(e.accrued_cost, e.currency)}</td>
             <td>{when(e.created_at)}</td>
-            <td className="row-actions">
+            <td><div className="row-actions">
               <Link href={`/endpoints/${e.endpoint_name}`}>Playground</Link>
               <button className="danger small" disabled={del.isPending || e.status === "Deleting"}
                 onClick={() => confirm(`Delete ${e.endpoint_name}? Its cost stops accruing.`) && del.mutate(e.endpoint_name)}>
                 Delete
               </button>
-            </td>
+            </div></td>
           </tr>
         )} />
     </>
