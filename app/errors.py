@@ -81,3 +81,67 @@ class ServiceUnavailable(AppError):
 
 class GatewayTimeout(AppError):
     status_code, code = 504, "timeout"
+
+
+# OpenAPI: every error is `{"error": {...}}`; FastAPI's own document would name a `{detail}` shape
+# for 422 and no other error status at all.
+ERROR_SCHEMA = {
+    "title": "Error", "type": "object", "required": ["error"],
+    "properties": {"error": {
+        "type": "object", "required": ["code", "message", "param", "details"],
+        "properties": {
+            "code": {"type": "string", "description": "stable machine-readable code, e.g. job_not_found"},
+            "message": {"type": "string"},
+            "param": {"anyOf": [{"type": "string"}, {"type": "null"}],
+                      "description": "the field, query parameter or header at fault"},
+            "details": {"anyOf": [{"type": "array", "items": {}}, {"type": "null"}]},
+        },
+    }},
+}
+ERROR_STATUSES = {
+    "400": "Bad request (invalid JSON, cursor or parameter)", "401": "Missing, invalid or expired token",
+    "403": "Not allowed with this credential", "404": "Not found (also another user's resource)",
+    "409": "Conflict with the resource's state", "413": "Request body over the limit",
+    "415": "Unsupported file type", "422": "Validation error (`param` names the field)",
+    "429": "Rate, quota or budget limit (see Retry-After where given)", "500": "Internal error (quote its id)",
+    "502": "The compute backend or storage failed", "503": "Not ready or unavailable",
+    "504": "The backend did not answer in time",
+}
+# The statuses a route can answer besides its success, by method (any route: 400, 404, 422, 500).
+_BY_METHOD = {"get": ("401", "403"), "delete": ("401", "403", "409"),
+              "post": ("401", "403", "409", "413", "415", "429", "502", "503", "504"),
+              "put": ("401", "403", "409", "413", "429"), "patch": ("401", "403", "409", "413", "429")}
+
+
+def document_errors(spec: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI document with the real error shape and the error statuses each operation returns."""
+    schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+    schemas.pop("HTTPValidationError", None)
+    schemas.pop("ValidationError", None)
+    schemas["Error"] = ERROR_SCHEMA
+    ref = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    for path, item in spec.get("paths", {}).items():
+        for method, op in item.items():
+            if method not in ("get", "post", "put", "patch", "delete"):
+                continue
+            responses = op.setdefault("responses", {})
+            codes = {"400", "404", "422", "500", *_BY_METHOD[method]}
+            if not op.get("security") and path != "/api/auth/token":  # public: no token to refuse
+                codes -= {"401", "403"}
+            if path == "/api/health":
+                codes.add("503")
+            for code in sorted(codes):
+                responses[code] = {"description": ERROR_STATUSES[code], **ref}
+    return spec
+
+
+def install_openapi_errors(app: Any) -> None:
+    """`app.openapi()` (and /openapi.json) built once, with `document_errors` applied."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_errors(build())
+        return app.openapi_schema  # type: ignore[no-any-return]
+
+    app.openapi = openapi

@@ -22,7 +22,7 @@ from app.auth.ratelimit import LoginThrottle
 from app.backends.base import Backends
 from app.config import Settings, get_settings
 from app.datasets import parallel
-from app.errors import AppError
+from app.errors import AppError, install_openapi_errors
 from app.headers import SecurityHeadersMiddleware
 from app.limits import BodyLimitMiddleware
 from app.runtime import SessionFactory, wake
@@ -110,6 +110,7 @@ def create_app(
         upload_limit=settings.max_upload_bytes, upload_paths=("/api/datasets",),
     )
     install_error_handlers(app)
+    install_openapi_errors(app)
     for name in DOMAIN_ROUTERS:
         app.include_router(importlib.import_module(name).router)
     mount_web(app)  # the dashboard at / (its own paths only; after the API's routes)
