@@ -9,11 +9,13 @@ content-hashed key) and is run by the Hugging Face PyTorch training container th
 JSON-encoded strings, as the training toolkit expects). train.py writes model.tar.gz to
 `{S3OutputPath}/{job_name}/output/model.tar.gz`, i.e. `users/{user_id}/models/{job_name}/output/`.
 Status comes from `describe_training_job`; metric and event lines from the job's CloudWatch log
-streams (`/aws/sagemaker/TrainingJobs`, `{job_name}/algo-1-...`), read forward with a stored token.
+streams (`/aws/sagemaker/TrainingJobs`, `{job_name}/algo-1-...`), read by sagemaker_logs.LogReader.
+A base model that is not on the hub reaches jobs and endpoints from a content-addressed copy in S3
+(sagemaker_inputs), and the Hugging Face token as HF_TOKEN.
 
-Endpoints: one SageMaker model (the Hugging Face PyTorch inference container, `ModelDataUrl` =
-the job's model.tar.gz, which holds our `code/inference.py` handler), one endpoint config, one
-endpoint; all three are deleted together.
+Endpoints: one SageMaker model (the PyTorch inference container, `ModelDataUrl` = the job's
+model.tar.gz, which holds our `code/inference.py` handler and its `code/requirements.txt`), one
+endpoint config, one endpoint; all three are deleted together. docs/cloud.md has the whole picture.
 
 Every boto3 call runs in the worker or a request thread, never on the event loop. Throttling is
 retried by botocore's adaptive retry mode (app/aws.py); what still fails is mapped to the API's
@@ -236,8 +238,8 @@ def _seconds_since(value: Any, until: Any = None) -> int | None:
 
 class SageMakerTrainingBackend:
     """SageMaker training jobs. Handle keys: job_name, arn, region, source_uri, output_path,
-    submitted_at, transitions_seen (SecondaryStatusTransitions already reported), log_tokens
-    ({stream name: CloudWatch nextForwardToken}), final_reported (FinalMetricDataList sent)."""
+    submitted_at, transitions_seen (SecondaryStatusTransitions already reported), final_reported
+    (FinalMetricDataList sent), and LogReader's log_streams, log_tokens, log_wait, log_next_at."""
 
     name = "sagemaker"
 
