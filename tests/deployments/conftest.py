@@ -27,26 +27,31 @@ def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return ensure_tiny_model(tmp_path_factory.mktemp("deploy-base"))
 
 
-def build_adapter_tar(tiny_base: Path, root: Path, seed: int = 7) -> Path:
-    """model.tar.gz as train.py writes it: a LoRA adapter (perturbed by `seed` so it changes outputs,
-    differently for each seed), the tokenizer and training_summary.json."""
+def save_adapter(base: Path, out: Path, seed: int, scale: float = 0.3) -> Path:
+    """A LoRA adapter of `base` on q/v, saved as train.py saves one (with the tokenizer and
+    training_summary.json), its lora_B drawn with `seed` so that it changes outputs."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model_dir = root / "model"
-    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(tiny_base)),
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(base)),
                                 LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
                                            task_type="CAUSAL_LM"))
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
             if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
-    peft_model.save_pretrained(str(model_dir))
-    AutoTokenizer.from_pretrained(str(tiny_base)).save_pretrained(str(model_dir))
-    (model_dir / "training_summary.json").write_text(json.dumps(
-        {"base_model": str(tiny_base), "task": "causal_lm", "prompt_template": "llmtuner-plain-v1"}))
+                p.copy_(torch.randn(p.shape, generator=gen) * scale)
+    peft_model.save_pretrained(str(out))
+    AutoTokenizer.from_pretrained(str(base)).save_pretrained(str(out))
+    (out / "training_summary.json").write_text(json.dumps(
+        {"base_model": str(base), "task": "causal_lm", "prompt_template": "llmtuner-plain-v1"}))
+    return out
+
+
+def build_adapter_tar(tiny_base: Path, root: Path, seed: int = 7) -> Path:
+    """model.tar.gz as train.py writes it: `save_adapter`'s folder, archived."""
+    model_dir = save_adapter(tiny_base, root / "model", seed)
     tar_path = root / "model.tar.gz"
     with tarfile.open(tar_path, "w:gz") as tar:
         for p in sorted(model_dir.iterdir()):

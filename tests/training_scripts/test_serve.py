@@ -29,6 +29,8 @@ sys.path.insert(0, str(SCRIPTS))
 import adapters  # noqa: E402
 import modeling  # noqa: E402
 
+from tests.deployments.conftest import save_adapter  # noqa: E402
+
 PROMPTS = [
     "Hello",
     "How do I reset my password?",
@@ -512,21 +514,7 @@ def test_messages_are_rendered_with_the_training_template(server: Any, loaded: m
 
 
 def make_adapter(base: Path, out: Path, seed: int) -> Path:
-    """A LoRA adapter of `base` saved as train.py saves one, its weights drawn with `seed`."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(base)),
-                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
-    model.save_pretrained(str(out))
-    (out / "training_summary.json").write_text(json.dumps({"base_model": str(base), "task": "causal_lm"}))
-    return out
+    return save_adapter(base, out, seed, scale=0.5)
 
 
 @pytest.fixture(scope="module")
