@@ -96,9 +96,19 @@ try {
     await page.getByRole("link", { name: "Fine-tune on it" }).click();
     await page.getByRole("radio", { name: /Quick check/ }).click();
     await page.getByLabel("Base model").selectOption("llmtuner/tiny-llama");
+    await page.getByText("Estimated cost").waitFor();
+    // A value only the API refuses: its message shows beside the field it names.
+    await page.getByLabel("Job name (optional)").fill("not a valid name!");
+    await page.getByRole("button", { name: "Start fine-tuning" }).click();
+    const nameHelp = page.locator(".field", { has: page.getByLabel("Job name (optional)") }).locator(".field-error");
+    await nameHelp.waitFor();
+    log(`  the API's error beside the field: ${await nameHelp.innerText()}`);
+    await page.getByLabel("Job name (optional)").fill("");
+    await page.getByLabel("learning_rate", { exact: true }).fill("5");
+    await page.getByText("must be > 0, ≤ 1").waitFor(); // checked as you type, from the schema's bounds
+    await page.getByRole("radio", { name: /Quick check/ }).click();
     // EPOCHS=40: a model that has learnt its answers, for screenshots worth showing.
     if (process.env.EPOCHS) await page.getByLabel("epochs", { exact: true }).fill(process.env.EPOCHS);
-    await page.getByText("Estimated cost").waitFor();
     await shot("05-new-job");
     await page.getByRole("button", { name: "Start fine-tuning" }).click();
     await page.waitForURL(/\/jobs\/llm-tune-/);

@@ -37,6 +37,7 @@ export function errorText(e: unknown): string {
 export function fieldError(e: unknown, field: string): string | null {
   if (!(e instanceof ApiError) || !e.param) return null;
   const p = e.param;
-  return p === field || p.endsWith(`.${field}`) || p.startsWith(`${field}.`) || p.startsWith(`${field}[`)
-    ? e.message : null;
+  const mine = p === field || p.endsWith(`.${field}`) || p.startsWith(`${field}.`) || p.startsWith(`${field}[`);
+  // Beside the field its name is redundant: "name: String should match..." reads "String should match...".
+  return mine ? (e.message.startsWith(`${p}: `) ? e.message.slice(p.length + 2) : e.message) : null;
 }

@@ -17,7 +17,9 @@ describe("errors", () => {
     expect(fieldError(e, "epochs")).toBeNull();
   });
   it("does not repeat a field the message already names", () => {
-    expect(errorText(toApiError(422, { error: { code: "x", message: "name: too long", param: "name" } }))).toBe("name: too long");
+    const e = toApiError(422, { error: { code: "x", message: "name: too long", param: "name" } });
+    expect(errorText(e)).toBe("name: too long");
+    expect(fieldError(e, "name")).toBe("too long");
   });
   it("explains a network failure and a body that is not the API's", () => {
     expect(toApiError(0, null).message).toMatch(/Cannot reach the server/);
