@@ -34,6 +34,7 @@ LAST_USED_RESOLUTION = timedelta(seconds=60)  # last_used_at is written at most 
 INFERENCE_ROUTES = {
     ("POST", "/api/invoke-model"), ("POST", "/api/v1/generate"), ("GET", "/api/endpoints"),
     ("GET", "/api/endpoint-status/{endpoint_name}"), ("GET", "/api/endpoint/{endpoint_name}/events"),
+    ("GET", "/api/endpoint/{endpoint_name}/adapters"), ("GET", "/api/endpoint/{endpoint_name}/usage"),
     ("GET", "/api/auth/me"),
 }
 

@@ -67,6 +67,7 @@ def test_inference_scope_is_403_on_training_and_dataset_writes(client, register)
     key = bearer(make_key(client, h)["key"])  # scope defaults to inference
     assert client.get("/api/auth/me", headers=key).status_code == 200
     assert client.get("/api/endpoints", headers=key).status_code == 200
+    assert client.get("/api/endpoint/nope-endpoint/usage", headers=key).status_code == 404  # allowed, none such
     assert_error(client.post("/api/datasets", headers=key, files={"file": ("a.jsonl", b"{}")}), 403,
                  "insufficient_scope")
     assert_error(client.post("/api/training-job", headers=key, json={}), 403, "insufficient_scope")
