@@ -32,11 +32,15 @@ class StreamingFake(FakeEndpointBackend):
         self.gate = threading.Event()
         self.gate_open_when_resumed: bool | None = None
         self.payloads: list[dict[str, Any]] = []
+        self.fail_after_first = False
 
     async def invoke_stream(self, handle: dict[str, Any], payload: dict[str, Any],
                             timeout: float) -> AsyncIterator[dict[str, Any]]:
         self.payloads.append(payload)
         yield {"text": "first"}
+        if self.fail_after_first:  # the model server's own mid-stream error event
+            yield {"error": {"code": "generation_timeout", "message": "generation took longer than 60 s"}}
+            return
         self.gate_open_when_resumed = await asyncio.to_thread(self.gate.wait, 20)
         yield {"text": " second"}
         yield {"text": "", "generated_text": "first second",
@@ -172,3 +176,18 @@ def test_an_endpoint_not_in_service_is_refused(client: Any, served: dict[str, An
     err = oai_error(client.post("/v1/chat/completions", headers=served["auth"], json=CHAT), 409, "model",
                     "model_not_ready")
     assert "Failed: boom" in err["message"]
+
+
+def test_an_error_after_the_stream_began_is_its_last_event(client: Any, served: dict[str, Any],
+                                                          fake_backend: StreamingFake) -> None:
+    fake_backend.fail_after_first = True
+    body = {"model": "my-model", "prompt": "x", "stream": True}
+    r = client.post("/v1/completions", headers=served["auth"], json=body)
+    assert r.status_code == 200
+    events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: ")]
+    assert events[0]["choices"][0]["text"] == "first"
+    assert events[-1]["error"]["code"] == "generation_timeout" and events[-1]["error"]["type"] == "api_error"
+    oai = openai.OpenAI(base_url="http://testserver/v1", api_key=served["key"]["key"], http_client=client,
+                        max_retries=0)
+    with pytest.raises(openai.APIError):
+        list(oai.completions.create(model="my-model", prompt="x", stream=True))
