@@ -40,7 +40,8 @@ def deploy(
     job_name: str = typer.Argument(..., metavar="JOB", help="The completed job whose model to serve."),
     model_name: str = typer.Option(None, "--name", "-n", help="Model name; the endpoint is NAME-endpoint "
                                    "(default: the job name)."),
-    instance_type: str = typer.Option(None, help="e.g. local, ml.g5.xlarge (default: the server's)."),
+    instance_type: str = typer.Option(None, help="e.g. local, ml.g5.xlarge (default: local for a job trained "
+                                      "locally, else the server's default)."),
     instance_count: int = typer.Option(None, help="Instances behind the endpoint."),
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait until the endpoint is InService."),
     as_json: bool = JsonOpt,
@@ -48,6 +49,8 @@ def deploy(
     """Deploy a trained model to an inference endpoint."""
     with api_errors():
         cli = client()
+        if instance_type is None and cli.jobs.get(job_name).instance_type == "local":
+            instance_type = "local"  # served where it was trained, rather than priced as a cloud GPU
         # The API allows 50 characters for a model name: a long job name is cut from its start.
         dep = cli.endpoints.deploy(job_name, model_name=model_name or job_name[-50:].strip("-"),
                                    instance_type=instance_type,

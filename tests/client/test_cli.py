@@ -72,8 +72,9 @@ def test_journey(cli: Any, live_server: LiveServer, qa_file: Path, tmp_path: Pat
     folder = Path(as_json(cli("download", name, "-o", str(tmp_path / "model"), "--json"))["path"])
     assert (folder / "adapter_model.safetensors").is_file() and (folder / "training_summary.json").is_file()
 
-    ep = as_json(cli("deploy", name, "--name", "cli-bot", "--instance-type", "local", "--json"))
+    ep = as_json(cli("deploy", name, "--name", "cli-bot", "--json"))
     assert ep["endpoint_name"] == "cli-bot-endpoint" and ep["status"] == "InService"
+    assert ep["instance_type"] == "local"  # where the job trained
     assert [e["endpoint_name"] for e in as_json(cli("endpoints", "ls", "--json"))] == ["cli-bot-endpoint"]
     for mode in ("--stream", "--no-stream"):  # streamed (where the server offers it), and invoked
         assert cli("chat", "cli-bot-endpoint", "-m", "How do I reset my password?", "--max-tokens", "8",
