@@ -116,7 +116,8 @@ def _reply(cli: Client, target: str, history: list[dict[str, str]], max_tokens: 
 
 def chat(target: str = typer.Argument(..., metavar="ENDPOINT_OR_MODEL",
                                       help="An InService endpoint, or a deployed model or adapter name."),
-         message: list[str] = typer.Option([], "--message", "-m", help="Send this instead of asking (repeatable)."),
+         message: list[str] = typer.Option([], "--message", "-m", metavar="TEXT",
+                                           help="Send this instead of asking (repeatable)."),
          max_tokens: int = typer.Option(128, help="Tokens to generate per reply."),
          stream: bool = typer.Option(True, "--stream/--no-stream", help="Stream replies when the server can.")
          ) -> None:
