@@ -161,7 +161,7 @@ def check_budget(session: Session, user: User, estimate: float, reserved: float 
             + "; choose a smaller job or instance type, or raise the budget",
             status_code=429, code="budget_exceeded",
             details=[{"estimated_cost": round(estimate, 4), "remaining": left, "monthly_budget": limit,
-                      "reserved": round(reserved, 4)}])
+                      **({"reserved": round(reserved, 4)} if reserved else {})}])
 
 
 def flag_endpoints_over_budget(session: Session, user: User, now: datetime | None = None) -> int:
