@@ -43,7 +43,7 @@ from app.backends import process
 from app.backends.base import BackendJobStatus, Backends, TrainingSpec
 from app.backends.sagemaker_endpoints import SageMakerEndpointBackend
 from app.backends.sagemaker_endpoints import derived_name as derived_name  # re-exported
-from app.backends.sagemaker_errors import already_exists, error_code, map_aws_error, not_found
+from app.backends.sagemaker_errors import already_exists, error_code, map_aws_error, not_found, scrubbed
 from app.backends.sagemaker_images import image_uri
 from app.backends.sagemaker_inputs import hf_token, is_hub_id, upload_base_folder
 from app.backends.sagemaker_logs import TRAINING_LOG_GROUP as TRAINING_LOG_GROUP  # re-exported
@@ -280,7 +280,8 @@ class SageMakerTrainingBackend:
             # A retried request whose first attempt got through: the job exists and is ours.
             arn = self._existing_job_arn(spec.job_name, req) if already_exists(e) else None
             if arn is None:
-                raise map_aws_error(e, "create_training_job") from e
+                token = req["Environment"].get("HF_TOKEN")  # AWS's message may quote it: not from e then
+                raise scrubbed(map_aws_error(e, "create_training_job"), token) from (None if token else e)
         except BotoCoreError as e:
             raise map_aws_error(e, "create_training_job") from e
         return {"job_name": spec.job_name, "arn": arn, "region": self.settings.aws.region,

@@ -25,6 +25,7 @@ from app.backends.sagemaker_errors import (
     error_message,
     map_aws_error,
     not_found,
+    scrubbed,
 )
 from app.backends.sagemaker_images import image_uri
 from app.backends.sagemaker_inputs import hf_token, is_hub_id, upload_base_folder
@@ -181,7 +182,8 @@ class SageMakerEndpointBackend:
             # existing model or config of that name is ours; an endpoint is checked by its config).
             if already_exists(e) and (ours is None or ours()):
                 return
-            raise map_aws_error(e, op) from e
+            token = (req.get("PrimaryContainer") or {}).get("Environment", {}).get("HF_TOKEN")
+            raise scrubbed(map_aws_error(e, op), token) from (None if token else e)
         except BotoCoreError as e:
             raise map_aws_error(e, op) from e
 

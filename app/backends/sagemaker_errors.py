@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -84,3 +85,15 @@ def already_exists(exc: ClientError) -> bool:
     return error_code(exc) in ("ResourceInUse", "ResourceInUseException") or (
         error_code(exc) in ("ValidationException", "ValidationError") and ("already exist" in msg or "unique" in msg)
     )
+
+
+def scrubbed(err: AppError, secret: str | None) -> AppError:
+    """`err` without `secret` in its message or details: AWS's validation messages can quote the
+    request's values, and a request may carry the Hugging Face token in its environment."""
+    if not secret:
+        return err
+    err.message = err.message.replace(secret, "***")
+    err.args = (err.message,)
+    if err.details:
+        err.details = json.loads(json.dumps(err.details, default=str).replace(json.dumps(secret)[1:-1], "***"))
+    return err

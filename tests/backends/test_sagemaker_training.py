@@ -378,6 +378,28 @@ def test_hf_token_reaches_the_containers_from_a_value_or_a_secret(
     assert exc.value.code == "hf_token_unavailable" and "LLMTUNER_AWS__HF_TOKEN" in exc.value.message
 
 
+def test_an_aws_error_quoting_the_token_does_not_carry_it(tmp_path: Path, aws: None, s3_store: S3ObjectStore,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    from app.backends.sagemaker import SageMakerEndpointBackend
+    from tests.backends.test_sagemaker_endpoints import make_spec as endpoint_spec
+
+    settings = make_settings(tmp_path, hf_token="hf_secretvalue")
+    msg = ("1 validation error detected: Value '{HF_TOKEN=hf_secretvalue, HF_HOME=/opt/ml/input/hf_home}' at "
+           "'environment' failed to satisfy constraint")
+    backend = SageMakerTrainingBackend(settings, s3_store)
+    moto_sm.fail_next(backend.sm, "CreateTrainingJob", "ValidationException", msg)
+    with pytest.raises(AppError) as exc:
+        backend.submit(make_spec(s3_store))
+    endpoints = SageMakerEndpointBackend(settings, s3_store)
+    moto_sm.fail_next(endpoints.sm, "CreateModel", "ValidationException", msg)
+    with pytest.raises(AppError) as exc2:
+        endpoints.deploy(endpoint_spec())
+    for err in (exc.value, exc2.value):
+        assert err.code == "backend_validation_error" and "environment" in err.message
+        assert "hf_secretvalue" not in err.message + json.dumps(err.details) and err.__cause__ is None
+    assert "hf_secretvalue" not in caplog.text
+
+
 def test_multi_gpu_instance_types_are_refused_naming_the_field(training: SageMakerTrainingBackend,
                                                                s3_store: S3ObjectStore) -> None:
     with pytest.raises(AppError) as exc:
