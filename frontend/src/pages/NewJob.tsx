@@ -77,8 +77,10 @@ export default function NewJob() {
     onSuccess: async (job) => { await qc.invalidateQueries({ queryKey: ["jobs"] }); go(`/jobs/${job.job_name}`); },
   });
 
-  const set = (k: string, v: string | boolean) => setValues({ ...values, [k]: v });
-  const setF = (k: keyof typeof form) => (e: { target: { value: string } }) => setForm({ ...form, [k]: e.target.value });
+  // An edit answers the last refusal: its message goes until the next try.
+  const edited = () => start.error && start.reset();
+  const set = (k: string, v: string | boolean) => { edited(); setValues({ ...values, [k]: v }); };
+  const setF = (k: keyof typeof form) => (e: { target: { value: string } }) => { edited(); setForm({ ...form, [k]: e.target.value }); };
   const choose = (id: string) => {
     setPreset(id);
     setValues(initial(FIELDS, PRESETS.find((p) => p.id === id)?.values));
