@@ -20,6 +20,7 @@ from app import idempotency
 from app.api_keys.service import looks_like_key, user_row_for_key
 from app.auth.lookup import detached_user, user_row
 from app.auth.models import User
+from app.backends.base import Backends
 from app.config import Settings
 from app.errors import Unauthorized
 from app.storage import ObjectStore
@@ -44,14 +45,14 @@ async def get_store(request: Request) -> ObjectStore:
     return request.app.state.store  # type: ignore[no-any-return]
 
 
-async def get_backends(request: Request) -> Any:
+async def get_backends(request: Request) -> Backends:
     return request.app.state.backends
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[ObjectStore, Depends(get_store)]
-BackendsDep = Annotated[Any, Depends(get_backends)]
+BackendsDep = Annotated[Backends, Depends(get_backends)]
 
 
 class _CurrentUser(SecurityBase):

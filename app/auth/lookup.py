@@ -40,11 +40,12 @@ from sqlalchemy.orm import configure_mappers, make_transient_to_detached
 from sqlalchemy.orm.attributes import instance_state
 
 from app.auth.models import User
+from app.runtime import SessionFactory
 
 _PREPARED = "llmtuner.users_by_id"  # key, in a pooled connection's `info`, of its prepared state
 
 
-async def user_row(sessionmaker: Any, user_id: str) -> dict[str, Any] | None:
+async def user_row(sessionmaker: SessionFactory, user_id: str) -> dict[str, Any] | None:
     """The users row with this id, read now, or None."""
     bind = sessionmaker.kw.get("bind")
     if isinstance(bind, Engine):

@@ -20,6 +20,7 @@ from app.backends import process
 from app.backends.base import BackendEndpointStatus, BackendJobStatus, Backends, EndpointSpec, TrainingSpec
 from app.config import Settings
 from app.errors import BackendError, GatewayTimeout, ServiceUnavailable, ValidationFailed
+from app.storage import ObjectStore
 
 HANDLE_FILE = "handle.json"  # in a job's folder: the process started for it
 
@@ -27,7 +28,7 @@ HANDLE_FILE = "handle.json"  # in a job's folder: the process started for it
 class LocalTrainingBackend:
     name = "local"
 
-    def __init__(self, settings: Settings, store: Any) -> None:
+    def __init__(self, settings: Settings, store: ObjectStore) -> None:
         self.settings, self.store = settings, store
         self.root = settings.data_path / "jobs"
 
@@ -148,7 +149,7 @@ def _free_port() -> int:
 class LocalEndpointBackend:
     name = "local"
 
-    def __init__(self, settings: Settings, store: Any) -> None:
+    def __init__(self, settings: Settings, store: ObjectStore) -> None:
         self.settings, self.store = settings, store
         self.root = settings.data_path / "endpoints"
 
@@ -293,6 +294,6 @@ def _error_body(r: httpx.Response) -> dict[str, Any]:
     return err if isinstance(err, dict) else {}
 
 
-def build_local_backends(settings: Settings, store: Any) -> Backends:
+def build_local_backends(settings: Settings, store: ObjectStore) -> Backends:
     return Backends(training=LocalTrainingBackend(settings, store),
                     endpoints=LocalEndpointBackend(settings, store), name="local")

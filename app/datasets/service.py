@@ -6,7 +6,7 @@ import hashlib
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -21,7 +21,7 @@ from app.db import new_id
 from app.errors import AppError, Conflict, NotFound, PayloadTooLarge
 from app.pagination import paginate
 from app.statuses import JOB_ACTIVE
-from app.storage import dataset_key, user_prefix
+from app.storage import ObjectStore, dataset_key, user_prefix
 from app.training.models import TrainingJob
 
 RAW, CANONICAL = "raw", "train.jsonl"
@@ -55,7 +55,7 @@ def ready_dataset(session: Session, user_id: str, dataset_id: str) -> Dataset:
 
 
 class DatasetService:
-    def __init__(self, session: Session, settings: Settings, store: Any, user: User) -> None:
+    def __init__(self, session: Session, settings: Settings, store: ObjectStore, user: User) -> None:
         self.session, self.settings, self.store, self.user = session, settings, store, user
 
     def owned(self, dataset_id: str) -> Dataset:
@@ -71,7 +71,7 @@ class DatasetService:
         ds_id = new_id()
         raw_key = dataset_key(self.user.id, ds_id, RAW)
         reader = _Hashing(upload, self.settings.max_upload_bytes)
-        self.store.put_stream(raw_key, reader)  # the upload is kept whatever the validation says
+        self.store.put_stream(raw_key, cast(BinaryIO, reader))  # kept whatever the validation says (it only reads)
         ds = Dataset(id=ds_id, user_id=self.user.id, name=(name or filename)[:255], filename=filename[:255],
                      status="invalid", size_bytes=reader.size, sha256=reader.sha.hexdigest(), raw_key=raw_key,
                      options={"format": fmt, "prompt_column": prompt_column, "response_column": response_column})

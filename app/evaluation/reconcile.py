@@ -19,7 +19,9 @@ from app.db import utcnow
 from app.errors import AppError
 from app.evaluation.models import Evaluation
 from app.evaluation.service import RESOURCE, base_source, evaluation_key
+from app.runtime import WorkerContext
 from app.statuses import EVALUATION_ACTIVE, EvaluationStatus, JobStatus
+from app.storage import ObjectStore
 
 log = logging.getLogger("llmtuner.worker.evaluation")
 
@@ -30,7 +32,7 @@ RESULT_FILE = "evaluation.json"
 MAX_RESULT_BYTES = 16 * 1024 * 1024
 
 
-def reconcile(ctx: Any) -> None:
+def reconcile(ctx: WorkerContext) -> None:
     with ctx.sessionmaker() as session:
         active = list(session.scalars(select(Evaluation).where(Evaluation.status.in_(EVALUATION_ACTIVE))
                                       .order_by(Evaluation.created_at)))
@@ -55,7 +57,7 @@ def reconcile(ctx: Any) -> None:
                     session.commit()
 
 
-def _maybe_submit(session: Session, ctx: Any, ev: Evaluation, active: list[Evaluation]) -> None:
+def _maybe_submit(session: Session, ctx: WorkerContext, ev: Evaluation, active: list[Evaluation]) -> None:
     running = sum(1 for e in active if e.status == EvaluationStatus.IN_PROGRESS)
     if ctx.backends.name == "local" and running >= MAX_LOCAL_EVALUATIONS:
         return
@@ -81,7 +83,7 @@ def _maybe_submit(session: Session, ctx: Any, ev: Evaluation, active: list[Evalu
     session.commit()
 
 
-def submit(ctx: Any, ev: Evaluation) -> None:
+def submit(ctx: WorkerContext, ev: Evaluation) -> None:
     """Hand the evaluation to the training backend as a job running evaluate.py."""
     req = ev.request
     # The same name on every try: a resubmission after a crash finds the first job (idempotent by name).
@@ -112,7 +114,7 @@ def submit(ctx: Any, ev: Evaluation) -> None:
                          "billable_seconds": 0}
 
 
-def follow(session: Session, ctx: Any, ev: Evaluation) -> None:
+def follow(session: Session, ctx: WorkerContext, ev: Evaluation) -> None:
     state = dict(ev.backend_handle)
     st: BackendJobStatus = ctx.backends.training.describe(state["handle"])
     state["handle"] = {**state["handle"], **st.handle_update}
@@ -147,7 +149,7 @@ def _progress(lines: list[str]) -> dict[str, Any] | None:
     return latest
 
 
-def _read_results(store: Any, artifact_uri: str | None, output_key: str) -> dict[str, Any]:
+def _read_results(store: ObjectStore, artifact_uri: str | None, output_key: str) -> dict[str, Any]:
     key = (store.key_from_uri(artifact_uri) if artifact_uri else None) or output_key
     with tempfile.TemporaryDirectory(prefix="evaluation-") as tmp:
         archive = store.download_to(key, Path(tmp) / "model.tar.gz")

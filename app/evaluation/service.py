@@ -19,7 +19,7 @@ from app.evaluation.schemas import ALL_METRICS, EvaluationCreate, EvaluationRead
 from app.pagination import paginate
 from app.registry.service import require_completed, resolve_model
 from app.statuses import EvaluationStatus
-from app.storage import check_key, model_key
+from app.storage import ObjectStore, check_key, model_key
 from app.training.models import TrainingJob
 from app.usage.service import check_budget
 
@@ -33,7 +33,7 @@ def evaluation_key(user_id: str, evaluation_id: str, name: str) -> str:
     return check_key(f"users/{user_id}/evaluations/{evaluation_id}/{name}")
 
 
-def tuned_model_key(store: Any, job: TrainingJob) -> str:
+def tuned_model_key(store: ObjectStore, job: TrainingJob) -> str:
     """Where the job's model.tar.gz lies in the store."""
     key = store.key_from_uri(job.model_artifacts_uri) if job.model_artifacts_uri else None
     return key if key else model_key(job.user_id, job.job_name, "output/model.tar.gz")
@@ -70,7 +70,7 @@ def evaluation_read(ev: Evaluation) -> EvaluationRead:
 
 
 class EvaluationService:
-    def __init__(self, session: Session, settings: Settings, store: Any, backend_name: str, user: User) -> None:
+    def __init__(self, session: Session, settings: Settings, store: ObjectStore, backend_name: str, user: User) -> None:
         self.session, self.settings, self.store, self.user = session, settings, store, user
         self.backend_name = backend_name
 

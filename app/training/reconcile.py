@@ -14,6 +14,7 @@ from app import events, leases
 from app.backends.base import BackendJobStatus
 from app.db import utcnow
 from app.errors import AppError
+from app.runtime import WorkerContext
 from app.statuses import JOB_ACTIVE, JOB_ENDED, JobStatus
 from app.training import cost, logparse
 from app.training.models import JobMetric, TrainingJob
@@ -23,7 +24,7 @@ from app.training.slots import fair_order, free_local_slots
 log = logging.getLogger("llmtuner.worker.training")
 
 
-def reconcile(ctx: Any) -> None:
+def reconcile(ctx: WorkerContext) -> None:
     """Follow the running jobs this worker holds leases on; as the scheduler, submit queued ones."""
     ttl = ctx.settings.worker.lease_seconds
     with ctx.sessionmaker() as session:
@@ -38,7 +39,7 @@ def reconcile(ctx: Any) -> None:
             leases.purge_expired(session)  # those of resources that ended or were deleted
 
 
-def _claim(session: Session, ctx: Any, job: TrainingJob) -> bool:
+def _claim(session: Session, ctx: WorkerContext, job: TrainingJob) -> bool:
     """The job's lease, and the job as it is now (another worker may have moved it meanwhile)."""
     if not leases.claim(session, RESOURCE, job.id, ctx.owner, ctx.settings.worker.lease_seconds):
         return False
@@ -49,7 +50,7 @@ def _claim(session: Session, ctx: Any, job: TrainingJob) -> bool:
     return False
 
 
-def _guarded(session: Session, ctx: Any, job: TrainingJob, step: Any) -> None:
+def _guarded(session: Session, ctx: WorkerContext, job: TrainingJob, step: Any) -> None:
     """One job's step; its trouble must not stop the others."""
     try:
         step(session, ctx, job)
@@ -70,7 +71,7 @@ def _guarded(session: Session, ctx: Any, job: TrainingJob, step: Any) -> None:
         leases.release(session, RESOURCE, job.id, ctx.owner)
 
 
-def _schedule(session: Session, ctx: Any, queued: list[TrainingJob]) -> None:
+def _schedule(session: Session, ctx: WorkerContext, queued: list[TrainingJob]) -> None:
     """Submit queued jobs: those of a remote backend at once, local ones into free slots in turn."""
     free = free_local_slots(session, ctx.settings)
     for job in fair_order(session, queued):
@@ -82,7 +83,7 @@ def _schedule(session: Session, ctx: Any, queued: list[TrainingJob]) -> None:
         free -= job.backend == "local" and bool(job.backend_handle)
 
 
-def _submit(session: Session, ctx: Any, job: TrainingJob) -> None:
+def _submit(session: Session, ctx: WorkerContext, job: TrainingJob) -> None:
     if job.stop_requested:
         _end(session, job, JobStatus.STOPPED, None, None)
         session.commit()
@@ -91,7 +92,7 @@ def _submit(session: Session, ctx: Any, job: TrainingJob) -> None:
            fence=lambda: leases.still_held(session, RESOURCE, job.id, ctx.owner, ctx.settings.worker.lease_seconds))
 
 
-def follow(session: Session, ctx: Any, job: TrainingJob) -> None:
+def follow(session: Session, ctx: WorkerContext, job: TrainingJob) -> None:
     handle = dict(job.backend_handle)
     if job.stop_requested:  # the API asked (and signalled the process): its end is "Stopped"
         handle["stopping"] = True

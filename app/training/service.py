@@ -18,7 +18,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from app import catalog, events, idempotency
 from app.auth.models import User
-from app.backends.base import TrainingSpec
+from app.backends.base import Backends, TrainingSpec
 from app.config import Settings
 from app.datasets.models import Dataset
 from app.datasets.service import ready_dataset
@@ -27,7 +27,7 @@ from app.errors import AppError, Conflict, NotFound, ValidationFailed
 from app.pagination import paginate
 from app.runtime import wake as wake_worker
 from app.statuses import JOB_ACTIVE, JOB_ENDED, JobStatus
-from app.storage import model_key
+from app.storage import ObjectStore, model_key
 from app.training import cost, naming
 from app.training.models import JobMetric, TrainingJob
 from app.training.schemas import (
@@ -54,7 +54,8 @@ def iter_lines(stream: Any, chunk: int = 1 << 20) -> Iterator[bytes]:
 
 
 class TrainingService:
-    def __init__(self, session: Session, settings: Settings, store: Any, backends: Any, user: User) -> None:
+    def __init__(self, session: Session, settings: Settings, store: ObjectStore, backends: Backends,
+                 user: User) -> None:
         self.session, self.settings, self.store, self.backends, self.user = session, settings, store, backends, user
 
     # Lookups --------------------------------------------------------------------------------
@@ -307,7 +308,7 @@ def _move(session: Session, job: TrainingJob, expected: dict[str, Any], **values
     return True
 
 
-def submit(session: Session, settings: Settings, store: Any, backends: Any, job: TrainingJob,
+def submit(session: Session, settings: Settings, store: ObjectStore, backends: Backends, job: TrainingJob,
            fence: Callable[[], None] | None = None) -> None:
     """Hand a queued job to the backend and record its handle (the worker, holding the job's lease;
     `fence` raises before the commit when that lease was lost). The backends are idempotent by job

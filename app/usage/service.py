@@ -28,6 +28,7 @@ from app.deployments.models import Endpoint
 from app.deployments.service import accrued_cost
 from app.errors import AppError
 from app.evaluation.models import Evaluation
+from app.runtime import WorkerContext
 from app.statuses import ENDPOINT_LIVE, JOB_ENDED
 from app.training.models import TrainingJob
 from app.usage.schemas import (
@@ -193,7 +194,7 @@ def flag_endpoints_over_budget(session: Session, user: User, now: datetime | Non
     return recorded
 
 
-def reconcile(ctx: Any) -> None:
+def reconcile(ctx: WorkerContext) -> None:
     """Worker pass: flag endpoints over budget."""
     with ctx.sessionmaker() as session:
         user_ids = set(session.scalars(select(Endpoint.user_id).where(
