@@ -387,7 +387,10 @@ def download_s3_prefix(uri: str) -> Path:
     if (target / ".complete").exists():
         return target
     try:
-        s3 = boto3.client("s3")
+        # The endpoint's region (the SageMaker backend sets SAGEMAKER_REGION) unless AWS's own is set.
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or os.environ.get(
+            "SAGEMAKER_REGION")
+        s3 = boto3.client("s3", region_name=region)
         count = 0
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             for obj in page.get("Contents", []):
