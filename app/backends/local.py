@@ -20,6 +20,7 @@ from app.backends import process
 from app.backends.base import BackendEndpointStatus, BackendJobStatus, Backends, EndpointSpec, TrainingSpec
 from app.config import Settings
 from app.errors import BackendError, GatewayTimeout, ServiceUnavailable, ValidationFailed
+from app.statuses import EndpointStatus, JobStatus
 from app.storage import ObjectStore
 
 HANDLE_FILE = "handle.json"  # in a job's folder: the process started for it
@@ -90,8 +91,9 @@ class LocalTrainingBackend:
             if time.time() - handle["started"] > float(handle.get("max_runtime") or "inf"):
                 process.terminate(handle)  # past its wall-time limit (settings.limits.max_job_seconds)
                 update["timed_out"] = True
-            secondary = "Stopping" if handle.get("stopping") else ("Training" if lines or offset else "Starting")
-            return BackendJobStatus("Stopping" if handle.get("stopping") else "InProgress", secondary, lines,
+            stopping = bool(handle.get("stopping"))
+            secondary = "Stopping" if stopping else ("Training" if lines or offset else "Starting")
+            return BackendJobStatus(JobStatus.STOPPING if stopping else JobStatus.IN_PROGRESS, secondary, lines,
                                     billable_seconds=int(time.time() - handle["started"]), handle_update=update)
         # The exit time the process's wrapper recorded: a job that ended while the API was down is
         # billed to its end, not to the restart.
@@ -100,14 +102,14 @@ class LocalTrainingBackend:
         billable = int(ended - handle["started"]) or 1
         code = process.exit_code(handle)
         if handle.get("stopping"):
-            return BackendJobStatus("Stopped", "Stopped", lines, billable_seconds=billable, handle_update=update,
-                                    ended_at=ended)
+            return BackendJobStatus(JobStatus.STOPPED, JobStatus.STOPPED, lines, billable_seconds=billable,
+                                    handle_update=update, ended_at=ended)
         if code == 0 and not handle.get("timed_out"):
             uri = handle.get("artifact_uri") or self._pack(handle)
             update["artifact_uri"] = uri
-            return BackendJobStatus("Completed", "Completed", lines, billable_seconds=billable,
+            return BackendJobStatus(JobStatus.COMPLETED, JobStatus.COMPLETED, lines, billable_seconds=billable,
                                     artifact_uri=uri, handle_update=update, ended_at=ended)
-        return BackendJobStatus("Failed", "Failed", lines, billable_seconds=billable,
+        return BackendJobStatus(JobStatus.FAILED, JobStatus.FAILED, lines, billable_seconds=billable,
                                 failure_reason=self._failure(handle, code), handle_update=update, ended_at=ended)
 
     def _failure(self, handle: dict[str, Any], code: int | None) -> str:
@@ -179,22 +181,22 @@ class LocalEndpointBackend:
         if handle.get("deleting"):
             if not process.alive(handle):
                 Path(handle["dir"], "model.tar.gz").unlink(missing_ok=True)  # the copy can be large
-                return BackendEndpointStatus("Deleted")
+                return BackendEndpointStatus(EndpointStatus.DELETED)
             if time.time() - float(handle["deleting"]) > DELETE_GRACE_SECONDS:
                 process.terminate(handle, signal.SIGKILL)  # it ignored SIGTERM
-            return BackendEndpointStatus("Deleting")
+            return BackendEndpointStatus(EndpointStatus.DELETING)
         if not process.alive(handle):
-            return BackendEndpointStatus("Failed", self._failure(handle))
+            return BackendEndpointStatus(EndpointStatus.FAILED, self._failure(handle))
         try:
             r = httpx.get(f"http://127.0.0.1:{handle['port']}/ping", timeout=2)
             if r.status_code == 200:
-                return BackendEndpointStatus("InService")
+                return BackendEndpointStatus(EndpointStatus.IN_SERVICE)
         except httpx.HTTPError:
             pass
         if time.time() - handle["started"] > self.settings.endpoint_start_timeout_seconds:
             process.terminate(handle)
-            return BackendEndpointStatus("Failed", "The model server did not become ready in time")
-        return BackendEndpointStatus("Creating")
+            return BackendEndpointStatus(EndpointStatus.FAILED, "The model server did not become ready in time")
+        return BackendEndpointStatus(EndpointStatus.CREATING)
 
     def invoke(self, handle: dict[str, Any], payload: dict[str, Any], timeout: float) -> list[dict[str, Any]]:
         try:

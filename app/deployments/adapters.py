@@ -22,6 +22,7 @@ from app.deployments.models import Endpoint, EndpointAdapter, InferenceRecord
 from app.deployments.schemas import AdapterRead, AdapterRef, AdapterUsage
 from app.errors import Conflict, NotFound, ValidationFailed
 from app.registry.models import RegisteredModel
+from app.statuses import EndpointStatus, JobStatus
 from app.storage import user_prefix
 from app.training.models import TrainingJob
 
@@ -62,7 +63,7 @@ class AdapterSources:
                                                                    TrainingJob.job_name == ref.job_name))
             catalog.require_owned(job, user.id, "training job", ref.job_name, f"{param}job_name")
             assert job is not None
-            if job.status != "Completed":
+            if job.status != JobStatus.COMPLETED:
                 raise Conflict(f"Training job {job.job_name!r} is {job.status}; only a Completed job can be "
                                "attached", code="job_not_completed", param=f"{param}job_name")
             found = {"job_id": job.id, "registered_model_id": None, "model_uri": job.model_artifacts_uri or "",
@@ -109,12 +110,12 @@ class AdapterService:
     def _base_endpoint(self, user: User, endpoint_name: str) -> Endpoint:
         ep = self.session.scalar(select(Endpoint).where(Endpoint.endpoint_name == endpoint_name,
                                                         Endpoint.user_id == user.id))
-        if ep is None or ep.status == "Deleted":
+        if ep is None or ep.status == EndpointStatus.DELETED:
             raise NotFound(f"No endpoint {endpoint_name!r}", param="endpoint_name")
         if not is_base_endpoint(ep):
             raise Conflict(f"Endpoint {endpoint_name!r} serves one model; deploy a base model (base_model and "
                            "adapters) to attach adapters", code="not_a_base_model_endpoint", param="endpoint_name")
-        if ep.status in ("Deleting", "Failed"):
+        if ep.status in (EndpointStatus.DELETING, EndpointStatus.FAILED):
             raise Conflict(f"Endpoint {endpoint_name!r} is {ep.status}", code="endpoint_not_in_service",
                            param="endpoint_name")
         return ep

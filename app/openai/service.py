@@ -26,13 +26,13 @@ from app.deployments.service import EndpointService, endpoint_for_request
 from app.errors import AppError, Conflict, NotFound
 from app.openai import errors
 from app.openai.schemas import ChatCompletionRequest, CompletionRequest
-
-LISTED = ("Creating", "InService", "Updating")
+from app.statuses import ENDPOINT_LIVE, EndpointStatus
 
 
 def list_models(svc: EndpointService, user: User) -> dict[str, Any]:
     """The caller's deployed models (each live endpoint's own model) and attached adapters."""
-    eps = list(svc.session.scalars(select(Endpoint).where(Endpoint.user_id == user.id, Endpoint.status.in_(LISTED))
+    eps = list(svc.session.scalars(select(Endpoint).where(Endpoint.user_id == user.id,
+                                                          Endpoint.status.in_(ENDPOINT_LIVE))
                                    .order_by(Endpoint.created_at)))
     attached = adapters.attached(svc.session, [e.id for e in eps])
     data: list[dict[str, Any]] = []
@@ -60,8 +60,8 @@ class Completions:
             raise NotFound(f"The model {req.model!r} does not exist or is not deployed; GET /v1/models lists yours",
                            code="model_not_found", param="model")
         ep, adapter = found
-        if ep.status != "InService":
-            reason = f": {ep.failure_reason}" if ep.status == "Failed" and ep.failure_reason else ""
+        if ep.status != EndpointStatus.IN_SERVICE:
+            reason = f": {ep.failure_reason}" if ep.status == EndpointStatus.FAILED and ep.failure_reason else ""
             raise Conflict(f"The model {req.model!r} is not being served: endpoint {ep.endpoint_name!r} is "
                            f"{ep.status}{reason}", code="model_not_ready", param="model")
         meta = {"id": ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24], "created": int(time.time()),
