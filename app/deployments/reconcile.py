@@ -27,10 +27,10 @@ from app.deployments import adapters
 from app.deployments.models import Endpoint
 from app.deployments.service import RESOURCE, banked_seconds, transition
 from app.errors import AppError
+from app.statuses import ENDPOINT_ACTIVE, EndpointStatus
 
 log = logging.getLogger("llmtuner.deployments")
 
-ACTIVE = ("Creating", "InService", "Updating", "OutOfService", "Deleting")
 DEPLOYED = "deployed_at"  # handle key set once backend.deploy returned
 
 
@@ -47,7 +47,7 @@ class _Slots:
 
 def reconcile(ctx: Any) -> None:
     with ctx.sessionmaker() as session:
-        rows = list(session.scalars(select(Endpoint).where(Endpoint.status.in_(ACTIVE))
+        rows = list(session.scalars(select(Endpoint).where(Endpoint.status.in_(ENDPOINT_ACTIVE))
                                     .order_by(Endpoint.created_at, Endpoint.id)))
         slots = _Slots(sum(1 for e in rows if e.backend == "local" and DEPLOYED in (e.backend_handle or {})),
                        ctx.settings.worker.max_concurrent_local_endpoints)
@@ -66,13 +66,13 @@ def reconcile(ctx: Any) -> None:
 
 def _reconcile_one(ctx: Any, session: Session, ep_id: str, slots: _Slots) -> None:
     ep = session.get(Endpoint, ep_id)
-    if ep is None or ep.status not in ACTIVE:
+    if ep is None or ep.status not in ENDPOINT_ACTIVE:
         return
     handle = dict(ep.backend_handle or {})
-    if ep.status == "Deleting":
+    if ep.status == EndpointStatus.DELETING:
         _delete(ctx, session, ep, handle, slots)
     elif DEPLOYED not in handle:
-        if ep.status == "Creating":
+        if ep.status == EndpointStatus.CREATING:
             _deploy(ctx, session, ep, handle, slots)
         else:
             _fail(session, ep, "The endpoint has no model server (its deployment record is incomplete)", slots)
@@ -136,8 +136,8 @@ def _start(ctx: Any, session: Session, ep: Endpoint, extra: dict[str, Any]) -> d
     except Exception as e:  # noqa: BLE001 - the reason is shown to the user
         log.warning("deploying %s failed: %s", ep.endpoint_name, e)
         session.rollback()
-        _status(session, ep, "Failed", f"Deployment failed: {_reason(e)}", "error", failure_reason=_reason(e),
-                accrued_seconds=banked_seconds(ep, utcnow()), accrual_started_at=None)
+        _status(session, ep, EndpointStatus.FAILED, f"Deployment failed: {_reason(e)}", "error",
+                failure_reason=_reason(e), accrued_seconds=banked_seconds(ep, utcnow()), accrual_started_at=None)
         return None
     handle.update(extra, **{DEPLOYED: time.time()})
     _save_handle(session, ep, handle)
@@ -157,7 +157,7 @@ def _deploy(ctx: Any, session: Session, ep: Endpoint, handle: dict[str, Any], sl
 
 
 def _fail(session: Session, ep: Endpoint, reason: str, slots: _Slots) -> None:
-    if _status(session, ep, "Failed", f"Endpoint failed: {reason}", "error", failure_reason=reason,
+    if _status(session, ep, EndpointStatus.FAILED, f"Endpoint failed: {reason}", "error", failure_reason=reason,
                accrued_seconds=banked_seconds(ep, utcnow()), accrual_started_at=None):
         slots.running -= ep.backend == "local" and DEPLOYED in (ep.backend_handle or {})
 
@@ -168,18 +168,20 @@ def _apply(ctx: Any, session: Session, ep: Endpoint, handle: dict[str, Any], st:
         handle = {**handle, **st.handle_update}
         _save_handle(session, ep, handle)
     now = utcnow()
-    if st.status in ("InService", "Updating"):
-        if ep.status == "InService":  # bank the running stretch (usage reads accrued_seconds)
-            transition(session, ep, "InService", accrued_seconds=banked_seconds(ep, now), accrual_started_at=now)
+    if st.status in (EndpointStatus.IN_SERVICE, EndpointStatus.UPDATING):
+        if ep.status == EndpointStatus.IN_SERVICE:  # bank the running stretch (usage reads accrued_seconds)
+            transition(session, ep, EndpointStatus.IN_SERVICE, accrued_seconds=banked_seconds(ep, now),
+                       accrual_started_at=now)
             return
-        if _status(session, ep, "InService", "Endpoint is InService", accrual_started_at=now,
+        if _status(session, ep, EndpointStatus.IN_SERVICE, "Endpoint is InService", accrual_started_at=now,
                    in_service_at=ep.in_service_at or now, failure_reason=None) and handle.get("restarted"):
             _save_handle(session, ep, {k: v for k, v in handle.items() if k != "restarted"})
         return
-    if st.status == "Creating":
+    if st.status == EndpointStatus.CREATING:
         return
     reason = st.failure_reason or f"The model server is {st.status}"
-    if ctx.first_pass and ep.status in ("InService", "Creating") and not handle.get("restarted"):
+    restartable = ep.status in (EndpointStatus.IN_SERVICE, EndpointStatus.CREATING)
+    if ctx.first_pass and restartable and not handle.get("restarted"):
         _restart(ctx, session, ep, reason, slots)
     else:
         _fail(session, ep, reason, slots)
@@ -188,7 +190,7 @@ def _apply(ctx: Any, session: Session, ep: Endpoint, handle: dict[str, Any], st:
 def _restart(ctx: Any, session: Session, ep: Endpoint, reason: str, slots: _Slots) -> None:
     """After an API restart a server found dead gets one new start; it is never left InService."""
     previous = ep.status
-    if not _status(session, ep, "Creating", f"Restarting the model server after a restart found it gone: "
+    if not _status(session, ep, EndpointStatus.CREATING, f"Restarting the model server after a restart found it gone: "
                    f"{reason}", "warning", accrued_seconds=banked_seconds(ep, utcnow()), accrual_started_at=None):
         return
     _event(session, ep, "restarting", "Restarting the endpoint's model server", "warning", previous=previous,
@@ -203,7 +205,7 @@ def _delete(ctx: Any, session: Session, ep: Endpoint, handle: dict[str, Any], sl
     done: dict[str, Any] = {"deleted_at": now, "accrued_seconds": banked_seconds(ep, now),
                             "accrual_started_at": None}
     if DEPLOYED not in handle:
-        _status(session, ep, "Deleted", "Endpoint deleted (no model server had started)", **done)
+        _status(session, ep, EndpointStatus.DELETED, "Endpoint deleted (no model server had started)", **done)
         return
     backend = ctx.backends.endpoints
     if not handle.get("delete_requested"):
@@ -215,6 +217,6 @@ def _delete(ctx: Any, session: Session, ep: Endpoint, handle: dict[str, Any], sl
         _event(session, ep, "deleting", "Stopping the model server")
         session.commit()
     st = backend.describe(dict(handle))
-    if st.status == "Deleted":
-        if _status(session, ep, "Deleted", "Endpoint deleted", **done):
+    if st.status == EndpointStatus.DELETED:
+        if _status(session, ep, EndpointStatus.DELETED, "Endpoint deleted", **done):
             slots.running -= ep.backend == "local"

@@ -44,12 +44,12 @@ from app.errors import Conflict, GatewayTimeout, NotFound, ValidationFailed
 from app.events import Event
 from app.pagination import paginate
 from app.registry.models import RegisteredModel
+from app.statuses import EndpointStatus
 from app.storage import ObjectStore, owned_key_from_uri, user_prefix
 from app.training.models import TrainingJob
 
 RESOURCE = "endpoint"
 DEPLOY_ROUTE = "POST /api/deploy-model"
-STATUSES = ("Creating", "InService", "Updating", "Failed", "Deleting", "OutOfService", "Deleted")
 # Seconds the API waits beyond settings.invoke_timeout_seconds for a backend that ignores it.
 INVOKE_GRACE_SECONDS = 5.0
 
@@ -57,21 +57,21 @@ INVOKE_GRACE_SECONDS = 5.0
 def accrued_cost(endpoint: Endpoint, now: datetime | None = None) -> float:
     """USD spent so far: banked seconds plus the running InService stretch, at the endpoint's price."""
     seconds = endpoint.accrued_seconds or 0.0
-    if endpoint.status == "InService" and endpoint.accrual_started_at is not None:
+    if endpoint.status == EndpointStatus.IN_SERVICE and endpoint.accrual_started_at is not None:
         seconds += max(0.0, ((now or utcnow()) - endpoint.accrual_started_at).total_seconds())
     return round(seconds * (endpoint.price_per_hour or 0.0) / 3600.0, 6)
 
 
 def _best(session: Session, query: Select[Any]) -> Endpoint | None:
     rows = list(session.scalars(query.order_by(Endpoint.created_at.desc())))
-    return next((e for e in rows if e.status == "InService"), rows[0] if rows else None)
+    return next((e for e in rows if e.status == EndpointStatus.IN_SERVICE), rows[0] if rows else None)
 
 
 def endpoint_for_model(session: Session, user: User, model_id: str) -> Endpoint | None:
     """The caller's live endpoint serving `model_id`: an endpoint name, a registered model (by
     model_id, or by model_name meaning its latest version), or a deployment's model_name.
     InService ones first; None when nothing live serves it."""
-    live = select(Endpoint).where(Endpoint.user_id == user.id, Endpoint.status != "Deleted")
+    live = select(Endpoint).where(Endpoint.user_id == user.id, Endpoint.status != EndpointStatus.DELETED)
     by_name = session.scalar(live.where(Endpoint.endpoint_name == model_id))
     if by_name is not None:
         return by_name
@@ -149,7 +149,7 @@ class EndpointService:
         """The caller's endpoint by name (404 for anyone else's); `live` also refuses Deleted ones."""
         q = select(Endpoint).where(Endpoint.endpoint_name == endpoint_name, Endpoint.user_id == user.id)
         ep = self.session.scalar(q)
-        if ep is None or (live and ep.status == "Deleted"):
+        if ep is None or (live and ep.status == EndpointStatus.DELETED):
             raise NotFound(f"No endpoint {endpoint_name!r}", param="endpoint_name")
         return ep
 
@@ -175,7 +175,7 @@ class EndpointService:
         if status:
             q = q.where(Endpoint.status == status)
         elif not include_deleted:
-            q = q.where(Endpoint.status != "Deleted")
+            q = q.where(Endpoint.status != EndpointStatus.DELETED)
         rows, has_more, nxt = paginate(self.session, q, Endpoint, limit, after)
         names, now, attached = self._job_names(rows), utcnow(), self._adapters(rows)
         return EndpointList(data=[to_read(e, names.get(e.job_id or ""), now, attached.get(e.id)) for e in rows],
@@ -219,8 +219,8 @@ class EndpointService:
             registered_model_id=model.id if model else None, model_uri=model_uri,
             base_model=base_model,
             instance_type=data.instance_type, instance_count=data.initial_instance_count,
-            backend=self.backends.endpoints.name, backend_handle={}, status="Creating", price_per_hour=price,
-            accrued_seconds=0.0, created_at=utcnow(),
+            backend=self.backends.endpoints.name, backend_handle={}, status=EndpointStatus.CREATING,
+            price_per_hour=price, accrued_seconds=0.0, created_at=utcnow(),
         )
         self.session.add(ep)
         self.session.flush()  # the endpoint row before its adapters' (their foreign key)
@@ -228,9 +228,9 @@ class EndpointService:
         events.record(self.session, user_id=user.id, resource_type=RESOURCE, resource_id=ep.id,
                       type="status_change", message=f"Deployment of {ep.model_uri} requested on "
                       f"{data.instance_type} x{data.initial_instance_count}",
-                      data={"status": "Creating", "previous": None})
+                      data={"status": EndpointStatus.CREATING, "previous": None})
         out = DeployResponse(deployment=DeploymentSummary(
-            endpoint_name=name, status="Creating", instance_type=data.instance_type,
+            endpoint_name=name, status=EndpointStatus.CREATING, instance_type=data.instance_type,
             estimated_cost_per_hour=price))
         if idem_key:
             idempotency.remember(self.session, user.id, DEPLOY_ROUTE, idem_key, req_hash, 202,
@@ -248,7 +248,7 @@ class EndpointService:
 
     def _check_name_free(self, name: str) -> None:
         holder = self.session.scalar(select(Endpoint).where(Endpoint.endpoint_name == name))
-        if holder is not None and holder.status != "Deleted":
+        if holder is not None and holder.status != EndpointStatus.DELETED:
             raise self._name_taken(name)
 
     def _free_name(self, name: str) -> None:
@@ -304,14 +304,14 @@ class EndpointService:
         """Deleting: cost stops now; the worker stops the server and marks it Deleted."""
         for _ in range(3):
             ep = self.owned(user, endpoint_name, live=True)
-            if ep.status == "Deleting":
+            if ep.status == EndpointStatus.DELETING:
                 return self.read(ep)
             now, previous = utcnow(), ep.status
-            if transition(self.session, ep, previous, status="Deleting", accrual_started_at=None,
+            if transition(self.session, ep, previous, status=EndpointStatus.DELETING, accrual_started_at=None,
                           accrued_seconds=banked_seconds(ep, now)):
                 events.record(self.session, user_id=user.id, resource_type=RESOURCE, resource_id=ep.id,
                               type="status_change", message="Deletion requested; cost stopped accruing",
-                              data={"status": "Deleting", "previous": previous})
+                              data={"status": EndpointStatus.DELETING, "previous": previous})
                 self.session.commit()
                 return self.read(ep)
             self.session.rollback()  # the worker moved it meanwhile: read it again
@@ -320,8 +320,8 @@ class EndpointService:
 
     # Inference ---------------------------------------------------------------------------------
     def _require_in_service(self, ep: Endpoint) -> None:
-        if ep.status != "InService":
-            detail = f": {ep.failure_reason}" if ep.status == "Failed" and ep.failure_reason else ""
+        if ep.status != EndpointStatus.IN_SERVICE:
+            detail = f": {ep.failure_reason}" if ep.status == EndpointStatus.FAILED and ep.failure_reason else ""
             raise Conflict(f"Endpoint {ep.endpoint_name!r} is {ep.status}, not InService{detail}",
                            code="endpoint_not_in_service", param="endpoint_name")
 
