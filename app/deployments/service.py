@@ -21,6 +21,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from app import catalog, events, idempotency
 from app.auth.models import User
+from app.backends.base import Backends
 from app.config import Settings
 from app.db import new_id, utcnow
 from app.deployments import adapters
@@ -138,7 +139,7 @@ def to_read(endpoint: Endpoint, job_name: str | None, now: datetime | None = Non
 
 
 class EndpointService:
-    def __init__(self, session: Session, settings: Settings, store: ObjectStore, backends: Any) -> None:
+    def __init__(self, session: Session, settings: Settings, store: ObjectStore, backends: Backends) -> None:
         self.session, self.settings, self.store, self.backends = session, settings, store, backends
 
     def _end_read(self) -> None:
