@@ -4,6 +4,7 @@ creates at once, retries with one Idempotency-Key, a second API replica, and a c
 from __future__ import annotations
 
 import json
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,9 @@ def all_ended(app: LiveApp, h: dict[str, str]) -> list[dict[str, Any]] | None:
 
 def job_dir(data_dir: Path, job_name: str) -> Path:
     """The local backend's folder of a job (its backend name: the job's name and a piece of its id)."""
-    (found,) = (data_dir / "jobs").glob(f"{job_name[:54]}-*[!.]")
+    prefix = job_name[:54].rstrip("-")
+    pattern = re.compile(rf"{re.escape(prefix)}-[0-9a-f]{{8}}")
+    (found,) = [p for p in (data_dir / "jobs").glob(f"{prefix}-*") if pattern.fullmatch(p.name)]
     return found
 
 
