@@ -10,12 +10,12 @@ from __future__ import annotations
 import logging
 import threading
 
-from app import catalog, wiring
+from app import catalog, leases, wiring
 from app.backends.base import Backends
 from app.config import Settings
 from app.deployments import reconcile as deployments
 from app.evaluation import reconcile as evaluation
-from app.runtime import Reconciler, SessionFactory, WorkerContext
+from app.runtime import Reconciler, SessionFactory, WorkerContext, wait_for_wake
 from app.storage import ObjectStore
 from app.training import reconcile as training
 from app.usage import service as usage
@@ -35,6 +35,9 @@ class Worker:
     def tick(self) -> None:
         """One reconciliation pass over everything that is not finished."""
         with self._lock:
+            if self.ctx.first_pass:
+                with self.ctx.sessionmaker() as session:
+                    leases.release_dead_owners(session, self.ctx.owner)
             for reconcile in RECONCILERS:
                 try:
                     reconcile(self.ctx)
@@ -50,7 +53,9 @@ class Worker:
             log.exception("could not build the built-in base models")
         while not stop.is_set():
             self.tick()
-            stop.wait(self.ctx.settings.worker.poll_interval_seconds)
+            wait_for_wake(self.ctx.settings.worker.poll_interval_seconds)
+        with self.ctx.sessionmaker() as session:  # let other workers take over now, not at expiry
+            leases.release_all(session, self.ctx.owner)
 
 
 def main() -> None:
