@@ -56,7 +56,7 @@ def is_json_document(text: str) -> bool:
 
 
 def references_are_json(references: Sequence[str]) -> bool:
-    """True when every non-empty reference is a JSON object or array (seed 003's format compliance)."""
+    """True when every non-empty reference is a JSON object or array (the format-compliance check)."""
     filled = [r for r in references if r.strip()]
     return bool(filled) and all(is_json_document(r) for r in filled)
 

@@ -414,10 +414,11 @@ def test_api_imports_without_torch_for_the_cloud_image(tmp_path: Path) -> None:
         sys.meta_path.insert(0, Block())
         os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
                           AWS_EC2_METADATA_DISABLED="true")
-        from app.config import Settings, WorkerSettings
+        from app.config import AWSSettings, Settings, WorkerSettings
         from app.main import create_app
         from app.wiring import build_backends, build_store
         s = Settings(_env_file=None, env="test", data_dir={str(tmp_path)!r}, backend="sagemaker", storage="s3",
+                     aws=AWSSettings(role_arn="arn:aws:iam::123456789012:role/LLMTunerTest"),
                      worker=WorkerSettings(enabled=False))
         create_app(s)
         store = build_store(s)
