@@ -76,7 +76,14 @@ class TrainingService:
                                      "training")
         return model, inst
 
-    def _check(self, model: dict[str, Any], hp: Hyperparameters) -> None:
+    def _check(self, model: dict[str, Any], hp: Hyperparameters, inst: dict[str, Any] | None = None) -> None:
+        gpus = int((inst or {}).get("gpus") or 0)
+        if gpus > 1:  # refused here, at create, rather than when the worker submits it
+            raise ValidationFailed(
+                f"Instance type {(inst or {}).get('name')!r} has {gpus} GPUs, and training runs one process on one "
+                "GPU: the other GPUs would be billed and left idle. Choose a one-GPU type (ml.g5.xlarge to "
+                "ml.g5.4xlarge, ml.g4dn.xlarge, ml.p3.2xlarge).", code="multi_gpu_not_supported",
+                param="instance_type")
         if hp.max_length > int(model["max_length"]):
             raise ValidationFailed(f"max_length {hp.max_length} exceeds {model['id']}'s limit of "
                                    f"{model['max_length']} tokens", param="hyperparameters.max_length")
@@ -89,7 +96,7 @@ class TrainingService:
     def estimate(self, req: CostEstimateRequest | TrainingJobCreate) -> dict[str, Any]:
         ds = self.owned_dataset(req.dataset_id)
         model, inst = self._defaults(req.base_model, req.instance_type)
-        self._check(model, req.hyperparameters)
+        self._check(model, req.hyperparameters, inst)
         price = float(inst["training"])
         return cost.estimate(ds.report, model, req.hyperparameters, inst, price, req.validation_split)
 
@@ -110,7 +117,7 @@ class TrainingService:
     def _create(self, req: TrainingJobCreate) -> dict[str, Any]:
         ds = self.owned_dataset(req.dataset_id)
         model, inst = self._defaults(req.base_model, req.instance_type)
-        self._check(model, req.hyperparameters)
+        self._check(model, req.hyperparameters, inst)
         est = cost.estimate(ds.report, model, req.hyperparameters, inst, float(inst["training"]),
                             req.validation_split)
         self._check_limits(est)

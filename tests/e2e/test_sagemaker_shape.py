@@ -74,6 +74,13 @@ def test_seed_000_journey_against_a_moto_server(monkeypatch, tmp_path, session_f
             name = job["job_name"]
             assert name.startswith("llm-tune-user123-llama-2-7b-hf-") and job["instance_type"] == "ml.g5.xlarge"
             assert job["estimated_cost"] > 0 and job["backend"] == "sagemaker"
+            # a multi-GPU type is refused at create, naming the field, not later by the worker
+            multi = client.post("/api/training-job", headers=h, json={
+                "dataset_id": ds["id"], "base_model": "gpt2", "instance_type": "ml.g5.12xlarge"})
+            assert_error(multi, 422, "multi_gpu_not_supported", "instance_type")
+            cost_check = client.post("/api/cost-estimate", headers=h, json={
+                "dataset_id": ds["id"], "base_model": "gpt2", "instance_type": "ml.g5.12xlarge"})
+            assert_error(cost_check, 422, "multi_gpu_not_supported", "instance_type")
             sm = boto3.client("sagemaker", endpoint_url=url, region_name="us-east-1")
             worker.tick()  # the worker submits it
             # SageMaker's name: unique across users (the user's name and a piece of the job's id)
