@@ -442,11 +442,6 @@ def main() -> int:
     global _STDOUT
     _STDOUT = sys.stdout
     sys.stdout = sys.stderr  # stdout stays parseable: only events go there
-    import mkl_dispatch
-
-    mkl_dispatch.load()  # before anything imports torch: MKL's AVX-512 kernels on AMD CPUs, as train.py
-    if missed := mkl_dispatch.missed_message():
-        log(missed)
     try:
         return _main(dict(os.environ))
     finally:

@@ -547,11 +547,6 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    import mkl_dispatch
-
-    mkl_dispatch.load()  # before the model's loading imports torch: MKL's AVX-512 kernels on AMD CPUs
-    if missed := mkl_dispatch.missed_message():
-        log.info(missed)
     import uvicorn
 
     state = State(args=args, pending_adapters=dict(a.split("=", 1) for a in args.adapter))
