@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from typing import Any
 
 from app.backends.base import BackendEndpointStatus, EndpointSpec
@@ -45,17 +46,17 @@ def endpoint_config_request(spec: EndpointSpec, role_arn: str) -> dict[str, Any]
                                     "RoutingConfig": {"RoutingStrategy": "LEAST_OUTSTANDING_REQUESTS"}}]}
 
 
-def base_component_request(endpoint: str, base_source: str, image: str, memory_mb: int = 8192) -> dict[str, Any]:
+def base_component_request(endpoint: str, base_source: str, image: str, memory_mb: int = 8192,
+                           hf_token: str | None = None) -> dict[str, Any]:
+    """LMI reads `HF_MODEL_ID` as a hub id or an s3:// prefix of the weights; `HF_TOKEN` reaches a
+    gated hub model."""
     env = {"OPTION_ROLLING_BATCH": "vllm", "OPTION_ENABLE_LORA": "true",
-           "OPTION_MAX_LORAS": str(MAX_LORAS_PER_BATCH), "OPTION_MAX_CPU_LORAS": "64"}
-    container: dict[str, Any] = {"Image": image, "Environment": env}
-    if base_source.startswith("s3://"):
-        container["ArtifactUrl"] = base_source
-    else:
-        env["HF_MODEL_ID"] = base_source
+           "OPTION_MAX_LORAS": str(MAX_LORAS_PER_BATCH), "OPTION_MAX_CPU_LORAS": "64", "HF_MODEL_ID": base_source}
+    if hf_token:
+        env["HF_TOKEN"] = hf_token
     return {"InferenceComponentName": component_name(endpoint, None), "EndpointName": endpoint,
             "VariantName": VARIANT, "RuntimeConfig": {"CopyCount": 1},
-            "Specification": {"Container": container, "ComputeResourceRequirements": {
+            "Specification": {"Container": {"Image": image, "Environment": env}, "ComputeResourceRequirements": {
                 "NumberOfAcceleratorDevicesRequired": 1, "MinMemoryRequiredInMb": memory_mb}}}
 
 
@@ -63,6 +64,14 @@ def adapter_component_request(endpoint: str, adapter: str, artifact_url: str) ->
     return {"InferenceComponentName": component_name(endpoint, adapter), "EndpointName": endpoint,
             "Specification": {"BaseInferenceComponentName": component_name(endpoint, None),
                               "Container": {"ArtifactUrl": artifact_url}}}
+
+
+def invoke_request(endpoint: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """InvokeEndpoint's arguments: the component of the payload's adapter ("__base__" or none: the base's)."""
+    adapter = payload.get("adapter")
+    return {"EndpointName": endpoint, "InferenceComponentName": component_name(
+                endpoint, None if adapter in (None, "__base__") else adapter),
+            "ContentType": "application/json", "Accept": "application/json", "Body": json.dumps(invoke_body(payload))}
 
 
 def invoke_body(payload: dict[str, Any]) -> dict[str, Any]:
@@ -95,9 +104,11 @@ class SageMakerAdapterEndpoints:
 
     name = "sagemaker"
 
-    def __init__(self, sm: Any, runtime: Any, store: Any, role_arn: str, region: str, image: str | None = None):
+    def __init__(self, sm: Any, runtime: Any, store: Any, role_arn: str, region: str, image: str | None = None,
+                 hf_token: Callable[[], str | None] | None = None):
         self.sm, self.runtime, self.store, self.role_arn = sm, runtime, store, role_arn
         self.image = image or LMI_IMAGE.format(region=region)
+        self.hf_token = hf_token or (lambda: None)
 
     def deploy(self, spec: EndpointSpec) -> dict[str, Any]:
         self.sm.create_endpoint_config(**endpoint_config_request(spec, self.role_arn))
@@ -113,7 +124,8 @@ class SageMakerAdapterEndpoints:
         components = dict(handle.get("components") or {})
         base = component_name(name, None)
         if base not in components.values():
-            self.sm.create_inference_component(**base_component_request(name, handle["base_source"], self.image))
+            self.sm.create_inference_component(**base_component_request(name, handle["base_source"], self.image,
+                                                                        hf_token=self.hf_token()))
             components["__base__"] = base
             return BackendEndpointStatus("Creating", handle_update={"components": components})
         ic = self.sm.describe_inference_component(InferenceComponentName=base)
@@ -134,11 +146,7 @@ class SageMakerAdapterEndpoints:
         self.sm.delete_inference_component(InferenceComponentName=component_name(handle["endpoint_name"], name))
 
     def invoke(self, handle: dict[str, Any], payload: dict[str, Any], timeout: float) -> list[dict[str, Any]]:
-        adapter = payload.get("adapter")
-        ic = component_name(handle["endpoint_name"], None if adapter in (None, "__base__") else adapter)
-        r = self.runtime.invoke_endpoint(EndpointName=handle["endpoint_name"], InferenceComponentName=ic,
-                                         ContentType="application/json", Accept="application/json",
-                                         Body=json.dumps(invoke_body(payload)))
+        r = self.runtime.invoke_endpoint(**invoke_request(handle["endpoint_name"], payload))
         out = json.loads(r["Body"].read())
         return [parse_answer(out[0] if isinstance(out, list) else out)]
 

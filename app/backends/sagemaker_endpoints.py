@@ -1,7 +1,10 @@
 """SageMaker real-time endpoints: one SageMaker model (the PyTorch inference container,
 `ModelDataUrl` = the job's model.tar.gz, which holds our `code/inference.py` handler and its
 `code/requirements.txt`), one endpoint config and one endpoint, deleted together; invocations
-within SageMaker's 60 s limit. docs/cloud.md has the whole picture."""
+within SageMaker's 60 s limit. docs/cloud.md has the whole picture.
+
+A base-model endpoint (no model_key: the base and its LoRA adapters) goes the inference-component
+way instead (app/backends/sagemaker_adapters.py); its handle carries `inference_components`."""
 
 from __future__ import annotations
 
@@ -11,6 +14,9 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +24,7 @@ from botocore.exceptions import BotoCoreError, ClientError, ReadTimeoutError
 
 from app import aws
 from app.backends.base import BackendEndpointStatus, EndpointSpec
+from app.backends.sagemaker_adapters import SageMakerAdapterEndpoints, invoke_request, parse_answer
 from app.backends.sagemaker_errors import (
     already_exists,
     aws_details,
@@ -48,6 +55,7 @@ ENDPOINT_STATES = {
     "RollingBack": "Updating", "UpdateRollbackFailed": "Failed", "Deleting": "Deleting", "Failed": "Failed",
     "OutOfService": "OutOfService",
 }
+COMPONENTS = "inference_components"  # the handle key of a base-model endpoint
 # Instance families with local NVMe storage: SageMaker refuses a volume KMS key for them (their
 # local volumes are encrypted by the instance's hardware module).
 _LOCAL_STORAGE_FAMILY = re.compile(
@@ -91,6 +99,20 @@ class SageMakerEndpointBackend:
         self.sm = sagemaker_client or aws.client(settings, "sagemaker")
         self._runtime: dict[float, Any] = {}
         self._lock = threading.Lock()
+        self.components = SageMakerAdapterEndpoints(self.sm, None, store, settings.aws.role_arn, settings.aws.region,
+                                                    hf_token=lambda: hf_token(settings))
+
+    @contextmanager
+    def _aws(self, op: str, missing_ok: bool = False) -> Iterator[None]:
+        """AWS errors as the API's (without the Hugging Face token a request may carry)."""
+        try:
+            yield
+        except ClientError as e:
+            if missing_ok and not_found(e):
+                return
+            raise scrubbed(map_aws_error(e, op), hf_token(self.settings)) from None
+        except BotoCoreError as e:
+            raise map_aws_error(e, op) from e
 
     @property
     def invoke_limit(self) -> float:
@@ -194,6 +216,8 @@ class SageMakerEndpointBackend:
             log.warning("cleanup %s %s failed: %s", op, kw, e)
 
     def deploy(self, spec: EndpointSpec) -> dict[str, Any]:
+        if not spec.model_key:  # a base-model endpoint: the base and each adapter as inference components
+            return self._deploy_components(spec)
         token = hashlib.sha256(f"{spec.endpoint_name}|{spec.model_uri}|{time.time_ns()}".encode()).hexdigest()[:8]
         model_name = derived_name(spec.endpoint_name, "model", token)
         config_name = derived_name(spec.endpoint_name, "config", token)
@@ -222,7 +246,38 @@ class SageMakerEndpointBackend:
                 "region": self.settings.aws.region, "instance_type": spec.instance_type,
                 "instance_count": spec.instance_count, "created_at": time.time()}
 
+    def _deploy_components(self, spec: EndpointSpec) -> dict[str, Any]:
+        source = spec.base_model_source or ""
+        if source and not is_hub_id(source) and not source.startswith("s3://"):  # a local folder: via S3
+            source = str(self.store.uri(upload_base_folder(self.store, spec.user_id, Path(source).expanduser())))
+            source = source if source.endswith("/") else source + "/"
+        with self._aws("create_endpoint"):
+            handle = self.components.deploy(replace(spec, base_model_source=source))
+        return {**handle, COMPONENTS: True, "config_name": spec.endpoint_name, "region": self.settings.aws.region,
+                "instance_type": spec.instance_type, "instance_count": spec.instance_count,
+                "created_at": time.time()}
+
+    def attach_adapter(self, handle: dict[str, Any], name: str, key: str) -> None:
+        """A new adapter component on the running endpoint; the base keeps serving meanwhile."""
+        with self._aws("create_inference_component"):
+            self.components.attach_adapter(handle, name, key)
+
+    def detach_adapter(self, handle: dict[str, Any], name: str) -> None:
+        with self._aws("delete_inference_component", missing_ok=True):
+            self.components.detach_adapter(handle, name)
+
     def describe(self, handle: dict[str, Any]) -> BackendEndpointStatus:
+        if handle.get(COMPONENTS) and not handle.get("deleting"):
+            try:  # creates the base component once the endpoint is up, then the adapters'
+                st = self.components.describe(handle)
+            except ClientError as e:
+                if not not_found(e):  # a vanished endpoint is reported below, as for any endpoint
+                    raise scrubbed(map_aws_error(e, "create_inference_component"), hf_token(self.settings)) from None
+            except BotoCoreError as e:
+                raise map_aws_error(e, "describe_endpoint") from e
+            else:
+                return BackendEndpointStatus(ENDPOINT_STATES.get(st.status, "Creating"), st.failure_reason or None,
+                                             st.handle_update)
         name = handle["endpoint_name"]
         try:
             d = self.sm.describe_endpoint(EndpointName=name)
@@ -252,11 +307,18 @@ class SageMakerEndpointBackend:
 
     def invoke(self, handle: dict[str, Any], payload: dict[str, Any], timeout: float) -> list[dict[str, Any]]:
         self._refuse_long_generation(payload)
+        if handle.get(COMPONENTS):  # the adapter's (or the base's) inference component, in LMI's shape
+            out = self._invoke(invoke_request(handle["endpoint_name"], payload), timeout)
+            return [parse_answer(out[0] if isinstance(out, list) else out)]
+        out = self._invoke({"EndpointName": handle["endpoint_name"], "ContentType": "application/json",
+                            "Accept": "application/json", "Body": json.dumps(payload).encode("utf-8")}, timeout)
+        return out if isinstance(out, list) else [out]
+
+    def _invoke(self, request: dict[str, Any], timeout: float) -> Any:
         timeout = min(float(timeout), self.invoke_limit)
         client = self.invoke_client(timeout)
         try:
-            r = client.invoke_endpoint(EndpointName=handle["endpoint_name"], ContentType="application/json",
-                                       Accept="application/json", Body=json.dumps(payload).encode("utf-8"))
+            r = client.invoke_endpoint(**request)
             body = r["Body"].read()
         except ReadTimeoutError as e:
             raise GatewayTimeout(f"Generation did not finish within {timeout:.0f} s (a SageMaker real-time "
@@ -269,11 +331,10 @@ class SageMakerEndpointBackend:
         except BotoCoreError as e:
             raise map_aws_error(e, "invoke_endpoint") from e
         try:
-            out = json.loads(body)
+            return json.loads(body)
         except ValueError as e:
             raise BackendError("The endpoint's answer is not JSON", code="endpoint_error",
                                details=[body[:1000].decode("utf-8", "replace")]) from e
-        return out if isinstance(out, list) else [out]
 
     def _model_error(self, e: ClientError, timeout: float) -> AppError:
         """The container answered with an error (SageMaker's ModelError, HTTP 424)."""
@@ -302,6 +363,10 @@ class SageMakerEndpointBackend:
 
     def delete(self, handle: dict[str, Any]) -> None:
         handle["deleting"] = True
+        if handle.get(COMPONENTS):  # adapter components, the base's, the endpoint and its config
+            with self._aws("delete_endpoint", missing_ok=True):
+                self.components.delete(handle)
+            return
         for op, kw in (("delete_endpoint", {"EndpointName": handle["endpoint_name"]}),
                        ("delete_endpoint_config", {"EndpointConfigName": handle.get("config_name")}),
                        ("delete_model", {"ModelName": handle.get("model_name")})):
