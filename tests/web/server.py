@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -66,3 +67,15 @@ def running_server(data: Path, **env_extra: str) -> Iterator[str]:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
+            stop_children_of(data)
+
+
+def stop_children_of(data: Path) -> None:
+    """Model servers and training processes outlive the API by design (a restart adopts them), so
+    the ones this server started over `data` are stopped here rather than left running."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if str(data).encode() in cmdline.read_bytes():
+                os.kill(int(cmdline.parent.name), signal.SIGKILL)
+        except (OSError, ValueError):
+            continue
