@@ -13,6 +13,9 @@ Environment (a flag wins over its variable):
   LLMTUNER_GENERATION_TIMEOUT       seconds before a request answers 504 (default 60)
   LLMTUNER_MAX_BATCH_SIZE, LLMTUNER_BATCH_WAIT_MS, LLMTUNER_MAX_BATCH_WAIT_MS, LLMTUNER_DEVICE,
   LLMTUNER_TORCH_THREADS, LLMTUNER_MAX_ADAPTERS
+  LLMTUNER_SERVE_TOKEN              a secret every request must carry in the X-LLMTuner-Token header
+                                    (401 unauthorized without it); unset: no check (SageMaker's
+                                    container is reachable only through SageMaker)
 
 Routes:
   GET  /ping, /health   200 {"status": "ok"} once the model is loaded; 503 {"status": "loading"} before
@@ -59,6 +62,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import hmac
 import json
 import logging
 import os
@@ -78,6 +82,9 @@ import modeling  # noqa: E402
 import streaming  # noqa: E402
 
 log = logging.getLogger("llmtuner.serve")
+
+TOKEN_ENV = "LLMTUNER_SERVE_TOKEN"  # an environment variable, not a flag: argv is visible in `ps`
+TOKEN_HEADER = "X-LLMTuner-Token"
 
 
 def _env_int(name: str, default: int) -> int:
@@ -158,6 +165,7 @@ class State:
     largest_batch: int = 0
     stopping: bool = False  # set at shutdown: a running generation stops at its next step
     started: float = field(default_factory=time.time)
+    token: str = ""  # the secret requests must carry (TOKEN_ENV); empty: none asked
     pending_adapters: dict[str, str] = field(default_factory=dict)  # registered before the model loaded
     queue: asyncio.Queue[_Item] | None = None
     executor: ThreadPoolExecutor = field(
@@ -173,6 +181,23 @@ def _error(status: int, code: str, message: str, param: str | None = None,
         status_code=status,
         content={"error": {"code": code, "message": message, "param": param, "details": details}},
     )
+
+
+class _RequireToken:
+    """Answers 401 to any request without the server's secret: the local server listens on the
+    host's loopback, where any local process could otherwise skip the API's auth and accounting."""
+
+    def __init__(self, app: Any, token: str) -> None:
+        self.app, self.token = app, token.encode()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            given = dict(scope["headers"]).get(TOKEN_HEADER.lower().encode(), b"")
+            if not hmac.compare_digest(given, self.token):
+                response = _error(401, "unauthorized", f"Missing or wrong {TOKEN_HEADER} header")
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def _run_batch(state: State, items: list[_Item]) -> list[dict[str, Any] | BaseException]:
@@ -350,6 +375,8 @@ def create_app(state: State, on_load_fail: Any = None) -> Any:
             state.executor.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="LLM Tuner inference server", lifespan=lifespan, docs_url=None, redoc_url=None)
+    if state.token:
+        app.add_middleware(_RequireToken, token=state.token)
 
     def ping() -> Any:
         if state.status == "ready":
@@ -549,7 +576,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     import uvicorn
 
-    state = State(args=args, pending_adapters=dict(a.split("=", 1) for a in args.adapter))
+    state = State(args=args, pending_adapters=dict(a.split("=", 1) for a in args.adapter),
+                  token=os.environ.pop(TOKEN_ENV, ""))
     holder: dict[str, Any] = {}
 
     def fail() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import secrets
 import shutil
 import signal
 import socket
@@ -142,6 +143,16 @@ class LocalTrainingBackend:
 DELETE_GRACE_SECONDS = 15.0  # SIGTERM, then SIGKILL for a server that has not exited
 
 
+# Each model server asks for its endpoint's secret on every request (it listens on the host's
+# loopback, where any local process could otherwise skip the API's auth and accounting). It goes to
+# serve.py in the environment, never argv (which `ps` shows), and stays in the endpoint's handle.
+TOKEN_ENV, TOKEN_HEADER = "LLMTUNER_SERVE_TOKEN", "X-LLMTuner-Token"
+
+
+def _auth(handle: dict[str, Any]) -> dict[str, str]:
+    return {TOKEN_HEADER: handle["token"]} if handle.get("token") else {}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -170,9 +181,10 @@ class LocalEndpointBackend:
             args += ["--adapter", f"{name}={self._adapter_file(workdir, name, key)}"]
         # Always set: an empty value keeps a LLMTUNER_BASE_MODEL of the API's own environment out of
         # the server, which then reads the base model recorded in the artifact.
-        env = {"HF_HUB_OFFLINE": "1", "LLMTUNER_BASE_MODEL": spec.base_model_source or ""}
+        token = secrets.token_urlsafe(32)
+        env = {"HF_HUB_OFFLINE": "1", "LLMTUNER_BASE_MODEL": spec.base_model_source or "", TOKEN_ENV: token}
         handle = process.spawn(args, workdir, env, "serve")
-        handle.update(port=port, started=time.time(), spec={
+        handle.update(port=port, token=token, started=time.time(), spec={
             "endpoint_name": spec.endpoint_name, "model_key": spec.model_key,
             "base_model_source": spec.base_model_source})
         return handle
@@ -188,7 +200,7 @@ class LocalEndpointBackend:
         if not process.alive(handle):
             return BackendEndpointStatus(EndpointStatus.FAILED, self._failure(handle))
         try:
-            r = httpx.get(f"http://127.0.0.1:{handle['port']}/ping", timeout=2)
+            r = httpx.get(f"http://127.0.0.1:{handle['port']}/ping", headers=_auth(handle), timeout=2)
             if r.status_code == 200:
                 return BackendEndpointStatus(EndpointStatus.IN_SERVICE)
         except httpx.HTTPError:
@@ -200,7 +212,8 @@ class LocalEndpointBackend:
 
     def invoke(self, handle: dict[str, Any], payload: dict[str, Any], timeout: float) -> list[dict[str, Any]]:
         try:
-            r = httpx.post(f"http://127.0.0.1:{handle['port']}/invocations", json=payload, timeout=timeout)
+            r = httpx.post(f"http://127.0.0.1:{handle['port']}/invocations", json=payload,
+                           headers=_auth(handle), timeout=timeout)
         except httpx.TimeoutException as e:
             raise GatewayTimeout(f"Generation did not finish within {timeout:.0f} s; ask for fewer "
                                  "max_new_tokens", code="generation_timeout") from e
@@ -241,7 +254,8 @@ class LocalEndpointBackend:
 
     def _server_call(self, method: str, handle: dict[str, Any], path: str, body: Any, missing_ok: bool = False) -> None:
         try:
-            r = httpx.request(method, f"http://127.0.0.1:{handle['port']}{path}", json=body, timeout=30)
+            r = httpx.request(method, f"http://127.0.0.1:{handle['port']}{path}", json=body,
+                              headers=_auth(handle), timeout=30)
         except httpx.HTTPError as e:
             raise BackendError(f"The endpoint's model server did not answer: {e}", code="endpoint_unreachable") from e
         if r.status_code >= 400 and not (missing_ok and r.status_code == 404):
@@ -255,7 +269,7 @@ class LocalEndpointBackend:
         url = f"http://127.0.0.1:{handle['port']}/invocations"
         async with httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=10)) as client:
             try:
-                async with client.stream("POST", url, json={**payload, "stream": True}) as r:
+                async with client.stream("POST", url, json={**payload, "stream": True}, headers=_auth(handle)) as r:
                     if r.status_code != 200:
                         await r.aread()
                         self._raise_for(r)

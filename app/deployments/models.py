@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, new_id, utcnow
@@ -11,9 +11,12 @@ from app.db import Base, new_id, utcnow
 
 class Endpoint(Base):
     __tablename__ = "endpoints"
+    # Names are unique per user: nobody learns or takes another user's names. The backends get a
+    # globally unique one (app/deployments/service.py: backend_endpoint_name).
+    __table_args__ = (UniqueConstraint("user_id", "endpoint_name"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    endpoint_name: Mapped[str] = mapped_column(String(63), unique=True)
+    endpoint_name: Mapped[str] = mapped_column(String(63))
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     model_name: Mapped[str] = mapped_column(String(63))
     job_id: Mapped[str | None] = mapped_column(

@@ -25,7 +25,7 @@ from app.backends.base import BackendEndpointStatus, EndpointSpec
 from app.db import utcnow
 from app.deployments import adapters
 from app.deployments.models import Endpoint
-from app.deployments.service import RESOURCE, banked_seconds, transition
+from app.deployments.service import RESOURCE, backend_endpoint_name, banked_seconds, transition
 from app.errors import AppError
 from app.statuses import ENDPOINT_ACTIVE, EndpointStatus
 
@@ -109,7 +109,8 @@ def _reason(e: BaseException) -> str:
 def _spec(ctx: Any, ep: Endpoint, session: Session) -> EndpointSpec:
     if adapters.is_base_endpoint(ep):  # the base model itself, with the adapters attached now
         attached = {a.name: ctx.store.key_from_uri(a.model_uri) for a in adapters.attached(session, [ep.id])[ep.id]}
-        return EndpointSpec(endpoint_name=ep.endpoint_name, user_id=ep.user_id, model_uri=ep.model_uri, model_key="",
+        return EndpointSpec(endpoint_name=backend_endpoint_name(ep), user_id=ep.user_id, model_uri=ep.model_uri,
+                            model_key="",
                             base_model_source=catalog.resolve_source(
                                 ctx.settings, catalog.base_model(ctx.settings, ep.base_model or "")),
                             instance_type=ep.instance_type, instance_count=ep.instance_count, adapters=attached)
@@ -122,7 +123,7 @@ def _spec(ctx: Any, ep: Endpoint, session: Session) -> EndpointSpec:
             source = catalog.resolve_source(ctx.settings, catalog.base_model(ctx.settings, ep.base_model))
         except AppError:  # not a catalogue id: the server reads the base model recorded in the artifact
             source = None
-    return EndpointSpec(endpoint_name=ep.endpoint_name, user_id=ep.user_id, model_uri=ep.model_uri,
+    return EndpointSpec(endpoint_name=backend_endpoint_name(ep), user_id=ep.user_id, model_uri=ep.model_uri,
                         model_key=key, base_model_source=source, instance_type=ep.instance_type,
                         instance_count=ep.instance_count)
 

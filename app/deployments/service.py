@@ -63,6 +63,12 @@ def accrued_cost(endpoint: Endpoint, now: datetime | None = None) -> float:
     return round(seconds * (endpoint.price_per_hour or 0.0) / 3600.0, 6)
 
 
+def backend_endpoint_name(endpoint: Endpoint) -> str:
+    """The endpoint's name on the backend, unique across users (SageMaker's names are per account, the
+    local backend's folders per machine): the user's name, cut to fit, and 8 characters of its id."""
+    return f"{endpoint.endpoint_name[:54].rstrip('-')}-{endpoint.id[:8]}"
+
+
 def _best(session: Session, query: Select[Any]) -> Endpoint | None:
     rows = list(session.scalars(query.order_by(Endpoint.created_at.desc())))
     return next((e for e in rows if e.status == EndpointStatus.IN_SERVICE), rows[0] if rows else None)
@@ -196,7 +202,7 @@ class EndpointService:
         price = round(float(itype["inference"]) * data.initial_instance_count, 6)
         name = f"{data.model_name}-endpoint"
         job, model, uri, param = self._source(user, data)
-        self._check_name_free(name)
+        self._check_name_free(user, name)
         if data.base_model and not hasattr(self.backends.endpoints, "attach_adapter"):
             raise ValidationFailed(f"The {self.backends.endpoints.name} backend cannot serve adapters on a shared "
                                    "base model yet; deploy each adapter (job_name or model_id)", param="base_model",
@@ -213,7 +219,7 @@ class EndpointService:
                 job = self._job_for_key(user, key)
             model_uri = self.store.uri(key)
             base_model = job.base_model if job else model.base_model if model else None
-        self._free_name(name)
+        self._free_name(user, name)
         ep = Endpoint(
             id=ep_id, endpoint_name=name, user_id=user.id, model_name=data.model_name,
             job_id=(job.id if job else model.job_id if model else None),
@@ -244,19 +250,23 @@ class EndpointService:
         return out
 
     def _name_taken(self, name: str) -> Conflict:
-        return Conflict(f"An endpoint named {name!r} already exists; choose another model_name, or delete "
+        return Conflict(f"You already have an endpoint named {name!r}; choose another model_name, or delete "
                         "that endpoint first", code="endpoint_exists", param="model_name")
 
-    def _check_name_free(self, name: str) -> None:
-        holder = self.session.scalar(select(Endpoint).where(Endpoint.endpoint_name == name))
+    def _holder(self, user: User, name: str) -> Endpoint | None:
+        """The caller's endpoint of that name: names are per user, others' are neither told nor taken."""
+        return self.session.scalar(select(Endpoint).where(Endpoint.user_id == user.id, Endpoint.endpoint_name == name))
+
+    def _check_name_free(self, user: User, name: str) -> None:
+        holder = self._holder(user, name)
         if holder is not None and holder.status != EndpointStatus.DELETED:
             raise self._name_taken(name)
 
-    def _free_name(self, name: str) -> None:
-        """Names of deleted endpoints may be reused: the old row (kept for usage and cost) is renamed
-        `{name}~{first 8 characters of its id}` (at most 63 characters, the column's width)."""
-        self._check_name_free(name)
-        holder = self.session.scalar(select(Endpoint).where(Endpoint.endpoint_name == name))
+    def _free_name(self, user: User, name: str) -> None:
+        """Names of the caller's deleted endpoints may be reused: the old row (kept for usage and cost)
+        is renamed `{name}~{first 8 characters of its id}` (at most 63 characters, the column's width)."""
+        self._check_name_free(user, name)
+        holder = self._holder(user, name)
         if holder is not None:
             holder.endpoint_name = f"{name[:54]}~{holder.id[:8]}"
             self.session.flush()

@@ -116,8 +116,10 @@ class FakeEndpointBackend:
             raise self.deploy_error
         sid = len(self.servers) + 1
         self.specs.append(spec)
-        self.servers[sid] = {"status": self.initial_status, "reason": None, "name": spec.endpoint_name,
-                             "deleted": False, "adapters": dict(spec.adapters)}
+        # "name": the user's name of the endpoint (cut to 54 characters); the backend's adds a piece of its id
+        self.servers[sid] = {"status": self.initial_status, "reason": None,
+                             "name": spec.endpoint_name.rsplit("-", 1)[0], "deleted": False,
+                             "adapters": dict(spec.adapters)}
         return {"server": sid}
 
     def describe(self, handle: dict[str, Any]) -> BackendEndpointStatus:
@@ -151,7 +153,7 @@ class FakeEndpointBackend:
     # test helpers
     def set(self, endpoint_name: str, status: str, reason: str | None = None) -> None:
         for s in self.servers.values():
-            if s["name"] == endpoint_name and not s["deleted"]:
+            if s["name"] == endpoint_name[:54].rstrip("-") and not s["deleted"]:
                 s["status"], s["reason"] = status, reason
 
     def live(self) -> list[dict[str, Any]]:

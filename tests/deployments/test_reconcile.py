@@ -9,10 +9,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from app.backends import process
 from app.backends.base import Backends
+from app.deployments.service import backend_endpoint_name
 from app.errors import BackendError
 from app.worker import Worker
 from tests.conftest import assert_error
@@ -30,6 +32,16 @@ def wait_until(tick: Callable[[], None], check: Callable[[], Any], what: str, ti
             return got
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def all_argv() -> list[bytes]:
+    out = []
+    for f in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            out.append(f.read_bytes())
+        except OSError:  # the process ended meanwhile
+            pass
+    return out
 
 
 def status_of(client: Any, headers: Headers, name: str) -> dict[str, Any]:
@@ -65,11 +77,13 @@ class TestRulesWithFakeBackend:
 
     def test_deploy_spec_and_in_service(self, deploy: Callable[[str], str], reconcile_once: Callable[..., None],
                                         fake_backend: FakeEndpointBackend, client: Any, alice: Headers,
-                                        base_in_data_dir: Path) -> None:
+                                        base_in_data_dir: Path, session_factory: Any) -> None:
         name = deploy("a")
         reconcile_once()
         spec = fake_backend.specs[0]
-        assert spec.endpoint_name == name and spec.model_key.endswith("/output/model.tar.gz")
+        # the backend's name: unique across users (the user's name and a piece of the endpoint's id)
+        assert spec.endpoint_name == backend_endpoint_name(endpoint_row(session_factory, name))
+        assert spec.endpoint_name.startswith(f"{name}-") and spec.model_key.endswith("/output/model.tar.gz")
         assert spec.base_model_source == str(base_in_data_dir) and spec.instance_type == "ml.g5.xlarge"
         reconcile_once()
         assert status_of(client, alice, name)["status"] == "Creating"
@@ -213,9 +227,19 @@ def test_local_endpoint_lifecycle(client: Any, register: Callable[..., Headers],
                  lambda h: client.delete("/api/endpoint/tiny-endpoint", headers=h)):
         assert_error(call(bob), 404)
 
+    # The model server itself asks for the endpoint's secret, which only the API holds (not in argv)
+    handle = endpoint_row(session_factory, "tiny-endpoint").backend_handle
+    server = f"http://127.0.0.1:{handle['port']}"
+    for path in ("/ping", "/info"):
+        assert httpx.get(server + path).status_code == 401
+        assert httpx.get(server + path, headers={"X-LLMTuner-Token": "guess"}).status_code == 401
+        assert httpx.get(server + path, headers={"X-LLMTuner-Token": handle["token"]}).status_code == 200
+    assert httpx.post(server + "/invocations", json={"inputs": "Hello"}).status_code == 401
+    assert not any(handle["token"].encode() in cmdline for cmdline in all_argv())  # `ps` does not show it
+
     cost = status_of(client, alice, "tiny-endpoint")["accrued_cost"]
     assert cost > 0
-    pid = endpoint_row(session_factory, "tiny-endpoint").backend_handle["pid"]
+    pid = handle["pid"]
     r = client.delete("/api/endpoint/tiny-endpoint", headers=alice)
     assert r.status_code == 202 and r.json()["status"] == "Deleting"
     stopped_at = r.json()["accrued_cost"]

@@ -7,7 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from app.backends.base import Backends
 from app.db import utcnow
@@ -128,12 +128,46 @@ class TestDeploy:
         assert_error(deploy("x", job_name=job.job_name), 409, "job_not_completed", "job_name")
         assert_error(deploy("x", job_name="llm-tune-nobody"), 404, param="job_name")
 
-    def test_name_in_use_is_409_for_anyone(self, deploy: Callable[..., Any], bob: Headers,
-                                           user_id: Callable[..., str], completed_job: Callable[..., Any]) -> None:
+    def test_names_are_per_user(self, deploy: Callable[..., Any], client: Any, alice: Headers, bob: Headers,
+                                user_id: Callable[..., str], completed_job: Callable[..., Any],
+                                reconcile_once: Callable[..., None], fake_backend: FakeEndpointBackend) -> None:
         assert deploy("taken").status_code == 202
         assert_error(deploy("taken"), 409, "endpoint_exists", "model_name")
         bobs = completed_job(user_id(bob))
-        assert_error(deploy("taken", headers=bob, job_name=bobs.job_name), 409, "endpoint_exists")
+        r = deploy("taken", headers=bob, job_name=bobs.job_name)  # alice's name is neither told nor in the way
+        assert r.status_code == 202, r.text
+        assert r.json()["deployment"]["endpoint_name"] == "taken-endpoint"
+        mine = client.get("/api/endpoint-status/taken-endpoint", headers=alice).json()
+        theirs = client.get("/api/endpoint-status/taken-endpoint", headers=bob).json()
+        assert mine["model_uri"] != theirs["model_uri"]
+        reconcile_once()  # the backends get names unique across users
+        names = [s.endpoint_name for s in fake_backend.specs]
+        assert len(set(names)) == 2 and all(n.startswith("taken-endpoint-") and len(n) <= 63 for n in names)
+
+    def test_a_deleted_endpoint_of_another_user_is_untouched(
+            self, in_service: Callable[..., str], deploy: Callable[..., Any], client: Any, alice: Headers,
+            bob: Headers, user_id: Callable[..., str], completed_job: Callable[..., Any],
+            reconcile_once: Callable[..., None], session_factory: Any) -> None:
+        name = in_service("gone")
+        assert client.delete(f"/api/endpoint/{name}", headers=alice).status_code == 202
+        reconcile_once()
+        old = endpoint_row(session_factory, name)
+        assert old.status == "Deleted"
+        bobs = completed_job(user_id(bob))
+        assert deploy("gone", headers=bob, job_name=bobs.job_name).status_code == 202
+        with session_factory() as s:  # alice's row keeps its name: bob's deploy did not rename it
+            kept = s.get(Endpoint, old.id)
+            assert kept is not None and kept.endpoint_name == name and kept.status == "Deleted"
+        st = client.get(f"/api/endpoint-status/{name}", headers=alice).json()
+        assert st["status"] == "Deleted"
+        assert client.get(f"/api/endpoint-status/{name}", headers=bob).json()["status"] == "Creating"
+        # alice's own re-deploy of her deleted name still works (her old row is renamed, not bob's)
+        assert deploy("gone").status_code == 202
+        with session_factory() as s:
+            rows = {e.user_id: e for e in s.scalars(select(Endpoint).where(Endpoint.endpoint_name == name))}
+            assert set(rows) == {user_id(alice), user_id(bob)}
+            renamed = s.get(Endpoint, old.id)
+            assert renamed is not None and renamed.endpoint_name.startswith(f"{name}~")
 
     def test_tenancy_of_sources(self, deploy: Callable[..., Any], alice: Headers, bob: Headers,
                                 user_id: Callable[..., str], completed_job: Callable[..., Any],

@@ -139,8 +139,11 @@ def test_seed_000_journey_against_a_moto_server(monkeypatch, tmp_path, session_f
                 "endpoint_name": "my-fine-tuned-llama2-endpoint", "status": "Creating",
                 "instance_type": "ml.g5.xlarge", "estimated_cost_per_hour": 1.21}}
             worker.tick()
-            assert sm.describe_endpoint(EndpointName="my-fine-tuned-llama2-endpoint")["EndpointStatus"] == "Creating"
-            moto_sm.set_endpoint("my-fine-tuned-llama2-endpoint", "InService")
+            # SageMaker's name: unique across users (the user's name and a piece of the endpoint's id)
+            sm_ep = sm.list_endpoints()["Endpoints"][0]["EndpointName"]
+            assert sm_ep.startswith("my-fine-tuned-llama2-endpoint-") and len(sm_ep) <= 63
+            assert sm.describe_endpoint(EndpointName=sm_ep)["EndpointStatus"] == "Creating"
+            moto_sm.set_endpoint(sm_ep, "InService")
             worker.tick()
             st = client.get("/api/endpoint-status/my-fine-tuned-llama2-endpoint", headers=h).json()
             assert st["status"] == "InService"

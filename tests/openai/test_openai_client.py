@@ -76,18 +76,19 @@ def test_attach_and_detach_on_a_running_endpoint(deployed: dict[str, Any], live_
     h = deployed["headers"]
     ep = session_factory().scalar(select(Endpoint).where(Endpoint.endpoint_name == "tiny-base-endpoint"))
     pid, port = ep.backend_handle["pid"], ep.backend_handle["port"]
+    auth = {"X-LLMTuner-Token": ep.backend_handle["token"]}  # the server's secret: only the API holds it
     job = completed_job(user_id(h))
     r = client.post("/api/endpoint/tiny-base-endpoint/adapters", headers=h,
                     json={"job_name": job.job_name, "name": "billing"})
     assert r.status_code == 201 and r.json()["name"] == "billing", r.text
     oai = openai.OpenAI(base_url=f"{live_url}/v1", api_key=deployed["key"], max_retries=0)
     assert oai.chat.completions.create(model="billing", messages=QUESTION, max_tokens=4).usage is not None
-    before = httpx.get(f"http://127.0.0.1:{port}/adapters").json()
+    before = httpx.get(f"http://127.0.0.1:{port}/adapters", headers=auth).json()
     assert "billing" in before["resident"]
 
     r = client.delete("/api/endpoint/tiny-base-endpoint/adapters/billing", headers=h)
     assert r.status_code == 200 and r.json()["status"] == "detached", r.text
-    after = httpx.get(f"http://127.0.0.1:{port}/adapters").json()
+    after = httpx.get(f"http://127.0.0.1:{port}/adapters", headers=auth).json()
     assert "billing" not in after["registered"] + after["resident"]
     assert after["resident_adapter_parameters"] < before["resident_adapter_parameters"]  # its weights are freed
     ep = session_factory().scalar(select(Endpoint).where(Endpoint.endpoint_name == "tiny-base-endpoint"))

@@ -446,6 +446,22 @@ def test_not_ready_answers_503(trained: tuple[Path, Path]) -> None:
     assert r.status_code == 503 and r.json()["error"]["code"] == "model_not_ready"
 
 
+def test_a_server_with_a_token_answers_401_without_it(trained: tuple[Path, Path]) -> None:
+    import serve
+    from fastapi.testclient import TestClient
+
+    state = serve.State(args=serve.parse_args(["--model-dir", str(trained[1])]), token="s3cret")
+    client = TestClient(serve.create_app(state))  # no lifespan: the model never starts loading
+    for headers in ({}, {serve.TOKEN_HEADER: "wrong"}):
+        for method, path in (("GET", "/ping"), ("GET", "/info"), ("POST", "/invocations"), ("GET", "/adapters"),
+                             ("PUT", "/adapters/a"), ("DELETE", "/adapters/a")):
+            r = client.request(method, path, headers=headers, json={"inputs": "hi"})
+            assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized", (method, path, r.text)
+    ok = {serve.TOKEN_HEADER: "s3cret"}
+    assert client.get("/ping", headers=ok).status_code == 503  # past the check: the model is still loading
+    assert client.get("/info", headers=ok).status_code == 200
+
+
 def test_generation_timeout_answers_504_and_frees_the_worker(trained: tuple[Path, Path]) -> None:
     import serve
     from fastapi.testclient import TestClient
