@@ -11,7 +11,7 @@ import signal
 import socket
 import tarfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,26 @@ from app.errors import BackendError, GatewayTimeout, ServiceUnavailable, Validat
 from app.statuses import EndpointStatus, JobStatus
 from app.storage import ObjectStore
 
-HANDLE_FILE = "handle.json"  # in a job's folder: the process started for it
+HANDLE_FILE = "handle.json"  # in a job's or endpoint's folder: the process started for it
+
+
+def _start_once(root: Path, name: str, start: Callable[[], dict[str, Any]],
+                reuse: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    """`start()` unless `name`'s folder records a handle that `reuse` accepts, which is given back
+    instead; callers asking at the same moment wait for each other (a lock file per name)."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        recorded = root / name / HANDLE_FILE
+        if recorded.is_file():
+            handle = dict(json.loads(recorded.read_text()))
+            if reuse(handle):
+                return handle
+        handle = start()
+        tmp = recorded.with_suffix(".tmp")
+        tmp.write_text(json.dumps(handle))
+        tmp.replace(recorded)
+        return handle
 
 
 class LocalTrainingBackend:
@@ -38,17 +57,7 @@ class LocalTrainingBackend:
         """Start the job's process once: a second submit of the same job name (a worker that took
         over after another died between starting the process and recording it) gets the first
         process's handle back, also when both ask at the same moment (a lock file per job)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / f".{spec.job_name}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            recorded = self.root / spec.job_name / HANDLE_FILE
-            if recorded.is_file():
-                return dict(json.loads(recorded.read_text()))
-            handle = self._start(spec)
-            tmp = recorded.with_suffix(".tmp")
-            tmp.write_text(json.dumps(handle))
-            tmp.replace(recorded)
-            return handle
+        return _start_once(self.root, spec.job_name, lambda: self._start(spec), reuse=lambda _: True)
 
     def _start(self, spec: TrainingSpec) -> dict[str, Any]:
         job = self.root / spec.job_name
@@ -167,6 +176,12 @@ class LocalEndpointBackend:
         self.root = settings.data_path / "endpoints"
 
     def deploy(self, spec: EndpointSpec) -> dict[str, Any]:
+        """Start the endpoint's server once: a second deploy while that server lives (a worker killed
+        between starting it and recording its handle) gets its handle back instead of starting a
+        second server; a dead one (a restart after a crash) is replaced."""
+        return _start_once(self.root, spec.endpoint_name, lambda: self._start(spec), reuse=process.alive)
+
+    def _start(self, spec: EndpointSpec) -> dict[str, Any]:
         workdir = self.root / spec.endpoint_name
         if workdir.exists():
             shutil.rmtree(workdir)
@@ -206,6 +221,7 @@ class LocalEndpointBackend:
         except httpx.HTTPError:
             pass
         if time.time() - handle["started"] > self.settings.endpoint_start_timeout_seconds:
+            _forget(handle)
             process.terminate(handle)
             return BackendEndpointStatus(EndpointStatus.FAILED, "The model server did not become ready in time")
         return BackendEndpointStatus(EndpointStatus.CREATING)
@@ -285,6 +301,7 @@ class LocalEndpointBackend:
 
     def delete(self, handle: dict[str, Any]) -> None:
         handle["deleting"] = time.time()  # the caller stores the handle; describe escalates after a grace
+        _forget(handle)
         process.terminate(handle)
 
     def _failure(self, handle: dict[str, Any]) -> str:
@@ -300,6 +317,11 @@ class LocalEndpointBackend:
         if code in (-9, 137):
             return "The model server was killed (out of memory?); try a larger instance type"
         return f"The model server exited with code {code}: {log[-500:]}"
+
+
+def _forget(handle: dict[str, Any]) -> None:
+    """A server being stopped is no longer the endpoint's: the next deploy starts a new one."""
+    Path(handle["dir"], HANDLE_FILE).unlink(missing_ok=True)
 
 
 def _error_body(r: httpx.Response) -> dict[str, Any]:

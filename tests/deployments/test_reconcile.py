@@ -13,12 +13,14 @@ import httpx
 import pytest
 
 from app.backends import process
-from app.backends.base import Backends
+from app.backends.base import Backends, EndpointSpec
+from app.backends.local import LocalEndpointBackend
 from app.deployments.service import backend_endpoint_name
 from app.errors import BackendError
 from app.worker import Worker
 from tests.conftest import assert_error
 from tests.deployments.conftest import FakeEndpointBackend, endpoint_row
+from tests.jobs import kill_process_group
 
 Headers = dict[str, str]
 
@@ -277,3 +279,22 @@ def test_restart_recovery_never_in_service_while_dead(
     restarted.tick()
     st = status_of(client, alice, name)
     assert st["status"] == "Failed" and "killed" in st["failure_reason"]
+
+
+@pytestmark_serve
+def test_a_second_deploy_while_the_server_lives_returns_it(settings: Any, store: Any, base_in_data_dir: Path) -> None:
+    """A worker killed between starting a server and recording it deploys again: no second server."""
+    backend = LocalEndpointBackend(settings, store)
+    spec = EndpointSpec(endpoint_name="twice-endpoint-0123abcd", user_id="u", model_uri="", model_key="",
+                        base_model_source=str(base_in_data_dir), instance_type="local")
+    first = backend.deploy(spec)
+    second: dict[str, Any] = {}
+    try:
+        assert backend.deploy(spec) == first
+        os.killpg(first["pid"], signal.SIGKILL)  # the server died: a restart's deploy replaces it
+        wait_until(lambda: None, lambda: not process.alive(first), "the kill", 10)
+        second = backend.deploy(spec)
+        assert second["pid"] != first["pid"] and process.alive(second)
+    finally:
+        kill_process_group(first)
+        kill_process_group(second)
