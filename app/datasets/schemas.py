@@ -30,5 +30,5 @@ class DatasetList(BaseModel):
 class DatasetPreview(BaseModel):
     dataset_id: str
     format: str | None
-    training_format: str = "canonical messages JSONL (see README)"
+    training_format: str = "canonical messages JSONL (docs/datasets.md)"
     data: list[dict[str, Any]]

@@ -8,7 +8,7 @@ from typing import Any
 
 from app.training.schemas import Hyperparameters
 
-# Share of an accelerator's peak a LoRA fine-tune reaches end to end (assumption, see README).
+# Share of an accelerator's peak a LoRA fine-tune reaches end to end (an assumption, documented in docs/training.md).
 MFU_GPU = 0.35
 MFU_CPU = 0.5
 CHARS_PER_TOKEN = 4.0
