@@ -44,9 +44,6 @@ class LiveServer:
         assert r.status_code == 200, r.text
         return str(r.json()["access_token"])
 
-    def has_route(self, path: str) -> bool:
-        return path in httpx.get(f"{self.url}/openapi.json").json()["paths"]
-
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -48,8 +48,7 @@ def test_journey(cli: Any, live_server: LiveServer, qa_file: Path, tmp_path: Pat
     login(cli, live_server, "cliuser")
     saved = json.loads(cli.config.read_text())
     assert stat.S_IMODE(cli.config.stat().st_mode) == 0o600 and saved["username"] == "cliuser"
-    if live_server.has_route("/api/api-keys"):
-        assert saved["api_key"].startswith("llmt_")  # a key, not the password nor an expiring token
+    assert saved["api_key"].startswith("llmt_")  # a key, not the password nor an expiring token
     assert as_json(cli("whoami", "--json"))["username"] == "cliuser"
 
     ds = as_json(cli("datasets", "upload", str(qa_file), "--json"))

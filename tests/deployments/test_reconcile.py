@@ -168,7 +168,6 @@ class TestRulesWithFakeBackend:
 
 # Real model servers (training_scripts/serve.py) on the local backend --------------------------------
 
-pytestmark_serve = pytest.mark.skipif(not (process.SCRIPTS / "serve.py").exists(), reason="serve.py not written yet")
 
 
 @pytest.fixture
@@ -185,7 +184,6 @@ def pid_gone(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
 
 
-@pytestmark_serve
 def test_local_endpoint_lifecycle(client: Any, register: Callable[..., Headers], user_id: Callable[..., str],
                                   completed_job: Callable[..., Any], base_in_data_dir: Path,
                                   worker: Callable[[], Worker], session_factory: Any) -> None:
@@ -251,7 +249,6 @@ def test_local_endpoint_lifecycle(client: Any, register: Callable[..., Headers],
     assert status_of(client, alice, "tiny-endpoint")["accrued_cost"] == stopped_at
 
 
-@pytestmark_serve
 def test_restart_recovery_never_in_service_while_dead(
         client: Any, register: Callable[..., Headers], user_id: Callable[..., str],
         completed_job: Callable[..., Any], base_in_data_dir: Path, worker: Callable[[], Worker],
@@ -281,7 +278,6 @@ def test_restart_recovery_never_in_service_while_dead(
     assert st["status"] == "Failed" and "killed" in st["failure_reason"]
 
 
-@pytestmark_serve
 def test_a_second_deploy_while_the_server_lives_returns_it(settings: Any, store: Any, base_in_data_dir: Path) -> None:
     """A worker killed between starting a server and recording it deploys again: no second server."""
     backend = LocalEndpointBackend(settings, store)
