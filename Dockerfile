@@ -56,10 +56,13 @@ FROM ${PYTHON_IMAGE} AS runtime
 # uvicorn reads UVICORN_* for its options: no access log line per request (it costs ~25-30% of the
 # throughput of GET /api/auth/me, bench/api_load.py, which serves the same way); leave request logs to
 # the proxy or load balancer, or run with -e UVICORN_ACCESS_LOG=true.
+# A production config by default: started without -e LLMTUNER_JWT__SECRET=<32+ characters> the app
+# refuses to start (app/config.py) rather than sign tokens with the secret printed in the source.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     UVICORN_ACCESS_LOG=false \
+    LLMTUNER_ENV=production \
     LLMTUNER_DATA_DIR=/var/lib/llmtuner \
     HF_HOME=/var/lib/llmtuner/hf-cache
 

@@ -118,14 +118,18 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_dev_secret(self) -> Settings:
-        if self.env == "production" and self.jwt.algorithm.startswith("HS"):
+        # The built-in secret is in the source: anyone could forge tokens and download links with it.
+        # Development replaces it with a generated one kept under the data dir (app/security.py);
+        # every other env (test included, so a test config cannot leak into a deployment) needs its own.
+        if self.env != "development" and self.jwt.algorithm.startswith("HS"):
             if self.jwt.secret.get_secret_value() == DEV_JWT_SECRET:
                 raise ValueError(
-                    "LLMTUNER_JWT__SECRET is the development default; set a random secret of at least "
-                    "32 characters (e.g. `openssl rand -hex 32`) before running with LLMTUNER_ENV=production"
+                    f"LLMTUNER_JWT__SECRET is unset (the built-in development secret); set a random secret of "
+                    f"at least 32 characters (e.g. `openssl rand -hex 32`) to run with LLMTUNER_ENV={self.env}, "
+                    "or use LLMTUNER_ENV=development for a local run"
                 )
             if len(self.jwt.secret.get_secret_value()) < 32:
-                raise ValueError("LLMTUNER_JWT__SECRET must be at least 32 characters in production")
+                raise ValueError(f"LLMTUNER_JWT__SECRET must be at least 32 characters with LLMTUNER_ENV={self.env}")
         if self.jwt.algorithm == "RS256" and not (self.jwt.private_key and self.jwt.public_key):
             raise ValueError("LLMTUNER_JWT__ALGORITHM=RS256 needs LLMTUNER_JWT__PRIVATE_KEY and __PUBLIC_KEY")
         return self

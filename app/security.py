@@ -21,8 +21,8 @@ SECRET_FILE = ".jwt-secret"  # under the data dir: development's generated signi
 def ensure_jwt_secret(settings: Settings) -> None:
     """Development (`make run`): in place of the built-in secret, which anyone can read in the
     source and forge tokens and download links with, use a random one generated on the first start
-    and kept under the data dir (0600), so tokens survive restarts. Production refuses the built-in
-    secret at start (app/config.py); test settings keep it (fixed tokens in test suites)."""
+    and kept under the data dir (0600), so tokens survive restarts. Every other env refuses the
+    built-in secret when its settings are built (app/config.py)."""
     j = settings.jwt
     if settings.env != "development" or not j.algorithm.startswith("HS") or \
             j.secret.get_secret_value() != DEV_JWT_SECRET:

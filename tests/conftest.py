@@ -19,6 +19,7 @@ from app.config import AuthSettings, Settings, WorkerSettings
 from app.db import make_engine
 from app.main import create_app
 from app.storage.local import LocalObjectStore
+from tests.settings import make_test_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -85,8 +86,8 @@ def session_factory(connection: Any) -> sessionmaker[Any]:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(
-        env="test", data_dir=tmp_path / "data", database_url="sqlite://",
+    return make_test_settings(
+        data_dir=tmp_path / "data", database_url="sqlite://",
         worker=WorkerSettings(enabled=False),
         # Cheap hashes in tests; the real parameters are the defaults.
         auth=AuthSettings(argon2_time_cost=1, argon2_memory_kib=8192),

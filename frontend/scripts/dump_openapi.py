@@ -8,6 +8,7 @@ the schema needs only the routes.
 from __future__ import annotations
 
 import json
+import secrets
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,9 @@ def build_schema() -> dict[str, Any]:
     from app.config import Settings
     from app.main import create_app
 
-    return create_app(Settings(env="test", database_url="sqlite://")).openapi()
+    # Nothing is signed here, but outside development the settings need a secret of their own.
+    secret = secrets.token_hex(32)
+    return create_app(Settings(env="test", database_url="sqlite://", jwt={"secret": secret})).openapi()
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from tests.conftest import ROOT, migrate
+from tests.settings import SECRET_ENV
 
 SCRIPT = """
 import sys
@@ -30,7 +31,7 @@ with TestClient(app) as c:
 def test_me_as_first_request_of_a_fresh_process(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'fresh.db'}"
     migrate(url)
-    env = {**os.environ, "LLMTUNER_DATABASE_URL": url, "LLMTUNER_DATA_DIR": str(tmp_path),
+    env = {**os.environ, **SECRET_ENV, "LLMTUNER_DATABASE_URL": url, "LLMTUNER_DATA_DIR": str(tmp_path),
            "LLMTUNER_AUTH__ARGON2_TIME_COST": "1", "LLMTUNER_AUTH__ARGON2_MEMORY_KIB": "8192"}
 
     def run(*args: str) -> str:

@@ -22,9 +22,10 @@ from app.auth import lookup as lookup_module
 from app.auth.lookup import detached_user, user_row
 from app.auth.models import User
 from app.auth.schemas import UserRead
-from app.config import AuthSettings, Settings, WorkerSettings
+from app.config import AuthSettings, WorkerSettings
 from app.db import make_engine
 from app.main import create_app
+from tests.settings import make_test_settings
 
 PREFIX = "lk-"
 
@@ -167,9 +168,9 @@ def test_dead_connection_is_replaced(live_engine: Any, looked_up: Any) -> None:
 
 def test_served_app_refuses_a_deleted_users_token_at_once(live_engine: Any, db_url: str, tmp_path: Any) -> None:
     """The app as served (its own engine, no test transaction), many /me requests in flight."""
-    settings = Settings(env="test", data_dir=tmp_path / "data", database_url=db_url,
-                        worker=WorkerSettings(enabled=False), public_base_url="http://testserver",
-                        auth=AuthSettings(argon2_time_cost=1, argon2_memory_kib=8192))
+    settings = make_test_settings(data_dir=tmp_path / "data", database_url=db_url,
+                                  worker=WorkerSettings(enabled=False), public_base_url="http://testserver",
+                                  auth=AuthSettings(argon2_time_cost=1, argon2_memory_kib=8192))
     app = create_app(settings)
     names = [PREFIX + uuid.uuid4().hex[:12] for _ in range(2)]
 
@@ -209,9 +210,10 @@ def test_logins_queued_for_hashing_hold_no_connection(db_url: str, tmp_path: Any
 
     url = db_url.replace("postgresql://", "postgresql+psycopg://", 1)
     engine = create_engine(url, pool_size=1, max_overflow=0, pool_timeout=3)
-    settings = Settings(env="test", data_dir=tmp_path / "data", database_url=db_url,
-                        worker=WorkerSettings(enabled=False), public_base_url="http://testserver",
-                        auth=AuthSettings(argon2_time_cost=1, argon2_memory_kib=8192, max_concurrent_logins=1))
+    settings = make_test_settings(data_dir=tmp_path / "data", database_url=db_url,
+                                  worker=WorkerSettings(enabled=False), public_base_url="http://testserver",
+                                  auth=AuthSettings(argon2_time_cost=1, argon2_memory_kib=8192,
+                                                    max_concurrent_logins=1))
     app = create_app(settings, sessionmaker=make_sessionmaker(engine))
     names = [PREFIX + uuid.uuid4().hex[:12] for _ in range(4)]
 

@@ -5,8 +5,8 @@ import time
 import pytest
 from jose import jwt
 
-from app.config import DEV_JWT_SECRET
 from tests.conftest import assert_error
+from tests.settings import TEST_JWT_SECRET
 
 
 class TestRegister:
@@ -99,13 +99,13 @@ class TestBadTokens:
     def test_expired_token(self, client, register, app):
         register("hank")
         uid = client.get("/api/auth/me", headers=register("ivan")).json()["id"]
-        tok = jwt.encode(self._claims(sub=uid, exp=int(time.time()) - 10), DEV_JWT_SECRET, algorithm="HS256")
+        tok = jwt.encode(self._claims(sub=uid, exp=int(time.time()) - 10), TEST_JWT_SECRET, algorithm="HS256")
         assert_error(client.get("/api/auth/me", headers={"Authorization": f"Bearer {tok}"}), 401,
                      "token_expired")
 
     def test_wrong_audience(self, client, register):
         uid = client.get("/api/auth/me", headers=register("jack")).json()["id"]
-        tok = jwt.encode(self._claims(sub=uid, aud="someone-else"), DEV_JWT_SECRET, algorithm="HS256")
+        tok = jwt.encode(self._claims(sub=uid, aud="someone-else"), TEST_JWT_SECRET, algorithm="HS256")
         assert_error(client.get("/api/auth/me", headers={"Authorization": f"Bearer {tok}"}), 401)
 
     def test_token_for_deleted_user(self, client, register, session_factory):

@@ -1,4 +1,4 @@
-"""Signing secrets: development generates one and keeps it; production refuses the built-in one;
+"""Signing secrets: development generates one and keeps it; every other env refuses the built-in one;
 tokens must carry the claims we issue (negative JWT tests, each with its error code)."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from jose import jwt
 from app.config import DEV_JWT_SECRET, Settings
 from app.errors import Unauthorized
 from app.security import SECRET_FILE, Tokens, ensure_jwt_secret
+from tests.settings import TEST_JWT_SECRET, make_test_settings
 
 
 def dev_settings(data_dir: Path) -> Settings:
@@ -42,9 +43,31 @@ def test_a_configured_secret_is_kept(tmp_path: Path) -> None:
     assert s.jwt.secret.get_secret_value() == "s" * 40 and not (tmp_path / SECRET_FILE).exists()
 
 
-def test_production_refuses_the_built_in_secret() -> None:
-    with pytest.raises(ValueError, match="LLMTUNER_JWT__SECRET"):
-        Settings(_env_file=None, env="production")  # type: ignore[call-arg]
+@pytest.mark.parametrize("env", ["test", "production"])
+def test_outside_development_the_built_in_secret_is_refused(env: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LLMTUNER_JWT__SECRET", raising=False)
+    with pytest.raises(ValueError, match=f"LLMTUNER_JWT__SECRET is unset.*LLMTUNER_ENV={env}"):
+        Settings(_env_file=None, env=env)  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="LLMTUNER_JWT__SECRET must be at least 32 characters"):
+        Settings(_env_file=None, env=env, jwt={"secret": "s" * 31})  # type: ignore[call-arg]
+    assert Settings(_env_file=None, env=env, jwt={"secret": "s" * 32}).env == env  # type: ignore[call-arg]
+
+
+def test_the_environment_variable_provides_the_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLMTUNER_ENV", "production")
+    monkeypatch.setenv("LLMTUNER_JWT__SECRET", "e" * 40)
+    assert Settings(_env_file=None).jwt.secret.get_secret_value() == "e" * 40  # type: ignore[call-arg]
+
+
+def test_development_accepts_the_built_in_secret_and_replaces_it(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LLMTUNER_JWT__SECRET", raising=False)
+    s = dev_settings(tmp_path / "data")
+    assert s.jwt.secret.get_secret_value() == DEV_JWT_SECRET  # accepted: built without error
+    ensure_jwt_secret(s)  # and never used to sign: the app start swaps in the generated one
+    assert s.jwt.secret.get_secret_value() != DEV_JWT_SECRET
+    short = Settings(_env_file=None, env="development", data_dir=tmp_path, jwt={"secret": "short"})  # type: ignore[call-arg]
+    assert short.jwt.secret.get_secret_value() == "short"  # a developer's own choice, kept
 
 
 def claims(**over: Any) -> dict[str, Any]:
@@ -57,9 +80,9 @@ def claims(**over: Any) -> dict[str, Any]:
                                   {"aud": None}, {"sub": None}, {"iat": None}, {"exp": None}],
                          ids=["wrong-iss", "wrong-aud", "no-iss", "no-aud", "no-sub", "no-iat", "no-exp"])
 def test_tokens_without_our_claims_are_refused(over: dict[str, Any]) -> None:
-    tokens = Tokens(Settings(_env_file=None, env="test"))  # type: ignore[call-arg]
-    token = jwt.encode(claims(**over), DEV_JWT_SECRET, algorithm="HS256")
+    tokens = Tokens(make_test_settings(_env_file=None))
+    token = jwt.encode(claims(**over), TEST_JWT_SECRET, algorithm="HS256")
     with pytest.raises(Unauthorized) as e:
         tokens.subject(token)
     assert e.value.code == "invalid_token"
-    assert tokens.subject(jwt.encode(claims(), DEV_JWT_SECRET, algorithm="HS256")) == "user-1"
+    assert tokens.subject(jwt.encode(claims(), TEST_JWT_SECRET, algorithm="HS256")) == "user-1"

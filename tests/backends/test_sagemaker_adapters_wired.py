@@ -30,6 +30,7 @@ from app.training.models import TrainingJob
 from app.worker import WorkerContext
 from tests.backends import moto_sagemaker as moto_sm
 from tests.jobs import insert_job
+from tests.settings import make_test_settings
 
 BUCKET = "llmtuner-test-artifacts"
 ROLE = "arn:aws:iam::123456789012:role/LLMTunerSageMakerExecution"
@@ -43,10 +44,10 @@ Headers = dict[str, str]
 @pytest.fixture
 def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
     with moto_sm.moto_aws(monkeypatch):
-        yield Settings(env="test", data_dir=tmp_path / "data", backend="sagemaker", storage="s3",
-                       database_url="sqlite://", worker=WorkerSettings(enabled=False),
-                       auth=AuthSettings(argon2_time_cost=1, argon2_memory_kib=8192),
-                       aws=AWSSettings(region="us-east-1", s3_bucket=BUCKET, role_arn=ROLE, hf_token=TOKEN))
+        yield make_test_settings(data_dir=tmp_path / "data", backend="sagemaker", storage="s3",
+                                 database_url="sqlite://", worker=WorkerSettings(enabled=False),
+                                 auth=AuthSettings(argon2_time_cost=1, argon2_memory_kib=8192),
+                                 aws=AWSSettings(region="us-east-1", s3_bucket=BUCKET, role_arn=ROLE, hf_token=TOKEN))
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from app.config import AWSSettings, Settings, WorkerSettings
 from app.errors import AppError
 from app.storage.s3 import S3ObjectStore
 from tests.backends import moto_sagemaker as moto_sm
+from tests.settings import make_test_settings
 
 USER = "0b5f3a52-6c1e-4d2b-9a87-3f0c2e1d4b6a"
 BUCKET = "llmtuner-test-artifacts"
@@ -32,8 +33,8 @@ PAYLOAD = {"inputs": "What is 2+2?", "parameters": {"max_new_tokens": 16, "tempe
 
 def make_settings(tmp_path: Path, **aws_kw: Any) -> Settings:
     aws_settings = AWSSettings(region="us-east-1", s3_bucket=BUCKET, role_arn=ROLE, **aws_kw)
-    return Settings(env="test", data_dir=tmp_path / "data", backend="sagemaker", storage="s3",
-                    database_url="sqlite://", aws=aws_settings, worker=WorkerSettings(enabled=False))
+    return make_test_settings(data_dir=tmp_path / "data", backend="sagemaker", storage="s3",
+                              database_url="sqlite://", aws=aws_settings, worker=WorkerSettings(enabled=False))
 
 
 @pytest.fixture

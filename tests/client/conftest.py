@@ -17,10 +17,11 @@ import pytest
 import uvicorn
 from sqlalchemy import select
 
-from app.config import AuthSettings, Settings, WorkerSettings
+from app.config import AuthSettings, WorkerSettings
 from app.main import create_app
 from tests.conftest import migrate
 from tests.jobs import TINY_ID, kill_process_group
+from tests.settings import make_test_settings
 
 QA = [("How do I reset my password?", "Click Forgot Password on the login page."),
       ("What are your business hours?", "Monday to Friday, 9 AM to 6 PM."),
@@ -58,8 +59,8 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     url = f"http://127.0.0.1:{port}"
     db_url = f"sqlite:///{root / 'client.db'}"
     migrate(db_url)
-    settings = Settings(
-        env="test", data_dir=root / "data", database_url=db_url, public_base_url=url,
+    settings = make_test_settings(
+        data_dir=root / "data", database_url=db_url, public_base_url=url,
         worker=WorkerSettings(enabled=True, poll_interval_seconds=0.2),
         auth=AuthSettings(argon2_time_cost=1, argon2_memory_kib=8192),
     )

@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel
 
 from app.config import Settings
+from tests.settings import TEST_JWT_SECRET
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -399,6 +400,21 @@ def test_compose_refuses_to_start_without_a_secret(api: dict[str, Any]) -> None:
         resolve(compose_env(api)["LLMTUNER_JWT__SECRET"], {})
 
 
+def test_image_run_without_a_secret_refuses_to_start(runtime: Stage, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`docker run` of the image without compose: its own ENV alone is production, so a missing
+    secret stops the start with an error naming it instead of signing with the built-in one."""
+    for k in list(__import__("os").environ):
+        if k.startswith("LLMTUNER_"):
+            monkeypatch.delenv(k)
+    for k, v in image_env(runtime).items():
+        if k.startswith("LLMTUNER_"):
+            monkeypatch.setenv(k, v)
+    with pytest.raises(ValueError, match="LLMTUNER_JWT__SECRET is unset"):
+        Settings(_env_file=None)  # type: ignore[call-arg]
+    monkeypatch.setenv("LLMTUNER_JWT__SECRET", "z" * 64)
+    assert Settings(_env_file=None).env == "production"  # type: ignore[call-arg]
+
+
 # --- the cloud image: no torch -----------------------------------------------------------------
 
 def test_api_imports_without_torch_for_the_cloud_image(tmp_path: Path) -> None:
@@ -418,6 +434,7 @@ def test_api_imports_without_torch_for_the_cloud_image(tmp_path: Path) -> None:
         from app.main import create_app
         from app.wiring import build_backends, build_store
         s = Settings(_env_file=None, env="test", data_dir={str(tmp_path)!r}, backend="sagemaker", storage="s3",
+                     jwt={{"secret": {TEST_JWT_SECRET!r}}},
                      aws=AWSSettings(role_arn="arn:aws:iam::123456789012:role/LLMTunerTest"),
                      worker=WorkerSettings(enabled=False))
         create_app(s)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from app.main import GC_YOUNG_THRESHOLD
 from tests.conftest import ROOT
+from tests.settings import SECRET_ENV
 
 SCRIPT = """
 import gc, sys
@@ -26,7 +27,7 @@ with TestClient(app) as c:
 
 
 def run(env_name: str, tmp_path: Path) -> tuple[tuple[int, ...], tuple[int, ...], bool]:
-    env = {**os.environ, "LLMTUNER_DATABASE_URL": f"sqlite:///{tmp_path / 'gc.db'}",
+    env = {**os.environ, **SECRET_ENV, "LLMTUNER_DATABASE_URL": f"sqlite:///{tmp_path / 'gc.db'}",
            "LLMTUNER_DATA_DIR": str(tmp_path)}
     res = subprocess.run([sys.executable, "-c", SCRIPT, env_name], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=120)

@@ -7,13 +7,14 @@ from pathlib import Path
 from sqlalchemy import text
 
 from app import wiring
-from app.config import Settings, WorkerSettings
+from app.config import WorkerSettings
 from app.storage.local import LocalObjectStore
+from tests.settings import make_test_settings
 
 
 def test_build_from_settings(tmp_path: Path) -> None:
-    settings = Settings(env="test", data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'w.db'}",
-                        worker=WorkerSettings(enabled=False))
+    settings = make_test_settings(data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'w.db'}",
+                                  worker=WorkerSettings(enabled=False))
     services = wiring.build(settings)
     try:
         assert isinstance(services.store, LocalObjectStore)

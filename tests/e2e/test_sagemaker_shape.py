@@ -19,6 +19,7 @@ from app.worker import Worker
 from tests.backends import moto_sagemaker as moto_sm
 from tests.conftest import assert_error
 from tests.e2e.conftest import qa_jsonl
+from tests.settings import TEST_JWT_SECRET
 
 BUCKET = "llmtuner-e2e"
 
@@ -42,6 +43,7 @@ def test_seed_000_journey_against_a_moto_server(monkeypatch, tmp_path, session_f
         monkeypatch.setenv("LLMTUNER_AWS__REGION", "us-east-1")
         monkeypatch.setenv("LLMTUNER_DATA_DIR", str(tmp_path / "data"))
         monkeypatch.setenv("LLMTUNER_ENV", "test")
+        monkeypatch.setenv("LLMTUNER_JWT__SECRET", TEST_JWT_SECRET)
         monkeypatch.setenv("LLMTUNER_WORKER__ENABLED", "false")
         monkeypatch.setenv("LLMTUNER_AUTH__ARGON2_TIME_COST", "1")
         monkeypatch.setenv("LLMTUNER_AUTH__ARGON2_MEMORY_KIB", "8192")

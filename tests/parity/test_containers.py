@@ -25,12 +25,13 @@ import pytest
 from app import catalog
 from app.backends.base import EndpointSpec, TrainingSpec
 from app.backends.sagemaker import SageMakerEndpointBackend, SageMakerTrainingBackend
-from app.config import AWSSettings, Settings, WorkerSettings
+from app.config import AWSSettings, WorkerSettings
 from app.evaluation import reconcile as evaluation_reconcile
 from app.storage.s3 import S3ObjectStore
 from app.training.schemas import Hyperparameters
 from tests.backends import moto_sagemaker as moto_sm
 from tests.parity import container
+from tests.settings import make_test_settings
 
 USER = str(uuid.UUID(int=7))
 BUCKET = "llmtuner-parity"
@@ -52,10 +53,10 @@ def _records(n: int) -> bytes:
 def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
     tmp = tmp_path_factory.mktemp("parity")
     with pytest.MonkeyPatch.context() as mp, moto_sm.moto_server(mp) as url:
-        settings = Settings(env="test", data_dir=tmp / "data", backend="sagemaker", storage="s3",
-                            database_url="sqlite://", worker=WorkerSettings(enabled=False),
-                            aws=AWSSettings(region="us-east-1", s3_bucket=BUCKET, endpoint_url=url,
-                                            role_arn="arn:aws:iam::123456789012:role/LLMTunerSageMakerExecution"))
+        settings = make_test_settings(data_dir=tmp / "data", backend="sagemaker", storage="s3",
+                                      database_url="sqlite://", worker=WorkerSettings(enabled=False),
+                                      aws=AWSSettings(region="us-east-1", s3_bucket=BUCKET, endpoint_url=url,
+                                                      role_arn="arn:aws:iam::123456789012:role/LLMTunerSageMakerExecution"))
         s3 = container.s3_client(url)
         s3.create_bucket(Bucket=BUCKET)
         store = S3ObjectStore(s3, BUCKET)

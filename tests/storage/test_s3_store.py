@@ -21,6 +21,7 @@ from app.storage import owned_key_from_uri
 from app.storage import s3 as s3_module
 from app.storage.s3 import S3ObjectStore
 from tests.backends import moto_sagemaker as moto_sm
+from tests.settings import make_test_settings
 
 BUCKET = "llmtuner-store-test"
 USER = "0b5f3a52-6c1e-4d2b-9a87-3f0c2e1d4b6a"
@@ -34,8 +35,8 @@ def key(name: str, user: str = USER) -> str:
 
 
 def make_settings(tmp_path: Path, **aws_kw: Any) -> Settings:
-    return Settings(env="test", data_dir=tmp_path / "data", storage="s3", database_url="sqlite://",
-                    aws=AWSSettings(region="us-east-1", s3_bucket=BUCKET, **aws_kw))
+    return make_test_settings(data_dir=tmp_path / "data", storage="s3", database_url="sqlite://",
+                              aws=AWSSettings(region="us-east-1", s3_bucket=BUCKET, **aws_kw))
 
 
 @pytest.fixture

@@ -6,9 +6,9 @@ import pytest
 from pydantic import ValidationError
 
 from app.catalog import base_model, instance_type
-from app.config import Settings
 from app.training import cost, naming
 from app.training.schemas import Hyperparameters
+from tests.settings import make_test_settings
 
 
 class TestNaming:
@@ -51,10 +51,10 @@ class TestHyperparameters:
 
 class TestCost:
     def test_estimate_scales_with_epochs_and_price(self):
-        s = Settings(env="test")
+        s = make_test_settings()
         report = {"valid_examples": 1000, "avg_prompt_length": 200, "avg_response_length": 200}
         model = base_model(s, "gpt2")
-        inst = {**instance_type(Settings(env="test", backend="sagemaker"), "ml.g5.xlarge", "training")}
+        inst = {**instance_type(make_test_settings(backend="sagemaker"), "ml.g5.xlarge", "training")}
         one = cost.estimate(report, model, Hyperparameters(epochs=1), inst, 1.21, 0.2)
         three = cost.estimate(report, model, Hyperparameters(epochs=3), inst, 1.21, 0.2)
         assert one["estimated_tokens"] == 80_000 and three["estimated_tokens"] == 240_000
@@ -70,5 +70,5 @@ class TestCost:
         from app.errors import ValidationFailed
 
         with pytest.raises(ValidationFailed) as e:
-            instance_type(Settings(env="test"), "ml.x99.huge", "training")
+            instance_type(make_test_settings(), "ml.x99.huge", "training")
         assert e.value.param == "instance_type"
