@@ -25,6 +25,9 @@ from app.storage import ObjectStore, dataset_key, user_prefix
 from app.training.models import TrainingJob
 
 RAW, CANONICAL = "raw", "train.jsonl"
+# Token statistics kept in a dataset's report, one per (base model, max_length), the oldest dropped
+# first: asking for many max_length values neither grows the stored report nor re-tokenizes a recent one.
+MAX_CACHED_TOKEN_STATS = 8
 
 
 class _Hashing:
@@ -97,7 +100,9 @@ class DatasetService:
                 self.store.put_file(ds.canonical_key, tmp / CANONICAL)
                 if model is not None:
                     with open(tmp / CANONICAL, "rb") as f:
-                        report["token_stats"] = self._token_stats(f, model, max_length)
+                        report["token_stats"] = stats = self._token_stats(f, model, max_length)
+                    if "error" not in stats:  # the GET for the same model and max_length reads it back
+                        report["token_stats_by_model"] = {_stats_key(model, max_length): stats}
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         ds.report, ds.format = report, report.get("format")
@@ -124,16 +129,23 @@ class DatasetService:
         return {"base_model": model["id"], "max_length": limit, **stats}
 
     def token_stats_for(self, ds: Dataset, base_model: str, max_length: int | None) -> Dataset:
+        """The dataset with `token_stats` for this model and max_length in its report (for this answer:
+        the stored `token_stats` stay the upload's); computed once, then read from the report's cache."""
         model = catalog.base_model(self.settings, base_model)
         cache = dict(ds.report.get("token_stats_by_model") or {})
-        key = f"{model['id']}@{max_length or model['max_length']}"
-        if key not in cache and ds.canonical_key:
+        key = _stats_key(model, max_length)
+        stats = cache.get(key)
+        if stats is None and ds.canonical_key:
             with self.store.open(ds.canonical_key) as f:
-                cache[key] = self._token_stats(f, model, max_length)
-            ds.report = {**ds.report, "token_stats_by_model": cache, "token_stats": cache[key]}
-            self.session.commit()
-        elif key in cache:
-            ds.report = {**ds.report, "token_stats": cache[key]}
+                stats = self._token_stats(f, model, max_length)
+            if "error" not in stats:  # a tokenizer that failed to load (offline hub) is tried again next time
+                cache[key] = stats
+                for old in list(cache)[:-MAX_CACHED_TOKEN_STATS]:  # insertion order: oldest first
+                    del cache[old]
+                ds.report = {**ds.report, "token_stats_by_model": cache}
+                self.session.commit()
+        if stats is not None:
+            ds.report = {**ds.report, "token_stats": stats}  # the answer only: never committed
         return ds
 
     def list_datasets(self, limit: int, after: str | None) -> tuple[list[Dataset], bool, str | None]:
@@ -157,3 +169,7 @@ class DatasetService:
         self.session.delete(ds)
         self.session.commit()
         self.store.delete_prefix(prefix)
+
+
+def _stats_key(model: dict[str, Any], max_length: int | None) -> str:
+    return f"{model['id']}@{max_length or model['max_length']}"
