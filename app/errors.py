@@ -107,10 +107,33 @@ ERROR_STATUSES = {
     "502": "The compute backend or storage failed", "503": "Not ready or unavailable",
     "504": "The backend did not answer in time",
 }
+# /v1 answers in OpenAI's error shape (app/openai/errors.py), so that OpenAI's clients raise the matching
+# exception; a 413 (the body limit, before the route) and a 500 (the last-resort handler) keep the API's.
+OPENAI_ERROR_SCHEMA = {
+    "title": "OpenAIError", "type": "object", "required": ["error"],
+    "properties": {"error": {
+        "type": "object", "required": ["message", "type", "param", "code"],
+        "properties": {
+            "message": {"type": "string"},
+            "type": {"type": "string", "description": "e.g. invalid_request_error, authentication_error"},
+            "param": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+            "code": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+        },
+    }},
+}
+OPENAI_PREFIX = "/v1/"
+_API_SHAPED_ON_OPENAI = ("413", "500")
 # The statuses a route can answer besides its success, by method (any route: 400, 404, 422, 500).
+# A route declares any other one in its `responses=` ({409: {"description": ...}}); it gets the error
+# schema here.
 _BY_METHOD = {"get": ("401", "403"), "delete": ("401", "403", "409"),
               "post": ("401", "403", "409", "413", "415", "429", "502", "503", "504"),
               "put": ("401", "403", "409", "413", "429"), "patch": ("401", "403", "409", "413", "429")}
+
+
+def _declares_body(response: dict[str, Any]) -> bool:
+    """Whether a route's own `responses=` entry names a schema (FastAPI writes `{}` for none)."""
+    return any(media.get("schema") for media in response.get("content", {}).values())
 
 
 def document_errors(spec: dict[str, Any]) -> dict[str, Any]:
@@ -119,7 +142,8 @@ def document_errors(spec: dict[str, Any]) -> dict[str, Any]:
     schemas.pop("HTTPValidationError", None)
     schemas.pop("ValidationError", None)
     schemas["Error"] = ERROR_SCHEMA
-    ref = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    api_ref = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    openai_ref = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/OpenAIError"}}}}
     for path, item in spec.get("paths", {}).items():
         for method, op in item.items():
             if method not in ("get", "post", "put", "patch", "delete"):
@@ -130,8 +154,15 @@ def document_errors(spec: dict[str, Any]) -> dict[str, Any]:
                 codes -= {"401", "403"}
             if path == "/api/health":
                 codes.add("503")
-            for code in sorted(codes):
-                responses[code] = {"description": ERROR_STATUSES[code], **ref}
+            openai = path.startswith(OPENAI_PREFIX)
+            if openai:
+                schemas["OpenAIError"] = OPENAI_ERROR_SCHEMA
+            declared = {c: r.get("description") for c, r in responses.items()
+                        if c.isdigit() and int(c) >= 400 and not _declares_body(r)}
+            for code in sorted(codes | set(declared)):
+                ref = openai_ref if openai and code not in _API_SHAPED_ON_OPENAI else api_ref
+                description = declared.get(code) or ERROR_STATUSES.get(code, "Error")
+                responses[code] = {"description": description, **ref}
     return spec
 
 

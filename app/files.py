@@ -10,7 +10,10 @@ from app.errors import NotFound
 router = APIRouter(tags=["files"])
 
 
-@router.get("/api/files/{key:path}")
+@router.get("/api/files/{key:path}", response_class=FileResponse, responses={
+    200: {"description": "The file's bytes",
+          "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+    401: {"description": "The link's signature is invalid, or the link has expired"}})
 async def download(request: Request, key: str, expires: int = Query(...),
                    signature: str = Query(..., max_length=128)) -> FileResponse:
     """Fetch an object through a signed, expiring link."""

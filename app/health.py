@@ -3,6 +3,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from sqlalchemy import text
 
 from app import __version__
@@ -10,7 +11,16 @@ from app import __version__
 router = APIRouter(tags=["health"])
 
 
-@router.get("/api/health")
+class Health(BaseModel):
+    status: str = Field(description="ok, or error (then the answer is a 503 that also carries `error`)")
+    database: str = Field(description="ok, or error: <exception class>")
+    storage: str = Field(description="ok, or error: <exception class>")
+    backend: str
+    version: str
+
+
+# Documentation only: the route answers its own JSONResponse (a 503 is this body plus the API's `error`).
+@router.get("/api/health", responses={200: {"model": Health}})
 async def health(request: Request) -> JSONResponse:
     """Liveness and readiness: checks the database and the object store for real."""
     state = request.app.state

@@ -21,7 +21,8 @@ def adapter_service(session: SessionDep, store: StoreDep, backends: BackendsDep)
 AdapterServiceDep = Annotated[AdapterService, Depends(adapter_service)]
 
 
-@router.get("/adapters", response_model=list[AdapterRead])
+@router.get("/adapters", response_model=list[AdapterRead], responses={409: {
+    "description": "The endpoint serves one model (not a base model), or is Deleting or Failed"}})
 async def list_adapters(endpoint_name: str, user: CurrentUser, svc: AdapterServiceDep) -> list[AdapterRead]:
     """The adapters attached to a base-model endpoint."""
     return svc.list_for(user, endpoint_name)

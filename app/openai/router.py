@@ -12,9 +12,35 @@ from app.deployments.router import EndpointServiceDep
 from app.deps import CurrentUser
 from app.errors import AppError, NotFound
 from app.openai import errors, service
-from app.openai.schemas import ChatCompletionRequest, CompletionRequest
+from app.openai.schemas import (
+    ChatCompletion,
+    ChatCompletionRequest,
+    CompletionRequest,
+    OpenAIModel,
+    OpenAIModelList,
+    TextCompletion,
+)
 
 router = APIRouter(prefix="/v1", tags=["openai"], route_class=errors.OpenAIRoute)
+# With `stream: true` the answer is Server-Sent Events instead of the JSON body.
+STREAMED = {"description": "The completion; with `stream: true`, `data: {chunk}` events then `data: [DONE]`",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}}}
+
+
+def request_body(model: type[ChatCompletionRequest] | type[CompletionRequest]) -> dict[str, Any]:
+    """The body's schema for /openapi.json (the route reads the body itself: see `_parse`), its
+    $defs inlined since the document's components do not hold them."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return inline(defs[node["$ref"].rsplit("/", 1)[-1]])
+            return {k: inline(v) for k, v in node.items()}
+        return [inline(v) for v in node] if isinstance(node, list) else node
+
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": inline(schema)}}}}
 
 
 async def _parse(request: Request, model: type[ChatCompletionRequest] | type[CompletionRequest]) -> Any:
@@ -31,13 +57,13 @@ async def _parse(request: Request, model: type[ChatCompletionRequest] | type[Com
         raise errors.validation_error(list(e.errors())) from e
 
 
-@router.get("/models")
+@router.get("/models", responses={200: {"model": OpenAIModelList}})
 async def list_models(user: CurrentUser, svc: EndpointServiceDep) -> dict[str, Any]:
     """Your deployed models and the adapters attached to your base-model endpoints."""
     return service.list_models(svc, user)
 
 
-@router.get("/models/{model}")
+@router.get("/models/{model}", responses={200: {"model": OpenAIModel}})
 async def retrieve_model(model: str, user: CurrentUser, svc: EndpointServiceDep) -> dict[str, Any]:
     for m in service.list_models(svc, user)["data"]:
         if m["id"] == model:
@@ -45,13 +71,15 @@ async def retrieve_model(model: str, user: CurrentUser, svc: EndpointServiceDep)
     raise NotFound(f"The model {model!r} does not exist or is not deployed", code="model_not_found", param="model")
 
 
-@router.post("/chat/completions")
+@router.post("/chat/completions", openapi_extra=request_body(ChatCompletionRequest),
+             responses={200: {"model": ChatCompletion, **STREAMED}})
 async def chat_completions(request: Request, user: CurrentUser, svc: EndpointServiceDep) -> Any:
     """OpenAI's chat completion; the conversation is rendered with the template the model was trained with."""
     return await service.Completions(svc, request, user).create(await _parse(request, ChatCompletionRequest))
 
 
-@router.post("/completions")
+@router.post("/completions", openapi_extra=request_body(CompletionRequest),
+             responses={200: {"model": TextCompletion, **STREAMED}})
 async def completions(request: Request, user: CurrentUser, svc: EndpointServiceDep) -> Any:
     """OpenAI's (legacy) text completion: the prompt goes to the model as is."""
     return await service.Completions(svc, request, user).create(await _parse(request, CompletionRequest))

@@ -131,3 +131,65 @@ class CompletionRequest(_Common):
     def payload(self) -> dict[str, Any]:
         text = self.prompt if isinstance(self.prompt, str) else self.prompt[0]
         return {"inputs": text, "parameters": {**self.parameters(), "raw": True}}
+
+
+# The answers, as documented in /openapi.json (the routes build them as dicts; tests/api checks they conform).
+class OpenAIModel(BaseModel):
+    id: str = Field(description="the name to pass as `model`: an endpoint's model_name or an attached adapter's")
+    object: Literal["model"]
+    created: int
+    owned_by: str
+    endpoint: str = Field(description="the endpoint that serves it")
+    parent: str | None = Field(description="an adapter's base-model endpoint's model")
+    base_model: str | None
+
+
+class OpenAIModelList(BaseModel):
+    object: Literal["list"]
+    data: list[OpenAIModel]
+
+
+class CompletionUsage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"]
+    content: str
+    refusal: None
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    finish_reason: Literal["stop", "length"]
+    logprobs: None
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: CompletionUsage
+    system_fingerprint: None
+
+
+class TextChoice(BaseModel):
+    index: int
+    text: str
+    finish_reason: Literal["stop", "length"]
+    logprobs: None
+
+
+class TextCompletion(BaseModel):
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[TextChoice]
+    usage: CompletionUsage
+    system_fingerprint: None
