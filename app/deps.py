@@ -23,6 +23,7 @@ from app.auth.models import User
 from app.backends.base import Backends
 from app.config import Settings
 from app.errors import Unauthorized
+from app.reads import ReadDb, read_db
 from app.storage import ObjectStore
 
 
@@ -49,10 +50,15 @@ async def get_backends(request: Request) -> Backends:
     return request.app.state.backends
 
 
+async def get_read_db(request: Request) -> ReadDb:
+    return read_db(request)
+
+
 SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[ObjectStore, Depends(get_store)]
 BackendsDep = Annotated[Backends, Depends(get_backends)]
+ReadDbDep = Annotated[ReadDb, Depends(get_read_db)]  # app/reads.py
 
 
 class _CurrentUser(SecurityBase):

@@ -17,7 +17,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app import __version__, wiring
+from app import __version__, reads, wiring
 from app.auth.ratelimit import LoginThrottle
 from app.backends.base import Backends
 from app.config import Settings, get_settings
@@ -59,6 +59,9 @@ def create_app(
                                 backends=app.state.backends, backends_factory=backends_factory)
         app.state.sessionmaker, app.state.store = services.sessionmaker, services.store
         app.state.backends = services.backends
+        bind = services.sessionmaker.kw["bind"]
+        read_pool = await reads.open_pool(bind)
+        app.state.read_db = reads.ReadDb(bind, read_pool)
         # Move everything allocated at start-up out of the collector's reach: full collections then
         # scan only request garbage, which keeps them from stalling the event loop (tail latency).
         # And collect the young generation less often: the objects of the requests in flight alone
@@ -83,6 +86,8 @@ def create_app(
             if thread is not None:
                 wake()  # end its wait for the next poll
                 thread.join(timeout=10)
+            if read_pool is not None:
+                await read_pool.close()
             services.close()
 
     app = FastAPI(

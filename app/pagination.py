@@ -12,11 +12,11 @@ from sqlalchemy.orm import Session
 from app.errors import BadRequest
 
 
-def _encode(created_at: datetime, ident: str) -> str:
+def encode(created_at: datetime, ident: str) -> str:
     return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{ident}".encode()).decode()
 
 
-def _decode(cursor: str) -> tuple[datetime, str]:
+def decode(cursor: str) -> tuple[datetime, str]:
     try:
         ts, ident = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
         at = datetime.fromisoformat(ts)
@@ -34,10 +34,10 @@ def paginate(session: Session, query: Select[Any], model: Any, limit: int, after
     """Newest first, ordered by (created_at, id) descending."""
     id_col = getattr(model, id_attr)
     if after:
-        ts, ident = _decode(after)
+        ts, ident = decode(after)
         query = query.where(or_(model.created_at < ts, and_(model.created_at == ts, id_col < ident)))
     rows = list(session.scalars(query.order_by(model.created_at.desc(), id_col.desc()).limit(limit + 1)))
     has_more = len(rows) > limit
     rows = rows[:limit]
-    nxt = _encode(rows[-1].created_at, getattr(rows[-1], id_attr)) if has_more and rows else None
+    nxt = encode(rows[-1].created_at, getattr(rows[-1], id_attr)) if has_more and rows else None
     return rows, has_more, nxt

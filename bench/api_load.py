@@ -361,6 +361,7 @@ def seed(db_url: str, username: str) -> None:
                 "actual_cost": None if status == "InProgress" else 0.083, "error_code": None, "error_message": None,
                 "model_artifacts_uri": None, "progress": {"step": 300, "total_steps": 333, "percent": 90.1},
                 "final_metrics": {"train_loss": 1.23} if status == "Completed" else {},
+                "latest_metrics": {"train_loss": 1.2, "learning_rate": 1e-4, "eval_loss": 1.3},
                 "data": {"train_key": f"users/{uid}/datasets/x/train.jsonl"},
             })
         conn.execute(insert(TrainingJob), jobs)

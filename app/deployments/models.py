@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, new_id, utcnow
@@ -13,7 +13,9 @@ class Endpoint(Base):
     __tablename__ = "endpoints"
     # Names are unique per user: nobody learns or takes another user's names. The backends get a
     # globally unique one (app/deployments/service.py: backend_endpoint_name).
-    __table_args__ = (UniqueConstraint("user_id", "endpoint_name"),)
+    # The index serves the endpoint list's order (newest first, per user) without a sort.
+    __table_args__ = (UniqueConstraint("user_id", "endpoint_name"),
+                      Index("ix_endpoints_user_id_created_at", "user_id", "created_at", "id"))
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     endpoint_name: Mapped[str] = mapped_column(String(63))

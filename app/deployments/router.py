@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Response
 
+from app.deployments import reads
 from app.deployments.schemas import (
     DeployRequest,
     DeployResponse,
@@ -17,8 +18,9 @@ from app.deployments.schemas import (
     InvokeResponse,
 )
 from app.deployments.service import EndpointService
-from app.deps import BackendsDep, CurrentUser, IdempotencyKey, SessionDep, SettingsDep, StoreDep
+from app.deps import BackendsDep, CurrentUser, IdempotencyKey, ReadDbDep, SessionDep, SettingsDep, StoreDep
 from app.events import Event, EventRead
+from app.reads import json_response
 from app.statuses import EndpointStatus
 
 router = APIRouter(tags=["deployments"])
@@ -40,20 +42,21 @@ async def deploy_model(data: DeployRequest, user: CurrentUser, svc: EndpointServ
     return await svc.deploy(user, data, idempotency_key)
 
 
+# The routes a dashboard polls: one statement each, off the event loop (app/reads.py).
 @router.get("/api/endpoint-status/{endpoint_name}", response_model=EndpointRead)
-async def endpoint_status(endpoint_name: str, user: CurrentUser, svc: EndpointServiceDep) -> EndpointRead:
+async def endpoint_status(endpoint_name: str, db: ReadDbDep, user: CurrentUser) -> Response:
     """One endpoint's status, failure reason and cost so far."""
-    return svc.read(svc.owned(user, endpoint_name))
+    return json_response(await reads.endpoint(db, user.id, endpoint_name))
 
 
 @router.get("/api/endpoints", response_model=EndpointList)
 async def list_endpoints(
-    user: CurrentUser, svc: EndpointServiceDep,
+    db: ReadDbDep, user: CurrentUser,
     status: EndpointStatus | None = None, include_deleted: bool = False,
     limit: Annotated[int, Query(ge=1, le=100)] = 20, after: str | None = None,
-) -> EndpointList:
+) -> Response:
     """The caller's endpoints, newest first (deleted ones only with include_deleted=true)."""
-    return svc.list_for(user, status, include_deleted, limit, after)
+    return json_response(await reads.endpoint_page(db, user.id, status, include_deleted, limit, after))
 
 
 @router.delete("/api/endpoint/{endpoint_name}", status_code=202, response_model=EndpointRead)

@@ -24,14 +24,13 @@ from app.auth.models import User
 from app.backends.base import Backends
 from app.config import Settings
 from app.db import new_id, utcnow
-from app.deployments import adapters
+from app.deployments import adapters, reads
 from app.deployments.models import Endpoint, EndpointAdapter
 from app.deployments.schemas import (
     AdapterRead,
     DeploymentSummary,
     DeployRequest,
     DeployResponse,
-    EndpointList,
     EndpointRead,
     GenerateRequest,
     GenerateResponse,
@@ -43,7 +42,6 @@ from app.deployments.schemas import (
 )
 from app.errors import Conflict, GatewayTimeout, NotFound, ValidationFailed
 from app.events import Event
-from app.pagination import paginate
 from app.registry.models import RegisteredModel
 from app.statuses import EndpointStatus
 from app.storage import ObjectStore, owned_key_from_uri, user_prefix
@@ -57,10 +55,8 @@ INVOKE_GRACE_SECONDS = 5.0
 
 def accrued_cost(endpoint: Endpoint, now: datetime | None = None) -> float:
     """USD spent so far: banked seconds plus the running InService stretch, at the endpoint's price."""
-    seconds = endpoint.accrued_seconds or 0.0
-    if endpoint.status == EndpointStatus.IN_SERVICE and endpoint.accrual_started_at is not None:
-        seconds += max(0.0, ((now or utcnow()) - endpoint.accrual_started_at).total_seconds())
-    return round(seconds * (endpoint.price_per_hour or 0.0) / 3600.0, 6)
+    return reads.accrued_cost(endpoint.status, endpoint.accrued_seconds, endpoint.accrual_started_at,
+                              endpoint.price_per_hour, now)
 
 
 def backend_endpoint_name(endpoint: Endpoint) -> str:
@@ -133,15 +129,8 @@ def banked_seconds(endpoint: Endpoint, now: datetime) -> float:
 
 def to_read(endpoint: Endpoint, job_name: str | None, now: datetime | None = None,
             adapter_list: list[AdapterRead] | None = None) -> EndpointRead:
-    return EndpointRead(
-        endpoint_name=endpoint.endpoint_name, status=endpoint.status, failure_reason=endpoint.failure_reason,
-        instance_type=endpoint.instance_type, initial_instance_count=endpoint.instance_count,
-        estimated_cost_per_hour=endpoint.price_per_hour, accrued_cost=accrued_cost(endpoint, now),
-        created_at=endpoint.created_at, in_service_at=endpoint.in_service_at, deleted_at=endpoint.deleted_at,
-        model_name=endpoint.model_name, model_uri=endpoint.model_uri, base_model=endpoint.base_model,
-        job_name=job_name, registered_model_id=endpoint.registered_model_id, backend=endpoint.backend,
-        adapters=adapter_list or [],
-    )
+    values = tuple(getattr(endpoint, c.key) for c in reads.COLUMNS)
+    return EndpointRead(**reads.endpoint_body(values, job_name, now, adapter_list))  # type: ignore[arg-type]
 
 
 class EndpointService:
@@ -175,18 +164,6 @@ class EndpointService:
     def read(self, endpoint: Endpoint) -> EndpointRead:
         return to_read(endpoint, self._job_names([endpoint]).get(endpoint.job_id or ""), None,
                        self._adapters([endpoint]).get(endpoint.id))
-
-    def list_for(self, user: User, status: str | None, include_deleted: bool, limit: int,
-             after: str | None) -> EndpointList:
-        q = select(Endpoint).where(Endpoint.user_id == user.id)
-        if status:
-            q = q.where(Endpoint.status == status)
-        elif not include_deleted:
-            q = q.where(Endpoint.status != EndpointStatus.DELETED)
-        rows, has_more, nxt = paginate(self.session, q, Endpoint, limit, after)
-        names, now, attached = self._job_names(rows), utcnow(), self._adapters(rows)
-        return EndpointList(data=[to_read(e, names.get(e.job_id or ""), now, attached.get(e.id)) for e in rows],
-                            has_more=has_more, next_cursor=nxt)
 
     def events(self, user: User, endpoint_name: str) -> list[Event]:
         return events.list_for(self.session, RESOURCE, self.owned(user, endpoint_name).id)

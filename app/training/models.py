@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, new_id, utcnow
@@ -13,7 +13,9 @@ class TrainingJob(Base):
     __tablename__ = "training_jobs"
     # Names are unique per user: nobody learns or takes another user's names. The backends get a
     # globally unique one (app/training/service.py: backend_job_name).
-    __table_args__ = (UniqueConstraint("user_id", "job_name"),)
+    # The index serves the job list's order (newest first, per user) without a sort.
+    __table_args__ = (UniqueConstraint("user_id", "job_name"),
+                      Index("ix_training_jobs_user_id_created_at", "user_id", "created_at", "id"))
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     job_name: Mapped[str] = mapped_column(String(63))
@@ -42,6 +44,9 @@ class TrainingJob(Base):
     model_artifacts_uri: Mapped[str | None] = mapped_column(String(1024), nullable=True)
     progress: Mapped[dict[str, Any]] = mapped_column(default=dict)
     final_metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # The last value of each metric so far, kept as points arrive: what a job read shows before the
+    # final metrics, without aggregating the job's points on every read.
+    latest_metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)  # split keys, counts, log offset
 
 

@@ -134,6 +134,7 @@ def _split_reason(reason: str | None) -> tuple[str, str]:
 def _ingest(session: Session, job: TrainingJob, lines: list[str], read_at: datetime) -> None:
     progress = dict(job.progress or {})
     final = dict(job.final_metrics or {})
+    latest = dict(job.latest_metrics or {})
     for line in lines:
         obj = logparse.parse(line)
         if obj is None:
@@ -144,6 +145,7 @@ def _ingest(session: Session, job: TrainingJob, lines: list[str], read_at: datet
             session.add(JobMetric(job_id=job.id, metric_name=name, step=step if isinstance(step, int) else None,
                                   epoch=float(epoch) if isinstance(epoch, int | float) else None, value=value,
                                   timestamp=now))
+            latest[name] = value
         if obj["event"] == "start":
             progress.update(total_steps=obj.get("total_steps"), epochs=obj.get("epochs"), step=0, epoch=0.0)
             job.data = {**job.data, "truncated_examples": obj.get("truncated_examples", 0)}
@@ -163,6 +165,7 @@ def _ingest(session: Session, job: TrainingJob, lines: list[str], read_at: datet
         progress["percent"] = round(100 * min(1.0, (progress.get("step") or 0) / total), 1)
     job.progress = progress
     job.final_metrics = final
+    job.latest_metrics = latest
 
 
 def _when(obj: dict[str, Any], read_at: datetime) -> datetime:

@@ -6,10 +6,11 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from app import catalog, events
-from app.deps import BackendsDep, CurrentUser, IdempotencyKey, SessionDep, SettingsDep, StoreDep
+from app import catalog
+from app.deps import BackendsDep, CurrentUser, IdempotencyKey, ReadDbDep, SessionDep, SettingsDep, StoreDep
 from app.events import EventRead
-from app.training import actions
+from app.reads import json_response
+from app.training import actions, reads
 from app.training.schemas import (
     CostEstimate,
     CostEstimateRequest,
@@ -20,7 +21,7 @@ from app.training.schemas import (
     TrainingJobList,
     TrainingJobRead,
 )
-from app.training.service import RESOURCE, TrainingService, job_read, job_reads
+from app.training.service import TrainingService
 
 router = APIRouter(prefix="/api", tags=["training"])
 
@@ -63,38 +64,37 @@ async def create_job(req: TrainingJobCreate, svc: ServiceDep, idem: IdempotencyK
     return JSONResponse(body, status_code=status)
 
 
+# The routes a dashboard polls: one statement each, off the event loop (app/reads.py).
 @router.get("/training-jobs", response_model=TrainingJobList)
-async def list_jobs(svc: ServiceDep, limit: int = Query(20, ge=1, le=100), after: str | None = None,
-                    status: str | None = Query(None, pattern="^(InProgress|Completed|Failed|Stopping|Stopped)$"),
-                    ) -> TrainingJobList:
+async def list_jobs(db: ReadDbDep, user: CurrentUser, limit: int = Query(20, ge=1, le=100), after: str | None = None,
+              status: str | None = Query(None, pattern="^(InProgress|Completed|Failed|Stopping|Stopped)$"),
+              ) -> Response:
     """The caller's jobs, newest first."""
-    jobs, more, nxt = svc.list_jobs(limit, after, status)
-    return TrainingJobList(data=job_reads(svc.session, jobs), has_more=more, next_cursor=nxt)
+    return json_response(await reads.job_page(db, user.id, limit, after, status))
 
 
 @router.get("/training-job/{job_name}", response_model=TrainingJobRead)
-async def get_job(job_name: str, svc: ServiceDep) -> TrainingJobRead:
+async def get_job(job_name: str, db: ReadDbDep, user: CurrentUser) -> Response:
     """One job: status, metrics, cost, progress, error."""
-    return job_read(svc.session, svc.owned(job_name))  # type: ignore[no-any-return]
+    return json_response(await reads.job(db, user.id, job_name))
 
 
 @router.post("/training-job/{job_name}/stop", status_code=202, response_model=TrainingJobRead)
-async def stop_job(job_name: str, svc: ServiceDep) -> TrainingJobRead:
+async def stop_job(job_name: str, svc: ServiceDep) -> dict[str, Any]:
     """Stop a running job (Stopping, then Stopped)."""
-    job = await run_in_threadpool(svc.stop, job_name)
-    return job_read(svc.session, job)  # type: ignore[no-any-return]
+    return reads.orm_job_body(await run_in_threadpool(svc.stop, job_name))
 
 
 @router.get("/training-job/{job_name}/events", response_model=list[EventRead])
-async def job_events(job_name: str, svc: ServiceDep) -> list[Any]:
+async def job_events(job_name: str, db: ReadDbDep, user: CurrentUser) -> Response:
     """Status changes, epochs, evaluations, checkpoints and errors."""
-    return events.list_for(svc.session, RESOURCE, svc.owned(job_name).id)
+    return json_response(await reads.job_events(db, user.id, job_name))
 
 
 @router.get("/training-job/{job_name}/metrics", response_model=list[MetricPoint])
-async def job_metrics(job_name: str, svc: ServiceDep, metric_name: str | None = None) -> Response:
+async def job_metrics(job_name: str, db: ReadDbDep, user: CurrentUser, metric_name: str | None = None) -> Response:
     """Metric time series (train_loss, eval_loss, learning_rate, tokens_per_second, grad_norm)."""
-    return Response(svc.metrics_json(svc.owned(job_name), metric_name), media_type="application/json")
+    return Response(await reads.job_metrics(db, user.id, job_name, metric_name), media_type="application/json")
 
 
 @router.get("/training-job-actions/{job_name}", response_model=JobActions)
@@ -103,7 +103,8 @@ async def job_actions(job_name: str, svc: ServiceDep) -> JobActions:
     return actions.for_job(svc.owned(job_name))
 
 
-@router.get("/model-download/{job_name}", response_model=ModelDownload)
+@router.get("/model-download/{job_name}", response_model=ModelDownload,
+            responses={409: {"description": "The job has no model to download yet (not Completed)"}})
 async def model_download(job_name: str, svc: ServiceDep, request: Request) -> dict[str, Any]:
     """A link to model.tar.gz that works without a token for an hour."""
     return await run_in_threadpool(svc.download, job_name)

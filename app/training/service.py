@@ -24,23 +24,14 @@ from app.datasets.models import Dataset
 from app.datasets.service import ready_dataset
 from app.db import new_id, utcnow
 from app.errors import AppError, Conflict, NotFound, ValidationFailed
-from app.pagination import paginate
 from app.runtime import wake as wake_worker
 from app.statuses import JOB_ACTIVE, JOB_ENDED, JobStatus
 from app.storage import ObjectStore, model_key
 from app.training import cost, naming
-from app.training.models import JobMetric, TrainingJob
-from app.training.schemas import (
-    CostEstimateRequest,
-    Hyperparameters,
-    JobError,
-    MetricValue,
-    TrainingJobCreate,
-    TrainingJobRead,
-)
+from app.training.models import TrainingJob
+from app.training.reads import RESOURCE, not_found, orm_job_body
+from app.training.schemas import CostEstimateRequest, Hyperparameters, TrainingJobCreate
 from app.usage.service import check_budget
-
-RESOURCE = "training_job"
 
 
 def iter_lines(stream: Any, chunk: int = 1 << 20) -> Iterator[bytes]:
@@ -63,7 +54,7 @@ class TrainingService:
         job = self.session.scalar(select(TrainingJob).where(TrainingJob.user_id == self.user.id,
                                                             TrainingJob.job_name == job_name))
         if job is None:
-            raise NotFound(f"No training job {job_name!r}", param="job_name", code="job_not_found")
+            raise not_found(job_name)
         return job
 
     def owned_dataset(self, dataset_id: str) -> Dataset:
@@ -129,7 +120,7 @@ class TrainingService:
         else:
             raise Conflict("Could not find a free job name; try again in a second", code="job_exists")
         wake_worker()
-        return job_read(self.session, job).model_dump(mode="json")
+        return orjson.loads(orjson.dumps(orm_job_body(job), option=orjson.OPT_UTC_Z))
 
     def _check_limits(self, est: dict[str, Any]) -> None:
         """Fair use of shared capacity (settings.limits): a job's size and a user's queue."""
@@ -234,24 +225,6 @@ class TrainingService:
             shutil.rmtree(tmp, ignore_errors=True)
         job.data = {**job.data, "train_key": train_key, "validation_key": val_key,
                     "train_examples": n - k, "validation_examples": k, "dataset_sha256": ds.sha256}
-
-    # Reads --------------------------------------------------------------------------------
-    def list_jobs(self, limit: int, after: str | None,
-                  status: str | None) -> tuple[list[TrainingJob], bool, str | None]:
-        q = select(TrainingJob).where(TrainingJob.user_id == self.user.id)
-        if status:
-            q = q.where(TrainingJob.status == status)
-        return paginate(self.session, q, TrainingJob, limit, after)
-
-    def metrics_json(self, job: TrainingJob, name: str | None) -> bytes:
-        """The job's metric points as the API's JSON list (MetricPoint), written from the columns with no
-        ORM objects or response model in between: a long job has thousands of points, and charts poll."""
-        q = select(JobMetric.metric_name, JobMetric.step, JobMetric.epoch, JobMetric.value, JobMetric.timestamp)
-        q = q.where(JobMetric.job_id == job.id)
-        if name:
-            q = q.where(JobMetric.metric_name == name)
-        rows = self.session.execute(q.order_by(JobMetric.id))
-        return orjson.dumps([row._asdict() for row in rows], option=orjson.OPT_UTC_Z)
 
     # Stop ---------------------------------------------------------------------------------
     def stop(self, job_name: str) -> TrainingJob:
@@ -365,40 +338,3 @@ def note_submit_failure(session: Session, job: TrainingJob, e: AppError) -> bool
                   data={"code": e.code, "details": e.details})
     session.commit()
     return give_up
-
-
-def latest_metrics(session: Session, jobs: list[TrainingJob]) -> dict[str, dict[str, float]]:
-    """Each job's metrics: its final ones once recorded, else the last value of each metric so far
-    (one query for all the jobs that need it)."""
-    out = {j.id: dict(j.final_metrics) for j in jobs if j.final_metrics}
-    running = [j.id for j in jobs if j.id not in out]
-    if running:
-        last = (select(func.max(JobMetric.id)).where(JobMetric.job_id.in_(running))
-                .group_by(JobMetric.job_id, JobMetric.metric_name))
-        rows = session.execute(select(JobMetric.job_id, JobMetric.metric_name, JobMetric.value)
-                               .where(JobMetric.id.in_(last)).order_by(JobMetric.id))
-        for job_id, name, value in rows:
-            out.setdefault(job_id, {})[name] = value
-    return out
-
-
-def job_reads(session: Session, jobs: list[TrainingJob]) -> list[TrainingJobRead]:
-    latest = latest_metrics(session, jobs)
-    return [job_read(session, j, latest.get(j.id, {})) for j in jobs]
-
-
-def job_read(session: Session, job: TrainingJob, latest: dict[str, float] | None = None) -> Any:
-    if latest is None:
-        latest = latest_metrics(session, [job]).get(job.id, {})
-    return TrainingJobRead(
-        job_name=job.job_name, status=job.status, secondary_status=job.secondary_status,
-        model_artifacts_s3_uri=job.model_artifacts_uri,
-        training_metrics=[MetricValue(metric_name=k, value=v) for k, v in latest.items()],
-        estimated_cost=job.estimated_cost, actual_cost=job.actual_cost, billable_seconds=job.billable_seconds,
-        base_model=job.base_model, dataset_id=job.dataset_id, hyperparameters=job.hyperparameters,
-        instance_type=job.instance_type, backend=job.backend, validation_split=job.validation_split,
-        created_at=job.created_at, started_at=job.started_at, ended_at=job.ended_at, progress=job.progress,
-        error=JobError(code=job.error_code, message=job.error_message or "") if job.error_code else None,
-    )
-
-

@@ -1,51 +1,114 @@
-"""The polled read paths written without ORM objects or response models say what the models would."""
+"""The polled read paths (app/training/reads.py), written without ORM objects or response models,
+say what the response models say, page like the other lists, and keep a cached metric series whole
+as points arrive."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import asyncio
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
+import pytest
 from pydantic import TypeAdapter
 from sqlalchemy import select
 
 from app.auth.models import User
-from app.config import Settings
+from app.errors import NotFound
+from app.events import Event, EventRead
+from app.reads import ReadDb
+from app.training import reads
 from app.training.models import JobMetric, TrainingJob
-from app.training.schemas import MetricPoint
-from app.training.service import TrainingService, job_read, job_reads
+from app.training.schemas import MetricPoint, TrainingJobList, TrainingJobRead
+
+run = asyncio.run
+T0 = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 
 
-def test_metric_points_json_equals_the_response_model(session_factory: Any, settings: Settings) -> None:
+def _job(s: Any, user: User, name: str, **kw: Any) -> TrainingJob:
+    job = TrainingJob(job_name=name, user_id=user.id, base_model="m", instance_type="local", backend="local",
+                      status=kw.pop("status", "InProgress"), secondary_status="Training", **kw)
+    s.add(job)
+    s.flush()
+    return job
+
+
+def _user(s: Any, name: str) -> User:
+    user = User(username=name, email=f"{name}@example.com", password_hash="x")
+    s.add(user)
+    s.flush()
+    return user
+
+
+def test_job_reads_equal_the_response_models(session_factory: Any) -> None:
     with session_factory() as s:
-        user = User(username="points", email="points@example.com", password_hash="x")
-        s.add(user)
-        s.flush()
-        job = TrainingJob(job_name="points-job", user_id=user.id, base_model="m", instance_type="local",
-                          backend="local", status="InProgress", secondary_status="Training")
-        s.add(job)
-        s.flush()
+        user, other = _user(s, "reads"), _user(s, "other")
+        running = _job(s, user, "running", created_at=T0, latest_metrics={"eval_loss": 2.0, "train_loss": 0.75},
+                       hyperparameters={"epochs": 2}, progress={"step": 3})
+        done = _job(s, user, "done", status="Failed", created_at=T0 + timedelta(hours=1), error_code="oom",
+                    error_message="out of memory", final_metrics={"train_loss": 0.5},
+                    latest_metrics={"train_loss": 0.6}, ended_at=T0 + timedelta(hours=2))
+        _job(s, other, "running", created_at=T0)
+        db = ReadDb(s.connection())
+
+        page = run(reads.job_page(db, user.id, 20, None, None))
+        TypeAdapter(TrainingJobList).validate_python(page)
+        assert [j["job_name"] for j in page["data"]] == ["done", "running"]
+        first, second = page["data"]
+        assert first["training_metrics"] == [{"metric_name": "train_loss", "value": 0.5}]  # final ones win
+        assert first["error"] == {"code": "oom", "message": "out of memory"}
+        assert first["ended_at"] == T0 + timedelta(hours=2) and first["created_at"].tzinfo is not None
+        assert {m["metric_name"]: m["value"] for m in second["training_metrics"]} == {"eval_loss": 2.0,
+                                                                                      "train_loss": 0.75}
+        assert second["progress"] == {"step": 3} and second["hyperparameters"]["epochs"] == 2
+        # The ORM view of a job (create and stop answer with it) is the same body.
+        s.refresh(done)
+        assert reads.orm_job_body(done) == run(reads.job(db, user.id, "done"))
+        TypeAdapter(TrainingJobRead).validate_python(run(reads.job(db, user.id, "running")))
+        with pytest.raises(NotFound):
+            run(reads.job(db, other.id, "done"))  # another user's job is not found
+
+        # Pages of one, then the cursor; a status filter.
+        one = run(reads.job_page(db, user.id, 1, None, None))
+        assert one["has_more"] and [j["job_name"] for j in one["data"]] == ["done"]
+        rest = run(reads.job_page(db, user.id, 1, one["next_cursor"], None))
+        assert [j["job_name"] for j in rest["data"]] == ["running"] and not rest["has_more"]
+        assert [j["job_name"] for j in run(reads.job_page(db, user.id, 20, None, "Failed"))["data"]] == ["done"]
+        assert running.id
+
+
+def test_events_and_metric_points_equal_the_response_models(session_factory: Any) -> None:
+    with session_factory() as s:
+        user, other = _user(s, "points"), _user(s, "stranger")
+        job = _job(s, user, "points-job")
+        quiet = _job(s, user, "quiet-job")
         s.add_all([
-            JobMetric(job_id=job.id, metric_name="train_loss", step=10, epoch=0.5, value=1.25,
-                      timestamp=datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)),
-            JobMetric(job_id=job.id, metric_name="eval_loss", step=None, epoch=None, value=2.0,
-                      timestamp=datetime(2026, 1, 2, 3, 4, 6, tzinfo=UTC)),
-            JobMetric(job_id=job.id, metric_name="train_loss", step=20, epoch=1.0, value=0.75,
-                      timestamp=datetime(2026, 1, 2, 3, 4, 7, tzinfo=UTC)),
+            JobMetric(job_id=job.id, metric_name="train_loss", step=10, epoch=0.5, value=1.25, timestamp=T0),
+            JobMetric(job_id=job.id, metric_name="eval_loss", step=None, epoch=None, value=2.0, timestamp=T0),
+            Event(user_id=user.id, resource_type="training_job", resource_id=job.id, type="status",
+                  message="Pending -> Starting", data={"status": "Starting"}, timestamp=T0),
         ])
         s.flush()
-        svc = TrainingService(s, settings, None, None, user)  # type: ignore[arg-type]
-        orm = list(s.scalars(select(JobMetric).where(JobMetric.job_id == job.id).order_by(JobMetric.id)))
-        expected = TypeAdapter(list[MetricPoint]).dump_json(orm)
-        assert orjson.loads(svc.metrics_json(job, None)) == orjson.loads(expected)
-        assert [p["metric_name"] for p in orjson.loads(svc.metrics_json(job, "eval_loss"))] == ["eval_loss"]
-        # A running job shows the last value of each metric; one with final metrics shows those.
-        done = TrainingJob(job_name="points-done", user_id=user.id, base_model="m", instance_type="local",
-                           backend="local", status="Completed", secondary_status="Completed",
-                           final_metrics={"train_loss": 0.5})
-        s.add(done)
+        db = ReadDb(s.connection())
+
+        def orm_points() -> bytes:
+            orm = list(s.scalars(select(JobMetric).where(JobMetric.job_id == job.id).order_by(JobMetric.id)))
+            return TypeAdapter(list[MetricPoint]).dump_json(orm)
+
+        assert orjson.loads(run(reads.job_metrics(db, user.id, "points-job", None))) == orjson.loads(orm_points())
+        assert [p["metric_name"] for p in orjson.loads(run(reads.job_metrics(db, user.id, "points-job", "eval_loss")))
+                ] == ["eval_loss"]
+        # New points extend the cached series; nothing is lost or repeated.
+        s.add(JobMetric(job_id=job.id, metric_name="train_loss", step=20, epoch=1.0, value=0.75, timestamp=T0))
         s.flush()
-        reads = job_reads(s, [job, done])
-        assert {m.metric_name: m.value for m in reads[0].training_metrics} == {"eval_loss": 2.0, "train_loss": 0.75}
-        assert [m.metric_name for m in job_read(s, job).training_metrics] == ["eval_loss", "train_loss"]
-        assert [(m.metric_name, m.value) for m in reads[1].training_metrics] == [("train_loss", 0.5)]
+        assert orjson.loads(run(reads.job_metrics(db, user.id, "points-job", None))) == orjson.loads(orm_points())
+        assert run(reads.job_metrics(db, user.id, "quiet-job", None)) == b"[]"
+
+        events = run(reads.job_events(db, user.id, "points-job"))
+        TypeAdapter(list[EventRead]).validate_python(events)
+        assert [(e["message"], e["data"]) for e in events] == [("Pending -> Starting", {"status": "Starting"})]
+        assert run(reads.job_events(db, user.id, "quiet-job")) == []
+        for read in (reads.job_events, lambda d, u, n: reads.job_metrics(d, u, n, None)):
+            with pytest.raises(NotFound):
+                run(read(db, other.id, "points-job"))
+        assert quiet.id

@@ -1,0 +1,108 @@
+"""How an endpoint reads (`endpoint_body`: the one definition of EndpointRead's values), and the
+polled reads: the endpoint list and one endpoint (app/reads.py)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, bindparam, or_, select
+
+from app import pagination
+from app.db import utcnow
+from app.deployments.adapters import BASE_URI_PREFIX
+from app.deployments.models import Endpoint, EndpointAdapter
+from app.errors import NotFound
+from app.reads import Query, ReadDb
+from app.statuses import EndpointStatus
+from app.training.models import TrainingJob
+
+E, A, T = Endpoint, EndpointAdapter, TrainingJob
+COLUMNS = (E.endpoint_name, E.status, E.failure_reason, E.instance_type, E.instance_count, E.price_per_hour,
+           E.accrued_seconds, E.accrual_started_at, E.created_at, E.in_service_at, E.deleted_at, E.model_name,
+           E.model_uri, E.base_model, E.registered_model_id, E.backend)
+
+
+def accrued_cost(status: str, seconds: float | None, started: datetime | None, price: float | None,
+                 now: datetime | None = None) -> float:
+    """USD spent so far: banked seconds plus the running InService stretch, at the endpoint's price."""
+    seconds = seconds or 0.0
+    if status == EndpointStatus.IN_SERVICE and started is not None:
+        seconds += max(0.0, ((now or utcnow()) - started).total_seconds())
+    return round(seconds * (price or 0.0) / 3600.0, 6)
+
+
+def endpoint_body(v: tuple[Any, ...], job_name: str | None, now: datetime | None,
+                  adapters: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """An endpoint as the API shows it (EndpointRead), from the values of COLUMNS."""
+    (name, status, reason, instance, count, price, seconds, started, created, in_service, deleted, model_name,
+     uri, base, registered, backend) = v
+    return {
+        "endpoint_name": name, "status": status, "failure_reason": reason, "instance_type": instance,
+        "initial_instance_count": count, "estimated_cost_per_hour": price,
+        "accrued_cost": accrued_cost(status, seconds, started, price, now), "currency": "USD",
+        "created_at": created, "in_service_at": in_service, "deleted_at": deleted, "model_name": model_name,
+        "model_uri": uri, "base_model": base, "job_name": job_name, "registered_model_id": registered,
+        "backend": backend, "adapters": adapters or [],
+    }
+
+
+_ADAPTERS = Query(
+    select(A.name, A.status, T.job_name, A.registered_model_id, A.base_model, A.created_at, A.detached_at)
+    .select_from(A).outerjoin(T, T.id == A.job_id)
+    .where(A.endpoint_id == bindparam("endpoint_id"), A.status == "attached").order_by(A.created_at, A.name))
+_ADAPTER_KEYS = ("name", "status", "job_name", "registered_model_id", "base_model", "created_at", "detached_at")
+
+
+async def _body(db: ReadDb, row: Any, now: datetime) -> dict[str, Any]:
+    """`row`: COLUMNS, then the endpoint's id and its job's name."""
+    values, endpoint_id, job_name = tuple(row[:len(COLUMNS)]), row[-2], row[-1]
+    adapters = None
+    if values[COLUMNS.index(E.model_uri)].startswith(BASE_URI_PREFIX):  # few endpoints are: a query each
+        adapters = [dict(zip(_ADAPTER_KEYS, a, strict=True)) for a in await db.rows(_ADAPTERS, endpoint_id=endpoint_id)]
+    return endpoint_body(values, job_name, now, adapters)
+
+
+def _select() -> Any:
+    return select(*COLUMNS, E.id, T.job_name).select_from(E).outerjoin(T, T.id == E.job_id)
+
+
+_ONE = Query(_select().where(E.user_id == bindparam("user_id"), E.endpoint_name == bindparam("endpoint_name")))
+
+
+async def endpoint(db: ReadDb, user_id: str, endpoint_name: str) -> dict[str, Any]:
+    row = await db.first(_ONE, user_id=user_id, endpoint_name=endpoint_name)
+    if row is None:
+        raise NotFound(f"No endpoint {endpoint_name!r}", param="endpoint_name")
+    return await _body(db, row, utcnow())
+
+
+def _page_query(which: str, after: bool) -> Query:
+    q = _select().where(E.user_id == bindparam("user_id"))
+    if which == "status":
+        q = q.where(E.status == bindparam("status"))
+    elif which == "live":
+        q = q.where(E.status != EndpointStatus.DELETED.value)
+    if after:
+        ts, ident = bindparam("after_ts", type_=E.created_at.type), bindparam("after_id", type_=E.id.type)
+        q = q.where(or_(E.created_at < ts, and_(E.created_at == ts, E.id < ident)))
+    return Query(q.order_by(E.created_at.desc(), E.id.desc()).limit(bindparam("limit")))
+
+
+_PAGES = {(w, a): _page_query(w, a) for w in ("status", "live", "all") for a in (False, True)}
+
+
+async def endpoint_page(db: ReadDb, user_id: str, status: str | None, include_deleted: bool, limit: int,
+                  after: str | None) -> dict[str, Any]:
+    """The caller's endpoints, newest first (Deleted ones only when asked for)."""
+    params: dict[str, Any] = {"user_id": user_id, "limit": limit + 1}
+    which = "status" if status else "all" if include_deleted else "live"
+    if status:
+        params["status"] = status
+    if after:
+        params["after_ts"], params["after_id"] = pagination.decode(after)
+    rows = await db.rows(_PAGES[(which, bool(after))], **params)
+    more, rows, now = len(rows) > limit, rows[:limit], utcnow()
+    created = COLUMNS.index(E.created_at)
+    return {"data": [await _body(db, r, now) for r in rows], "has_more": more,
+            "next_cursor": pagination.encode(rows[-1][created], rows[-1][-2]) if more and rows else None}

@@ -1,0 +1,238 @@
+"""Reads for the routes a dashboard polls (job list, job, metrics, events, endpoint list, usage):
+one statement per query, outside any transaction, rows as tuples, and the response written by orjson
+with no ORM objects or response models in between (bench/api_load.py: the ORM path spent 1.5-11 ms
+of CPU per request on these routes, most of it turning rows into objects and objects into JSON).
+
+None of them blocks the event loop (`ReadDb.rows`):
+* PostgreSQL: psycopg's async connections, from a small pool of autocommit connections the app
+  opens at start-up (`open_pool`). Measured against running the same sync reads in threads, this
+  halves their CPU cost per request: a thread hop costs more than the query under load.
+* SQLite (in-process, nothing to wait for but the disk): the sync read in one of READ_THREADS threads.
+* A connection given instead of an engine (the tests' transaction): the sync read, inline.
+
+`Query(select(...))` compiles once per dialect. Columns come back converted as an ORM load would
+(the columns' own result processors: aware UTC datetimes on SQLite too), except JSON columns cast
+to text in the select, which `loads` parses (orjson; the standard library for what orjson refuses,
+such as NaN that SQLite kept)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import anyio.to_thread
+import orjson
+import psycopg
+from anyio import CapacityLimiter
+from fastapi import Request, Response
+from psycopg_pool import AsyncConnectionPool
+from sqlalchemy import Select
+from sqlalchemy.engine import Connection, Dialect, Engine
+
+Bind = Engine | Connection
+READ_THREADS = 8
+READ_CONNECTIONS = 4  # per API process: the reads are short, and the machine's cores are the bound
+
+
+def json_response(body: Any, status_code: int = 200) -> Response:
+    """`body` (plain data, aware datetimes) as the API's JSON: UTC times end in Z, as pydantic writes them."""
+    return Response(orjson.dumps(body, option=orjson.OPT_UTC_Z), status_code=status_code,
+                    media_type="application/json")
+
+
+def loads(text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+
+
+class _Compiled:
+    def __init__(self, stmt: Select[*tuple[Any, ...]], dialect: Dialect) -> None:
+        compiled = stmt.compile(dialect=dialect)
+        self.sql = compiled.string
+        self.positional = list(compiled.positiontup or []) if compiled.positional else None
+        self.defaults = {k: v.value for k, v in compiled.binds.items() if v.value is not None}
+        binds = {k: b.type.dialect_impl(dialect).bind_processor(dialect) for k, b in compiled.binds.items()}
+        self.bind_processors = {k: p for k, p in binds.items() if p is not None}
+        self.types = [c.type for c in stmt.selected_columns]
+        self.dialect = dialect
+        self.processors: list[tuple[int, Any]] | None = None  # (column, processor), from the first result
+
+    def params(self, given: dict[str, Any]) -> Any:
+        values = {**self.defaults, **given}
+        for k, p in self.bind_processors.items():
+            values[k] = p(values[k])
+        return values if self.positional is None else tuple(values[k] for k in self.positional)
+
+    def convert(self, raw: Sequence[Any], description: Callable[[], Any]) -> list[Any]:
+        """Rows with the columns that have a result processor converted (only the first result's
+        description is read: building it costs more than the rows of a small page)."""
+        if self.processors is None:
+            self.processors = [(i, p) for i, (t, d) in enumerate(zip(self.types, description(), strict=True))
+                               if (p := t.dialect_impl(self.dialect).result_processor(self.dialect, d[1]))]
+        if not self.processors:
+            return list(raw)
+        rows = [list(r) for r in raw]
+        for row in rows:
+            for i, p in self.processors:
+                row[i] = p(row[i])
+        return rows
+
+
+class Query:
+    """A SELECT with named bind parameters (`bindparam("user_id")`), compiled once per dialect."""
+
+    def __init__(self, stmt: Select[*tuple[Any, ...]]) -> None:
+        self.stmt = stmt
+        self._compiled: dict[str, _Compiled] = {}
+
+    def compiled(self, dialect: Dialect) -> _Compiled:
+        c = self._compiled.get(dialect.name)
+        if c is None:
+            c = self._compiled[dialect.name] = _Compiled(self.stmt, dialect)
+        return c
+
+    def rows(self, bind: Bind, params: dict[str, Any]) -> list[Any]:
+        """Synchronously, on a connection of `bind`'s pool (or on the connection given)."""
+        c = self.compiled(bind.dialect)
+        if isinstance(bind, Connection):
+            result = bind.exec_driver_sql(c.sql, c.params(params))
+            description = result.cursor.description
+            return c.convert([tuple(r) for r in result.all()], lambda: description)
+        conn = bind.raw_connection()
+        try:
+            cur = conn.dbapi_connection.cursor()  # type: ignore[union-attr]
+            try:
+                cur.execute(c.sql, c.params(params))
+                return c.convert(cur.fetchall(), lambda: cur.description)
+            finally:
+                cur.close()
+        except BaseException:
+            conn.invalidate()  # a dropped connection most likely: the next checkout gets a fresh one
+            raise
+        finally:
+            conn.close()
+
+
+
+class _Pipeline:
+    """The reads issued in one pass of the event loop, sent to PostgreSQL together on one pooled
+    connection in pipeline mode: one round trip for all of them. Under load a worker has dozens of
+    requests in flight, and the round trip (the wait, two context switches and the server's work
+    per statement) costs several times the Python work of a read on a small machine; one request
+    alone waits for nothing (the batch starts as soon as the loop has run what was ready)."""
+
+    def __init__(self, pool: AsyncConnectionPool) -> None:
+        self.pool = pool
+        self.pending: list[tuple[_Compiled, dict[str, Any], asyncio.Future[list[Any]]]] = []
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def submit(self, c: _Compiled, params: dict[str, Any]) -> asyncio.Future[list[Any]]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[Any]] = loop.create_future()
+        if not self.pending:
+            loop.call_soon(self._start)
+        self.pending.append((c, params, future))
+        return future
+
+    def _start(self) -> None:
+        batch, self.pending = self.pending, []
+        task = asyncio.get_running_loop().create_task(self._run(batch))
+        self.tasks.add(task)  # (a reference until it is done)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _run(self, batch: list[tuple[_Compiled, dict[str, Any], asyncio.Future[list[Any]]]]) -> None:
+        try:
+            async with self.pool.connection() as conn:
+                if len(batch) == 1:
+                    c, params, future = batch[0]
+                    cur = await conn.execute(c.sql, c.params(params))
+                    _settle(future, c.convert(await cur.fetchall(), lambda: cur.description))
+                    return
+                try:
+                    async with conn.pipeline():
+                        curs = [await conn.execute(c.sql, c.params(params)) for c, params, _ in batch]
+                except psycopg.Error:
+                    curs = None  # one of them failed (and aborted the rest): each on its own below
+                for i, (c, params, future) in enumerate(batch):
+                    try:
+                        cur = curs[i] if curs is not None else await conn.execute(c.sql, c.params(params))
+                        _settle(future, c.convert(await cur.fetchall(), lambda: cur.description))  # noqa: B023
+                    except Exception as e:
+                        _settle(future, error=e)
+        except Exception as e:  # no connection: every read of the batch fails with the reason
+            for _, _, future in batch:
+                _settle(future, error=e)
+
+
+def _settle(future: asyncio.Future[list[Any]], rows: list[Any] | None = None, error: Exception | None = None) -> None:
+    if future.done():  # (cancelled meanwhile)
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(rows or [])
+
+
+class ReadDb:
+    """Where the polled reads run (see the module docstring)."""
+
+    def __init__(self, bind: Bind, pool: AsyncConnectionPool | None = None) -> None:
+        self.bind, self.dialect = bind, bind.dialect
+        self.pipelines: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Pipeline] | None = (
+            None if pool is None else weakref.WeakKeyDictionary())
+        self.pool = pool
+
+    async def rows(self, query: Query, **params: Any) -> list[Any]:
+        if any(isinstance(v, str) and "\x00" in v for v in params.values()):
+            return []  # no stored name holds one, and PostgreSQL refuses it in a statement
+        if self.pool is not None and self.pipelines is not None:
+            loop = asyncio.get_running_loop()
+            pipeline = self.pipelines.get(loop)
+            if pipeline is None:
+                pipeline = self.pipelines[loop] = _Pipeline(self.pool)
+            return await pipeline.submit(query.compiled(self.dialect), params)
+        if isinstance(self.bind, Connection):
+            return query.rows(self.bind, params)
+        return await anyio.to_thread.run_sync(query.rows, self.bind, params, limiter=_limiter())
+
+    async def first(self, query: Query, **params: Any) -> Any:
+        rows = await self.rows(query, **params)
+        return rows[0] if rows else None
+
+
+_limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, CapacityLimiter] = weakref.WeakKeyDictionary()
+
+
+def _limiter() -> CapacityLimiter:
+    """At most READ_THREADS reads in threads at once: more only contend for the GIL on a small machine."""
+    loop = asyncio.get_running_loop()
+    limiter = _limiters.get(loop)
+    if limiter is None:
+        limiter = _limiters[loop] = CapacityLimiter(READ_THREADS)
+    return limiter
+
+
+async def open_pool(bind: Bind) -> AsyncConnectionPool | None:
+    """The async connections for reads, when `bind` is a PostgreSQL engine (None otherwise)."""
+    if not isinstance(bind, Engine) or bind.dialect.name != "postgresql":
+        return None
+    conninfo = bind.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    pool = AsyncConnectionPool(conninfo, min_size=READ_CONNECTIONS, max_size=READ_CONNECTIONS,
+                               kwargs={"autocommit": True}, open=False, name="llmtuner-reads")
+    await pool.open(wait=False)  # connections are made in the background; a read waits for the first
+    return pool
+
+
+def read_db(request: Request) -> ReadDb:
+    state = request.app.state
+    db: ReadDb | None = getattr(state, "read_db", None)
+    if db is None:  # an app whose lifespan did not run: no pool, sync reads
+        db = ReadDb(state.sessionmaker.kw["bind"])
+    return db

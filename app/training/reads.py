@@ -1,0 +1,187 @@
+"""How a training job reads (`job_body`: the one definition of TrainingJobRead's values), and the
+polled reads: the job list, one job, its events and its metric points (app/reads.py)."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Any
+
+import orjson
+from sqlalchemy import Text, and_, bindparam, cast, func, or_, select
+
+from app import pagination
+from app.errors import NotFound
+from app.events import Event
+from app.reads import Query, ReadDb, loads
+from app.training.models import JobMetric, TrainingJob
+
+RESOURCE = "training_job"
+T = TrainingJob
+COLUMNS = (T.job_name, T.status, T.secondary_status, T.model_artifacts_uri, T.estimated_cost, T.actual_cost,
+           T.billable_seconds, T.base_model, T.dataset_id, T.hyperparameters, T.instance_type, T.backend,
+           T.validation_split, T.created_at, T.started_at, T.ended_at, T.progress, T.error_code, T.error_message,
+           T.final_metrics, T.latest_metrics)
+_JSON = frozenset(i for i, c in enumerate(COLUMNS) if c.key in
+                  ("hyperparameters", "progress", "final_metrics", "latest_metrics"))
+
+
+_ID = len(COLUMNS)  # where a select that adds the id has it
+
+
+def job_body(v: tuple[Any, ...]) -> dict[str, Any]:
+    """A job as the API shows it (TrainingJobRead), from the values of COLUMNS. Its metrics are the
+    final ones once recorded, else the last value of each metric so far."""
+    (name, status, secondary, uri, estimated, actual, billable, base, dataset, hyper, instance, backend,
+     split, created, started, ended, progress, error_code, error_message, final, latest) = v
+    return {
+        "job_name": name, "status": status, "secondary_status": secondary, "model_artifacts_s3_uri": uri,
+        "training_metrics": [{"metric_name": k, "value": x} for k, x in (final or latest or {}).items()],
+        "estimated_cost": estimated, "actual_cost": actual, "currency": "USD", "billable_seconds": billable,
+        "base_model": base, "dataset_id": dataset, "hyperparameters": hyper or {}, "instance_type": instance,
+        "backend": backend, "validation_split": split, "created_at": created, "started_at": started,
+        "ended_at": ended, "progress": progress or {},
+        "error": {"code": error_code, "message": error_message or ""} if error_code else None,
+    }
+
+
+def orm_job_body(job: TrainingJob) -> dict[str, Any]:
+    return job_body(tuple(getattr(job, c.key) for c in COLUMNS))
+
+
+def _row_body(row: Any) -> dict[str, Any]:
+    values = list(row[:_ID])
+    for i in _JSON:
+        values[i] = loads(values[i])
+    return job_body(tuple(values))
+
+
+def _select(*extra: Any) -> Any:
+    cols = [cast(c, Text) if i in _JSON else c for i, c in enumerate(COLUMNS)]
+    return select(*cols, *extra)
+
+
+# --- the job list: newest first, by (created_at, id), as app/pagination.py pages --------------------
+
+def _page_query(status: bool, after: bool) -> Query:
+    q = _select(T.id).where(T.user_id == bindparam("user_id"))
+    if status:
+        q = q.where(T.status == bindparam("status"))
+    if after:
+        ts, ident = bindparam("after_ts", type_=T.created_at.type), bindparam("after_id", type_=T.id.type)
+        q = q.where(or_(T.created_at < ts, and_(T.created_at == ts, T.id < ident)))
+    return Query(q.order_by(T.created_at.desc(), T.id.desc()).limit(bindparam("limit")))
+
+
+_PAGES = {(s, a): _page_query(s, a) for s in (False, True) for a in (False, True)}
+_CREATED = COLUMNS.index(T.created_at)
+
+
+async def job_page(db: ReadDb, user_id: str, limit: int, after: str | None, status: str | None) -> dict[str, Any]:
+    params: dict[str, Any] = {"user_id": user_id, "limit": limit + 1}
+    if status:
+        params["status"] = status
+    if after:
+        params["after_ts"], params["after_id"] = pagination.decode(after)
+    rows = await db.rows(_PAGES[(bool(status), bool(after))], **params)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return {"data": [_row_body(r) for r in rows], "has_more": more,
+            "next_cursor": pagination.encode(rows[-1][_CREATED], rows[-1][_ID]) if more and rows else None}
+
+
+# --- one job, its events, its metric points --------------------------------------------------------
+
+_ONE = Query(_select().where(T.user_id == bindparam("user_id"), T.job_name == bindparam("job_name")))
+
+
+def not_found(job_name: str) -> NotFound:
+    return NotFound(f"No training job {job_name!r}", param="job_name", code="job_not_found")
+
+
+async def job(db: ReadDb, user_id: str, job_name: str) -> dict[str, Any]:
+    row = await db.first(_ONE, user_id=user_id, job_name=job_name)
+    if row is None:
+        raise not_found(job_name)
+    return _row_body(row)
+
+
+# The job's row joined to its events: no row means no such job of the caller's; a row of nulls, no events.
+_EVENTS = Query(
+    select(Event.timestamp, Event.level, Event.type, Event.message, cast(Event.data, Text))
+    .select_from(T).outerjoin(Event, and_(Event.resource_id == T.id, Event.resource_type == RESOURCE))
+    .where(T.user_id == bindparam("user_id"), T.job_name == bindparam("job_name"))
+    .order_by(Event.id).limit(1000))
+
+
+async def job_events(db: ReadDb, user_id: str, job_name: str) -> list[dict[str, Any]]:
+    rows = await db.rows(_EVENTS, user_id=user_id, job_name=job_name)
+    if not rows:
+        raise not_found(job_name)
+    return [{"timestamp": at, "level": level, "type": typ, "message": message, "data": loads(data) or {}}
+            for at, level, typ, message, data in rows if at is not None]
+
+
+M = JobMetric
+_LAST_POINT = Query(select(T.id, select(func.max(M.id)).where(M.job_id == T.id).scalar_subquery())
+                    .where(T.user_id == bindparam("user_id"), T.job_name == bindparam("job_name")))
+_POINTS = {named: Query(select(M.metric_name, M.step, M.epoch, M.value, M.timestamp).where(
+    M.job_id == bindparam("job_id"), M.id > bindparam("after"), M.id <= bindparam("upto"),
+    *([M.metric_name == bindparam("metric_name")] if named else [])).order_by(M.id)) for named in (False, True)}
+
+
+class _Series:
+    """Serialized metric series by (job id, metric filter), each with the id of the last point in it.
+    Points are only ever appended, so a body is extended with the newer points rather than rebuilt:
+    a chart polling a running job costs one lookup and the new points. Bounded by total bytes."""
+
+    MAX_BYTES = 64 * 1024 * 1024
+
+    def __init__(self) -> None:
+        self._bodies: OrderedDict[tuple[str, str], tuple[int, bytes]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str]) -> tuple[int, bytes]:
+        with self._lock:
+            hit = self._bodies.get(key)
+            if hit is not None:
+                self._bodies.move_to_end(key)
+            return hit or (0, b"[]")
+
+    def put(self, key: tuple[str, str], last: int, body: bytes) -> None:
+        with self._lock:
+            old = self._bodies.pop(key, None)
+            if old is not None:
+                self._bytes -= len(old[1])
+            if old is not None and old[0] > last:  # another thread stored a newer one meanwhile
+                last, body = old
+            self._bodies[key] = (last, body)
+            self._bytes += len(body)
+            while self._bytes > self.MAX_BYTES and len(self._bodies) > 1:
+                self._bytes -= len(self._bodies.popitem(last=False)[1][1])
+
+
+_series = _Series()
+
+
+async def job_metrics(db: ReadDb, user_id: str, job_name: str, metric_name: str | None) -> bytes:
+    """The job's metric points (MetricPoint) as the API's JSON list, oldest first."""
+    row = await db.first(_LAST_POINT, user_id=user_id, job_name=job_name)
+    if row is None:
+        raise not_found(job_name)
+    job_id, last = row[0], row[1] or 0
+    key = (job_id, metric_name or "")
+    have, body = _series.get(key)
+    if have >= last:
+        return body
+    params: dict[str, Any] = {"job_id": job_id, "after": have, "upto": last}
+    if metric_name:
+        params["metric_name"] = metric_name
+    new = [{"metric_name": n, "step": s, "epoch": e, "value": v, "timestamp": t}
+           for n, s, e, v, t in await db.rows(_POINTS[bool(metric_name)], **params)]
+    if new:
+        more = orjson.dumps(new, option=orjson.OPT_UTC_Z)
+        body = more if body == b"[]" else body[:-1] + b"," + more[1:]
+    _series.put(key, last, body)
+    return body

@@ -1,0 +1,138 @@
+"""The polled reads as the app serves them (its own engine and, on PostgreSQL, its pipelined async
+connections): many at once get each caller's own rows; a failing read fails alone; a slow read
+never delays a request that does not need it (the event loop is never blocked by one)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import Text, cast, column, func, select, table
+
+from app.config import AuthSettings, WorkerSettings
+from app.db import make_engine
+from app.main import create_app
+from app.reads import Query, ReadDb, open_pool
+from app.training import reads as job_reads
+from app.training.models import TrainingJob
+from tests.settings import make_test_settings
+
+
+@pytest.fixture
+def served(db_url: str, tmp_path: Any) -> Iterator[Any]:
+    settings = make_test_settings(data_dir=tmp_path / "data", database_url=db_url,
+                                  worker=WorkerSettings(enabled=False), public_base_url="http://testserver",
+                                  auth=AuthSettings(argon2_time_cost=1, argon2_memory_kib=8192))
+    yield create_app(settings)
+
+
+async def _user(c: httpx.AsyncClient) -> tuple[str, dict[str, str]]:
+    name = "rd-" + uuid.uuid4().hex[:10]
+    r = await c.post("/api/auth/register", json={"username": name, "email": f"{name}@example.com",
+                                                 "password": "long password 1"})
+    assert r.status_code == 201, r.text
+    r = await c.post("/api/auth/token", data={"username": name, "password": "long password 1"})
+    return r.json()["access_token"], {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+
+def insert_job(sessionmaker: Any, user_id: str, name: str) -> str:
+    with sessionmaker() as s:
+        s.add(TrainingJob(job_name=name, user_id=user_id, base_model="llmtuner/tiny-llama", instance_type="local",
+                          backend="local", status="InProgress", secondary_status="Training"))
+        s.commit()
+    return name
+
+
+def _client(app: Any) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver", timeout=30)
+
+
+def test_many_reads_at_once_each_get_their_own(served: Any) -> None:
+    async def scenario() -> None:
+        async with served.router.lifespan_context(served), _client(served) as c:
+            users = [await _user(c) for _ in range(3)]
+            names = []
+            for i, (_, auth) in enumerate(users):
+                me = (await c.get("/api/auth/me", headers=auth)).json()
+                names.append(insert_job(served.state.sessionmaker, me["id"], name=f"job-{i}"))
+            paths = [(i, p) for i in range(3) for p in (f"/api/training-job/{names[i]}", "/api/training-jobs",
+                                                          f"/api/training-job/{names[i]}/events",
+                                                          f"/api/training-job/{names[i]}/metrics", "/api/endpoints")]
+            replies = await asyncio.gather(*(c.get(p, headers=users[i][1]) for i, p in paths * 4))
+            assert [r.status_code for r in replies] == [200] * len(replies)
+            for (i, path), r in zip(paths * 4, replies, strict=True):
+                if path == "/api/training-jobs":
+                    assert [j["job_name"] for j in r.json()["data"]] == [names[i]]
+                elif path.endswith(names[i]):
+                    assert r.json()["job_name"] == names[i]
+            # Another user's job, and a name no job can have, are not found: in the same batch as others.
+            others = await asyncio.gather(c.get(f"/api/training-job/{names[1]}", headers=users[0][1]),
+                                          c.get("/api/training-job/a%00b", headers=users[0][1]),
+                                          c.get(f"/api/training-job/{names[0]}", headers=users[0][1]))
+            assert [r.status_code for r in others] == [404, 404, 200]
+
+    asyncio.run(scenario())
+
+
+def test_a_slow_read_does_not_delay_other_requests(served: Any, db_url: str, monkeypatch: Any) -> None:
+    if db_url.startswith("postgresql"):  # the database itself is slow: pg_sleep in the statement
+        slow = job_reads._select().where(job_reads.T.user_id == job_reads.bindparam("user_id"),
+                                          job_reads.T.job_name == job_reads.bindparam("job_name"),
+                                          cast(func.pg_sleep(1.0), Text) == "")
+        monkeypatch.setattr(job_reads, "_ONE", Query(slow))
+    else:  # SQLite reads run in threads: a read that takes a second there
+        rows = Query.rows
+
+        def slow_rows(self: Query, bind: Any, params: dict[str, Any]) -> list[Any]:
+            time.sleep(1.0)
+            return rows(self, bind, params)
+
+        monkeypatch.setattr(Query, "rows", slow_rows)
+
+    async def scenario() -> None:
+        async with served.router.lifespan_context(served), _client(served) as c:
+            _, auth = await _user(c)
+            me = (await c.get("/api/auth/me", headers=auth)).json()
+            name = insert_job(served.state.sessionmaker, me["id"], name="slow-job")
+            t0 = time.monotonic()
+            job = asyncio.ensure_future(c.get(f"/api/training-job/{name}", headers=auth))
+            await asyncio.sleep(0.2)  # the slow read is under way
+            health = await c.get("/api/health")
+            health_done = time.monotonic() - t0
+            r = await job
+            assert r.status_code == 200 and health.status_code == 200
+            assert time.monotonic() - t0 >= 1.0
+            assert health_done < 0.9, f"/api/health waited for the slow read ({health_done:.2f} s)"
+
+    asyncio.run(scenario())
+
+
+def test_a_failing_read_fails_alone(db_url: str) -> None:
+    """On PostgreSQL reads issued together share one pipeline: an error in one of them (which aborts
+    the rest of the pipeline) must reach that one only."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("the pipeline is PostgreSQL's")
+    engine = make_engine(db_url, pool_size=1)
+    good = Query(select(func.length(cast(job_reads.bindparam("text"), Text))))
+    bad = Query(select(column("x")).select_from(table("no_such_table")))
+
+    async def scenario() -> None:
+        pool = await open_pool(engine)
+        assert pool is not None
+        db = ReadDb(engine, pool)
+        try:
+            out = await asyncio.gather(db.rows(good, text="ab"), db.rows(bad), db.rows(good, text="abc"),
+                                       return_exceptions=True)
+            assert out[0] == [(2,)] and out[2] == [(3,)]
+            assert "no_such_table" in str(out[1])
+            assert await db.rows(good, text="abcd") == [(4,)]  # the connection is still good
+        finally:
+            await pool.close()
+            engine.dispose()
+
+    asyncio.run(scenario())
