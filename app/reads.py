@@ -29,8 +29,11 @@ import psycopg
 from anyio import CapacityLimiter
 from fastapi import Request, Response
 from psycopg_pool import AsyncConnectionPool
-from sqlalchemy import Select
+from sqlalchemy import Integer, Select
 from sqlalchemy.engine import Connection, Dialect, Engine
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 
 Bind = Engine | Connection
 READ_THREADS = 8
@@ -50,6 +53,26 @@ def loads(text: str | None) -> Any:
         return orjson.loads(text)
     except orjson.JSONDecodeError:
         return json.loads(text)
+
+
+class DaysSince(FunctionElement[int]):
+    """`DaysSince(column, since)`: the whole days from `since` to the column's time (both UTC), which
+    PostgreSQL and SQLite spell differently."""
+
+    type = Integer()
+    inherit_cache = True
+
+
+@compiles(DaysSince, "postgresql")
+def _days_since_pg(element: DaysSince, compiler: SQLCompiler, **kw: Any) -> str:
+    at, since = (compiler.process(c, **kw) for c in element.clauses)
+    return f"CAST(FLOOR(EXTRACT(EPOCH FROM ({at} - {since})) / 86400) AS INTEGER)"
+
+
+@compiles(DaysSince, "sqlite")
+def _days_since_sqlite(element: DaysSince, compiler: SQLCompiler, **kw: Any) -> str:
+    at, since = (compiler.process(c, **kw) for c in element.clauses)
+    return f"CAST(julianday({at}) - julianday({since}) AS INTEGER)"
 
 
 class _Compiled:

@@ -382,7 +382,8 @@ def seed(db_url: str, username: str) -> None:
             "base_model": "llmtuner/tiny-llama", "instance_type": "local", "instance_count": 1, "backend": "local",
             "backend_handle": {}, "status": "InService" if i < 3 else "Deleted", "failure_reason": None,
             "price_per_hour": 0.5, "accrued_seconds": 3600.0, "accrual_started_at": None,
-            "created_at": start + timedelta(days=i), "in_service_at": None, "deleted_at": None}
+            "created_at": start + timedelta(days=i), "in_service_at": None,
+            "deleted_at": None if i < 3 else start + timedelta(days=i + 1)}
             for i in range(SEED_ENDPOINTS)])
     engine.dispose()
 

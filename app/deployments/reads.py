@@ -21,6 +21,8 @@ E, A, T = Endpoint, EndpointAdapter, TrainingJob
 COLUMNS = (E.endpoint_name, E.status, E.failure_reason, E.instance_type, E.instance_count, E.price_per_hour,
            E.accrued_seconds, E.accrual_started_at, E.created_at, E.in_service_at, E.deleted_at, E.model_name,
            E.model_uri, E.base_model, E.registered_model_id, E.backend)
+_KEYS = [c.key for c in COLUMNS]
+_URI, _CREATED = _KEYS.index("model_uri"), _KEYS.index("created_at")
 
 
 def accrued_cost(status: str, seconds: float | None, started: datetime | None, price: float | None,
@@ -58,7 +60,7 @@ async def _body(db: ReadDb, row: Any, now: datetime) -> dict[str, Any]:
     """`row`: COLUMNS, then the endpoint's id and its job's name."""
     values, endpoint_id, job_name = tuple(row[:len(COLUMNS)]), row[-2], row[-1]
     adapters = None
-    if values[COLUMNS.index(E.model_uri)].startswith(BASE_URI_PREFIX):  # few endpoints are: a query each
+    if values[_URI].startswith(BASE_URI_PREFIX):  # few endpoints are: a query each
         adapters = [dict(zip(_ADAPTER_KEYS, a, strict=True)) for a in await db.rows(_ADAPTERS, endpoint_id=endpoint_id)]
     return endpoint_body(values, job_name, now, adapters)
 
@@ -103,6 +105,5 @@ async def endpoint_page(db: ReadDb, user_id: str, status: str | None, include_de
         params["after_ts"], params["after_id"] = pagination.decode(after)
     rows = await db.rows(_PAGES[(which, bool(after))], **params)
     more, rows, now = len(rows) > limit, rows[:limit], utcnow()
-    created = COLUMNS.index(E.created_at)
     return {"data": [await _body(db, r, now) for r in rows], "has_more": more,
-            "next_cursor": pagination.encode(rows[-1][created], rows[-1][-2]) if more and rows else None}
+            "next_cursor": pagination.encode(rows[-1][_CREATED], rows[-1][-2]) if more and rows else None}

@@ -74,7 +74,7 @@ def _page_query(status: bool, after: bool) -> Query:
 
 
 _PAGES = {(s, a): _page_query(s, a) for s in (False, True) for a in (False, True)}
-_CREATED = COLUMNS.index(T.created_at)
+_CREATED = [c.key for c in COLUMNS].index("created_at")
 
 
 async def job_page(db: ReadDb, user_id: str, limit: int, after: str | None, status: str | None) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class JobCost(BaseModel):
@@ -18,7 +18,8 @@ class JobCost(BaseModel):
 class TrainingUsage(BaseModel):
     total: float
     this_month: float
-    jobs: list[JobCost]
+    count: int = Field(description="how many jobs you have in all")
+    jobs: list[JobCost] = Field(description="the newest `limit`")
 
 
 class EndpointCost(BaseModel):
@@ -35,7 +36,8 @@ class EndpointCost(BaseModel):
 class InferenceUsage(BaseModel):
     total: float
     this_month: float
-    endpoints: list[EndpointCost]
+    count: int = Field(description="how many endpoints you have had in all")
+    endpoints: list[EndpointCost] = Field(description="the newest `limit`")
 
 
 class EvaluationCost(BaseModel):
@@ -49,7 +51,18 @@ class EvaluationCost(BaseModel):
 class EvaluationUsage(BaseModel):
     total: float
     this_month: float
-    evaluations: list[EvaluationCost]
+    count: int = Field(description="how many evaluations you have run in all")
+    evaluations: list[EvaluationCost] = Field(description="the newest `limit`")
+
+
+class DailySpend(BaseModel):
+    """One UTC day's spend: jobs and evaluations on the day they were created, an endpoint's cost
+    spread evenly over the time it was up."""
+
+    day: date
+    training: float
+    inference: float
+    evaluation: float
 
 
 class Budget(BaseModel):
@@ -73,6 +86,7 @@ class Usage(BaseModel):
     training: TrainingUsage
     inference: InferenceUsage
     evaluation: EvaluationUsage
+    daily: list[DailySpend] = Field(description="the last 30 days, oldest first, today last")
     total: float
     this_month: float
     budget: Budget | None

@@ -14,34 +14,25 @@ endpoint running past it is reported in `warnings` and recorded once per month a
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple
 
-from sqlalchemy import select
+from sqlalchemy import Numeric, Text, and_, bindparam, case, cast, func, literal_column, or_, select
 from sqlalchemy.orm import Session
 
 from app import events
 from app.auth.models import User
 from app.db import utcnow
 from app.deployments.models import Endpoint
-from app.deployments.service import accrued_cost
+from app.deployments.reads import accrued_cost
 from app.errors import AppError
 from app.evaluation.models import Evaluation
+from app.reads import DaysSince, Query, ReadDb, loads
 from app.runtime import WorkerContext
 from app.statuses import ENDPOINT_LIVE, JOB_ENDED
 from app.training.models import TrainingJob
-from app.usage.schemas import (
-    Budget,
-    EndpointCost,
-    EvaluationCost,
-    EvaluationUsage,
-    InferenceUsage,
-    JobCost,
-    TrainingUsage,
-    Usage,
-    UsageWarning,
-)
 
 log = logging.getLogger("llmtuner.usage")
 BUDGET_EVENT = "budget_exceeded"
@@ -65,83 +56,165 @@ def job_cost(job: Any) -> float:
 
 
 def endpoint_month_cost(endpoint: Endpoint, total: float, now: datetime) -> float:
-    """This month's share: the accrued cost capped at price x the hours it existed this month."""
-    start = max(month_start(now), endpoint.created_at)
-    end = endpoint.deleted_at or now
-    hours = max(0.0, (end - start).total_seconds()) / 3600
-    return round(min(total, hours * (endpoint.price_per_hour or 0.0)), 6)
+    return _month_share(total, endpoint.price_per_hour, endpoint.created_at, endpoint.deleted_at, now)
 
 
-def evaluation_cost(ev: Evaluation) -> float:
-    seconds = int((ev.backend_handle or {}).get("billable_seconds") or 0)
-    return round(seconds / 3600 * float((ev.request or {}).get("price_per_hour") or 0.0), 4)
-
-
-def _sum(values: list[float]) -> float:
+def _sum(values: Any) -> float:
     return round(sum(values), 4)
 
 
-def usage(session: Session, user: User, now: datetime | None = None) -> Usage:
-    """Everything the user has spent, per job, endpoint and evaluation, in total and this month."""
+# --- what a usage report reads (app/reads.py): the same queries serve GET /api/usage (async) and the
+# budget checks inside a create (sync, in the caller's transaction) --------------------------------
+
+J, E, V = TrainingJob, Endpoint, Evaluation
+DAYS = 30  # the daily series: the last 30 UTC days, today included
+# A job's cost (job_cost above), computed by the database so that totals need no row per job.
+_JOB_COST = case((and_(or_(*(J.status == s.value for s in JOB_ENDED)), J.actual_cost.is_not(None)), J.actual_cost),
+                 else_=func.round(cast(J.billable_seconds / 3600.0 * J.price_per_hour, Numeric), 4))
+_MONTH = bindparam("month_start", type_=J.created_at.type)
+_SINCE = bindparam("since", type_=J.created_at.type)
+_JOB_TOTALS = Query(select(func.count(), func.coalesce(func.sum(_JOB_COST), 0.0),
+                           func.coalesce(func.sum(case((J.created_at >= _MONTH, _JOB_COST), else_=0.0)), 0.0))
+                    .where(J.user_id == bindparam("user_id")))
+_JOB_DAYS = Query(select(DaysSince(J.created_at, _SINCE), func.sum(_JOB_COST))
+                  .where(J.user_id == bindparam("user_id"), J.created_at >= _SINCE).group_by(literal_column("1")))
+_NEWEST_JOBS = Query(select(*JOB_COST_COLUMNS).where(J.user_id == bindparam("user_id"))
+                     .order_by(J.created_at.desc(), J.id.desc()).limit(bindparam("limit")))
+# Endpoints and evaluations are few per user (each is a deployment or a model evaluation): all of them.
+_ENDPOINTS = Query(select(E.endpoint_name, E.status, E.accrued_seconds, E.accrual_started_at, E.price_per_hour,
+                          E.instance_type, E.created_at, E.deleted_at)
+                   .where(E.user_id == bindparam("user_id")).order_by(E.created_at.desc(), E.id.desc()))
+_EVALUATIONS = Query(select(V.id, V.status, cast(V.backend_handle, Text), cast(V.request, Text), V.created_at)
+                     .where(V.user_id == bindparam("user_id")).order_by(V.created_at.desc(), V.id.desc()))
+
+
+def _params(user_id: str, now: datetime, limit: int) -> dict[str, Any]:
+    today = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return {"user_id": user_id, "month_start": month_start(now), "since": today - timedelta(days=DAYS - 1),
+            "limit": limit}
+
+
+async def read_usage(db: ReadDb, user: User, limit: int, now: datetime | None = None) -> dict[str, Any]:
+    """GET /api/usage's body: totals over everything, the newest `limit` items of each kind."""
     now = now or utcnow()
+    p = _params(user.id, now, limit)
+    totals, days, jobs, endpoints, evaluations = await asyncio.gather(
+        db.first(_JOB_TOTALS, **p), db.rows(_JOB_DAYS, **p), db.rows(_NEWEST_JOBS, **p), db.rows(_ENDPOINTS, **p),
+        db.rows(_EVALUATIONS, **p))
+    return _report(user, now, limit, totals, days, jobs, endpoints, evaluations)
+
+
+def usage(session: Session, user: User, now: datetime | None = None, limit: int = 20) -> dict[str, Any]:
+    """The same report, read in `session`'s transaction."""
+    now = now or utcnow()
+    p, conn = _params(user.id, now, limit), session.connection()
+    return _report(user, now, limit, _JOB_TOTALS.rows(conn, p)[0], _JOB_DAYS.rows(conn, p),
+                   _NEWEST_JOBS.rows(conn, p), _ENDPOINTS.rows(conn, p), _EVALUATIONS.rows(conn, p))
+
+
+def _report(user: User, now: datetime, limit: int, totals: Any, days: list[Any], jobs: list[Any],
+            endpoints: list[Any], evaluations: list[Any]) -> dict[str, Any]:
     start = month_start(now)
-    # The columns alone, not ORM objects, and rows built unvalidated from them: a user has
-    # hundreds of jobs, and this route is polled.
-    jobs = session.execute(select(*JOB_COST_COLUMNS).where(TrainingJob.user_id == user.id)
-                           .order_by(TrainingJob.created_at.desc()))
-    job_rows = [JobCost.model_construct(job_name=j.job_name, status=j.status, cost=job_cost(j),
-                                        billable_seconds=j.billable_seconds, estimated_cost=j.estimated_cost,
-                                        instance_type=j.instance_type, created_at=j.created_at)
-                for j in jobs]
-    endpoints = list(session.scalars(select(Endpoint).where(Endpoint.user_id == user.id)
-                                     .order_by(Endpoint.created_at.desc())))
+    first_day = _params(user.id, now, limit)["since"]
+    daily = [{"day": (first_day + timedelta(days=i)).date(), "training": 0.0, "inference": 0.0, "evaluation": 0.0}
+             for i in range(DAYS)]
+
+    def add(kind: str, day: int, value: float) -> None:
+        if 0 <= day < DAYS:
+            daily[day][kind] += value
+
+    count, job_total, job_month = totals
+    for day, value in days:
+        add("training", int(day), float(value or 0.0))
+    job_rows = [{"job_name": j.job_name, "status": j.status, "cost": job_cost(j),
+                 "billable_seconds": j.billable_seconds, "estimated_cost": j.estimated_cost,
+                 "instance_type": j.instance_type, "created_at": j.created_at} for j in (_JobRow(*r) for r in jobs)]
+
     ep_rows = []
-    for ep in endpoints:
-        total = float(accrued_cost(ep, now))
-        ep_rows.append(EndpointCost(
-            endpoint_name=ep.endpoint_name, status=ep.status, accrued_cost=total,
-            this_month=endpoint_month_cost(ep, total, now), price_per_hour=ep.price_per_hour,
-            instance_type=ep.instance_type, created_at=ep.created_at, deleted_at=ep.deleted_at))
-    evals = list(session.scalars(select(Evaluation).where(Evaluation.user_id == user.id)
-                                 .order_by(Evaluation.created_at.desc())))
-    ev_rows = [EvaluationCost(id=e.id, status=e.status, cost=evaluation_cost(e),
-                              billable_seconds=int((e.backend_handle or {}).get("billable_seconds") or 0),
-                              created_at=e.created_at) for e in evals]
-    training = TrainingUsage(total=_sum([r.cost for r in job_rows]),
-                             this_month=_sum([r.cost for r in job_rows if r.created_at >= start]), jobs=job_rows)
-    inference = InferenceUsage(total=_sum([r.accrued_cost for r in ep_rows]),
-                               this_month=_sum([r.this_month for r in ep_rows]), endpoints=ep_rows)
-    evaluation = EvaluationUsage(total=_sum([r.cost for r in ev_rows]),
-                                 this_month=_sum([r.cost for r in ev_rows if r.created_at >= start]),
-                                 evaluations=ev_rows)
-    this_month = _sum([training.this_month, inference.this_month, evaluation.this_month])
-    budget = None
-    warnings: list[UsageWarning] = []
+    for name, status, seconds, started, price, instance, created, deleted in endpoints:
+        total = accrued_cost(status, seconds, started, price, now)
+        ep_rows.append({"endpoint_name": name, "status": status, "accrued_cost": total,
+                        "this_month": _month_share(total, price, created, deleted, now), "price_per_hour": price,
+                        "instance_type": instance, "created_at": created, "deleted_at": deleted})
+        _spread(add, total, created, deleted or now, first_day)
+
+    ev_rows = []
+    for ident, status, handle, request, created in evaluations:
+        seconds = int((loads(handle) or {}).get("billable_seconds") or 0)
+        cost = round(seconds / 3600 * float((loads(request) or {}).get("price_per_hour") or 0.0), 4)
+        ev_rows.append({"id": ident, "status": status, "cost": cost, "billable_seconds": seconds,
+                        "created_at": created})
+        add("evaluation", (created - first_day).days, cost)
+
+    training = {"total": round(float(job_total), 4), "this_month": round(float(job_month), 4), "count": count,
+                "jobs": job_rows}
+    inference = {"total": _sum(r["accrued_cost"] for r in ep_rows),
+                 "this_month": _sum(r["this_month"] for r in ep_rows), "count": len(ep_rows),
+                 "endpoints": ep_rows[:limit]}
+    evaluation = {"total": _sum(r["cost"] for r in ev_rows),
+                  "this_month": _sum(r["cost"] for r in ev_rows if r["created_at"] >= start),
+                  "count": len(ev_rows), "evaluations": ev_rows[:limit]}
+    for d in daily:
+        for kind in ("training", "inference", "evaluation"):
+            d[kind] = round(d[kind], 6)
+    this_month = _sum([training["this_month"], inference["this_month"], evaluation["this_month"]])
+    budget, warnings = None, []
     if user.monthly_budget is not None:
-        limit = float(user.monthly_budget)
-        budget = Budget(monthly_budget=limit, spent_this_month=this_month,
-                        remaining=round(max(0.0, limit - this_month), 4), exceeded=this_month > limit)
-        if budget.exceeded:
-            warnings.append(UsageWarning(code=BUDGET_EXCEEDED_CODE, message=(
-                f"You have spent ${this_month:.2f} this month, over your ${limit:.2f} monthly budget; new "
-                "training jobs and evaluations are refused until next month or a higher budget")))
-            for ep in endpoints:
-                if ep.status in ENDPOINT_LIVE:
-                    warnings.append(UsageWarning(code="endpoint_over_budget", endpoint_name=ep.endpoint_name,
-                                                 message=_endpoint_message(ep, limit)))
-    return Usage(month=f"{start:%Y-%m}", training=training, inference=inference, evaluation=evaluation,
-                 total=_sum([training.total, inference.total, evaluation.total]), this_month=this_month,
-                 budget=budget, warnings=warnings)
+        limit_usd = float(user.monthly_budget)
+        budget = {"monthly_budget": limit_usd, "spent_this_month": this_month,
+                  "remaining": round(max(0.0, limit_usd - this_month), 4), "exceeded": this_month > limit_usd}
+        if budget["exceeded"]:
+            warnings.append({"code": BUDGET_EXCEEDED_CODE, "endpoint_name": None, "message": (
+                f"You have spent ${this_month:.2f} this month, over your ${limit_usd:.2f} monthly budget; new "
+                "training jobs and evaluations are refused until next month or a higher budget")})
+            for r in ep_rows:
+                if r["status"] in ENDPOINT_LIVE:
+                    warnings.append({"code": "endpoint_over_budget", "endpoint_name": r["endpoint_name"],
+                                     "message": _endpoint_message(r["endpoint_name"], r["price_per_hour"], limit_usd)})
+    return {"currency": "USD", "month": f"{start:%Y-%m}", "training": training, "inference": inference,
+            "evaluation": evaluation, "daily": daily,
+            "total": _sum([training["total"], inference["total"], evaluation["total"]]), "this_month": this_month,
+            "budget": budget, "warnings": warnings}
 
 
+class _JobRow(NamedTuple):
+    job_name: str
+    status: str
+    actual_cost: float | None
+    billable_seconds: int
+    price_per_hour: float
+    estimated_cost: float
+    instance_type: str
+    created_at: datetime
 
-def _endpoint_message(ep: Endpoint, limit: float) -> str:
-    return (f"Endpoint {ep.endpoint_name} is still running at ${ep.price_per_hour:.2f}/hour past your "
+
+def _month_share(total: float, price: float | None, created: datetime, deleted: datetime | None,
+                 now: datetime) -> float:
+    """This month's share: the accrued cost capped at price x the hours it existed this month."""
+    start = max(month_start(now), created)
+    hours = max(0.0, ((deleted or now) - start).total_seconds()) / 3600
+    return round(min(total, hours * (price or 0.0)), 6)
+
+
+def _spread(add: Any, total: float, start: datetime, end: datetime, first_day: datetime) -> None:
+    """An endpoint's accrued cost spread evenly over the time it was up, over the days of the series."""
+    t0, a, b = first_day.timestamp(), start.timestamp(), end.timestamp()
+    rate = total / max(b - a, 1e-6)  # USD per second up
+    a, b = max(a, t0), min(b, t0 + DAYS * 86400)
+    day = int((a - t0) // 86400)
+    while a < b:  # day by day: a partial first and last day, whole days between
+        day_end = min(b, t0 + (day + 1) * 86400)
+        add("inference", day, rate * (day_end - a))
+        a, day = day_end, day + 1
+
+
+def _endpoint_message(name: str, price: float, limit: float) -> str:
+    return (f"Endpoint {name} is still running at ${price:.2f}/hour past your "
             f"${limit:.2f} monthly budget; it is not stopped for you: delete it to stop the cost")
 
 
 def month_spend(session: Session, user: User, now: datetime | None = None) -> float:
-    return usage(session, user, now).this_month
+    return float(usage(session, user, now, limit=1)["this_month"])
 
 
 def check_budget(session: Session, user: User, estimate: float, reserved: float = 0.0) -> None:
@@ -188,7 +261,7 @@ def flag_endpoints_over_budget(session: Session, user: User, now: datetime | Non
         if any((e.data or {}).get("month") == month for e in seen):
             continue
         events.record(session, user_id=user.id, resource_type="endpoint", resource_id=ep.id, type=BUDGET_EVENT,
-                      level="warning", message=_endpoint_message(ep, limit),
+                      level="warning", message=_endpoint_message(ep.endpoint_name, ep.price_per_hour, limit),
                       data={"month": month, "spent_this_month": spent, "monthly_budget": limit})
         recorded += 1
     return recorded
@@ -203,16 +276,3 @@ def reconcile(ctx: WorkerContext) -> None:
             user = session.get(User, uid)
             if user is not None and flag_endpoints_over_budget(session, user):
                 session.commit()
-
-
-class UsageService:
-    def __init__(self, session: Session, user: User) -> None:
-        self.session, self.user = session, user
-
-    def summary(self) -> Usage:
-        now = utcnow()
-        report = usage(self.session, self.user, now)
-        if report.budget is not None and report.budget.exceeded and flag_endpoints_over_budget(
-                self.session, self.user, now):
-            self.session.commit()
-        return report

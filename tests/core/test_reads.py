@@ -62,12 +62,15 @@ def test_many_reads_at_once_each_get_their_own(served: Any) -> None:
                 names.append(insert_job(served.state.sessionmaker, me["id"], name=f"job-{i}"))
             paths = [(i, p) for i in range(3) for p in (f"/api/training-job/{names[i]}", "/api/training-jobs",
                                                           f"/api/training-job/{names[i]}/events",
-                                                          f"/api/training-job/{names[i]}/metrics", "/api/endpoints")]
+                                                          f"/api/training-job/{names[i]}/metrics", "/api/endpoints",
+                                                          "/api/usage")]
             replies = await asyncio.gather(*(c.get(p, headers=users[i][1]) for i, p in paths * 4))
             assert [r.status_code for r in replies] == [200] * len(replies)
             for (i, path), r in zip(paths * 4, replies, strict=True):
                 if path == "/api/training-jobs":
                     assert [j["job_name"] for j in r.json()["data"]] == [names[i]]
+                elif path == "/api/usage":
+                    assert [j["job_name"] for j in r.json()["training"]["jobs"]] == [names[i]]
                 elif path.endswith(names[i]):
                     assert r.json()["job_name"] == names[i]
             # Another user's job, and a name no job can have, are not found: in the same batch as others.

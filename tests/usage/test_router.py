@@ -10,8 +10,9 @@ from app.db import utcnow
 from app.deployments.models import Endpoint
 from app.errors import AppError
 from app.events import Event
+from app.runtime import WorkerContext
 from app.training.models import TrainingJob
-from app.usage.service import check_budget, endpoint_month_cost, month_start
+from app.usage.service import check_budget, endpoint_month_cost, month_start, reconcile
 
 
 @pytest.fixture
@@ -124,6 +125,7 @@ class TestBudget:
         assert err.details == [{"estimated_cost": 3.5, "remaining": 3.0, "monthly_budget": 10.0}]
 
     def test_budget_in_usage_and_endpoint_flagged_once(self, client, alice, session_factory):
+        """The report warns; the worker records the event on the endpoint, once."""
         headers, uid = alice
         set_budget(session_factory, uid, 1.0)
         with session_factory() as s:
@@ -136,8 +138,36 @@ class TestBudget:
         assert u["budget"]["exceeded"] and u["budget"]["remaining"] == 0 and u["budget"]["monthly_budget"] == 1.0
         codes = [w["code"] for w in u["warnings"]]
         assert "budget_exceeded" in codes and "endpoint_over_budget" in codes
-        client.get("/api/usage", headers=headers)
+        for _ in range(2):  # the worker's passes record it, once a month
+            reconcile(WorkerContext(session_factory, None, None, None, first_pass=False))  # type: ignore[arg-type]
         with session_factory() as s:
             flagged = list(s.scalars(select(Event).where(Event.resource_id == ep_id, Event.type == "budget_exceeded")))
             assert len(flagged) == 1 and flagged[0].resource_type == "endpoint"
             assert s.get(Endpoint, ep_id).status == "InService"  # never stopped for the budget
+
+
+def test_lists_are_bounded_totals_and_days_are_not(client, alice, session_factory):
+    """The lists hold the newest `limit` items; totals, counts and the daily series cover everything."""
+    headers, uid = alice
+    now = utcnow()
+    with session_factory() as s:
+        for i in range(30):  # one a day, the newest today: $1 each, and one running ($0.5 so far)
+            add_job(s, uid, f"job-{i:02d}", actual=1.0, created=now - timedelta(days=i, microseconds=1))
+        add_job(s, uid, "job-old", actual=5.0, created=now - timedelta(days=45))  # before the series
+        add_job(s, uid, "job-run", status="InProgress", billable=1800, price=1.0, created=now)
+        # Up for exactly the two previous days: $48 spread as $24 on each.
+        day0 = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        ep = add_endpoint(s, uid, "ep-two-days", seconds=48 * 3600.0, price=1.0, created=day0 - timedelta(days=2))
+        ep.deleted_at = day0
+        s.commit()
+    u = client.get("/api/usage?limit=5", headers=headers).json()
+    t = u["training"]
+    assert t["count"] == 32
+    assert [j["job_name"] for j in t["jobs"]] == ["job-run", "job-00", "job-01", "job-02", "job-03"]
+    assert t["total"] == 35.5
+    assert u["inference"]["count"] == 1 and u["inference"]["total"] == 48.0
+    daily = u["daily"]
+    assert len(daily) == 30 and daily[-1]["day"] == f"{now:%Y-%m-%d}"
+    assert [d["training"] for d in daily] == [1.0] * 29 + [1.5]
+    assert [d["inference"] for d in daily[-3:]] == [24.0, 24.0, 0.0]
+    assert client.get("/api/usage?limit=0", headers=headers).status_code == 422
