@@ -34,9 +34,11 @@ M = TypeVar("M", bound=APIModel)
 
 
 class _AccountOps:
-    def _usage(self) -> Op[Usage]:
-        """Training, inference and evaluation cost so far, per job and endpoint, and the budget left."""
-        return Usage.model_validate((yield Request("GET", "/api/usage")))
+    def _usage(self, *, limit: int | None = None) -> Op[Usage]:
+        """Training, inference and evaluation cost so far, in total, this month and per UTC day over the
+        last 30 days; the newest `limit` (1-100, the server's default 20) jobs, endpoints and evaluations,
+        each list's `count` saying how many there are in all; and the budget left."""
+        return Usage.model_validate((yield Request("GET", "/api/usage", params={"limit": limit})))
 
     def _me(self) -> Op[User]:
         """The caller."""

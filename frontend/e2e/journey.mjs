@@ -179,9 +179,14 @@ try {
     const accrued = (await row.locator("td").nth(4).innerText()).trim();
     if (!/^\$\d/.test(accrued) || Number(accrued.replace(/[$,]/g, "")) <= 0) throw new Error(`endpoint cost ${accrued}`);
     log(`  endpoint accrued ${accrued}`);
+    // The evaluation run earlier is listed with its cost too.
+    const evals = page.locator("section.card", { has: page.getByRole("heading", { name: "Evaluations", exact: true }) });
+    await evals.locator("a[href^='/evaluations/']").first().waitFor();
     await page.locator("figure[aria-label='USD per day'] canvas").waitFor();
     await shot("12-usage");
     await nav("Evaluations").click();
+    // The usage page, until it is replaced, also lists the job and the evaluation as Completed.
+    await page.getByRole("heading", { level: 1, name: "Evaluations" }).waitFor();
     await page.locator("tbody .chip", { hasText: "Completed" }).waitFor();
     await shot("13-evaluations");
   });

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, Literal
 
 from llmtuner.types.base import APIModel
@@ -189,6 +189,7 @@ class JobCost(APIModel):
 class TrainingUsage(APIModel):
     total: float
     this_month: float
+    count: int  # how many in all; the list holds the newest only
     jobs: list[JobCost]
 
 
@@ -206,6 +207,7 @@ class EndpointCost(APIModel):
 class InferenceUsage(APIModel):
     total: float
     this_month: float
+    count: int  # how many in all; the list holds the newest only
     endpoints: list[EndpointCost]
 
 
@@ -220,6 +222,7 @@ class EvaluationCost(APIModel):
 class EvaluationUsage(APIModel):
     total: float
     this_month: float
+    count: int  # how many in all; the list holds the newest only
     evaluations: list[EvaluationCost]
 
 
@@ -236,6 +239,13 @@ class UsageWarning(APIModel):
     endpoint_name: str | None = None
 
 
+class DailySpend(APIModel):
+    day: date  # a UTC day
+    training: float
+    inference: float
+    evaluation: float
+
+
 class Usage(APIModel):
     currency: str = "USD"
     month: str
@@ -244,6 +254,7 @@ class Usage(APIModel):
     evaluation: EvaluationUsage
     total: float
     this_month: float
+    daily: list[DailySpend]  # the last 30 UTC days, oldest first, today last
     budget: Budget | None
     warnings: list[UsageWarning]
 

@@ -98,6 +98,13 @@ def test_journey(live_server: LiveServer, qa_file: Path, tmp_path: Path) -> None
         assert [j.job_name for j in usage.training.jobs] == [job.job_name]
         assert name in [e.endpoint_name for e in usage.inference.endpoints]
         assert usage.currency == "USD"
+        assert (usage.training.count, usage.evaluation.count) == (1, 1) and usage.inference.count >= 1
+        assert len(usage.daily) == 30 and usage.daily == sorted(usage.daily, key=lambda d: d.day)
+        spent = sum(d.training + d.inference + d.evaluation for d in usage.daily)
+        assert spent == pytest.approx(usage.total, abs=0.01)  # everything here happened within the 30 days
+        newest = client.usage(limit=1)  # the lists are cut to the newest, the counts and totals are not
+        assert len(newest.inference.endpoints) == 1 and newest.inference.count == usage.inference.count
+        assert [e.id for e in newest.evaluation.evaluations] == [ev.id]
 
 
 def test_errors_are_typed(live_server: LiveServer, qa_file: Path) -> None:

@@ -31,6 +31,11 @@ export function when(iso: string | null | undefined): string {
   return Number.isNaN(d.getTime()) ? iso : d.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" });
 }
 
+/** "The 20 newest of 1,000 jobs." for a list the API cut short; null when it lists them all. */
+export function newestOf(shown: number, count: number, what: string): string | null {
+  return count > shown ? `The ${shown} newest of ${count.toLocaleString("en-US")} ${what}.` : null;
+}
+
 export function num(v: number | null | undefined, digits = 4): string {
   if (v === null || v === undefined) return "—";
   if (Number.isInteger(v)) return String(v);

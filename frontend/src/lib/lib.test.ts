@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { HyperparametersSchema } from "../client/schemas.gen";
 import { ApiError, errorText, fieldError, toApiError } from "./errors";
-import { bytes, duration, modelNameFor, money, num, tone } from "./format";
+import { bytes, duration, modelNameFor, money, newestOf, num, tone } from "./format";
 import { fields, initial, payload, PRESETS, validate } from "./hyper";
 import { hasPoints, latest, series } from "./metrics";
 import { SSEParser } from "./sse";
@@ -29,6 +29,11 @@ describe("errors", () => {
 });
 
 describe("format", () => {
+  it("says how many a cut-short list leaves out, and nothing for a whole one", () => {
+    expect(newestOf(20, 1000, "jobs")).toBe("The 20 newest of 1,000 jobs.");
+    expect(newestOf(3, 3, "endpoints")).toBeNull();
+    expect(newestOf(0, 0, "evaluations")).toBeNull();
+  });
   it("money shows fractions of a cent", () => {
     expect(money(0)).toBe("$0.00");
     expect(money(0.0027)).toBe("$0.0027");
@@ -123,20 +128,5 @@ describe("SSE", () => {
   });
   it("reports an error event", () => {
     expect(new SSEParser().push('data: {"error": {"message": "model gone"}}\n\n').error).toBe("model gone");
-  });
-});
-
-describe("usage per day", () => {
-  it("puts jobs on their day and spreads an endpoint's cost over the hours it was up", async () => {
-    const { dailySpend } = await import("./usage");
-    const now = Date.parse("2026-12-07T12:00:00Z");
-    const d = dailySpend(
-      [{ created_at: "2026-12-07T01:00:00Z", cost: 2 }, { created_at: "2026-10-01T00:00:00Z", cost: 9 }],
-      [{ created_at: "2026-12-06T12:00:00Z", deleted_at: null, accrued_cost: 24 }],
-      [{ created_at: "2026-12-06T03:00:00Z", cost: 0.5 }], now, 3);
-    expect(d.days).toEqual([Date.parse("2026-12-05") / 1000, Date.parse("2026-12-06") / 1000, Date.parse("2026-12-07") / 1000]);
-    expect(d.training).toEqual([0, 0, 2]); // the October job is outside the window
-    expect(d.inference).toEqual([0, 12, 12]);
-    expect(d.evaluation).toEqual([0, 0.5, 0]);
   });
 });

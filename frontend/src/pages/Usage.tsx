@@ -4,21 +4,28 @@ import { Link } from "wouter";
 import { data, type GetUsageApiUsageGetResponse as UsageBody, sdk } from "../api";
 import { Table } from "../components/Table";
 import { Card, Chip, Loaded, Progress, Spinner, Stat } from "../components/ui";
-import { duration, money, when } from "../lib/format";
-import { dailySpend } from "../lib/usage";
+import { duration, money, newestOf, when } from "../lib/format";
+import type { Aligned } from "../lib/metrics";
 
 const Chart = lazy(() => import("../components/Chart").then((m) => ({ default: m.Chart })));
 
+// The server adds up spend per UTC day over everything (the lists below are only the newest);
+// the chart takes its x values as Unix seconds.
 function SpendChart({ u }: { u: UsageBody }) {
-  const d = useMemo(() => dailySpend(u.training.jobs, u.inference.endpoints, u.evaluation.evaluations), [u]);
+  const d = useMemo((): Aligned => [u.daily.map((x) => Date.parse(`${x.day}T00:00:00Z`) / 1000),
+    u.daily.map((x) => x.training), u.daily.map((x) => x.inference), u.daily.map((x) => x.evaluation)], [u.daily]);
   return (
     <Card title="Spend per day, last 30 days">
       <Suspense fallback={<Spinner />}>
-        <Chart title="USD per day" time names={["training", "inference", "evaluation"]}
-          data={[d.days, d.training, d.inference, d.evaluation]} />
+        <Chart title="USD per day" time names={["training", "inference", "evaluation"]} data={d} />
       </Suspense>
     </Card>
   );
+}
+
+function Newest({ shown, count, what }: { shown: number; count: number; what: string }) {
+  const line = newestOf(shown, count, what);
+  return line && <p className="muted">{line}</p>;
 }
 
 export default function Usage() {
@@ -55,6 +62,7 @@ export default function Usage() {
                     <td>{money(j.cost)}</td><td>{when(j.created_at)}</td></tr>
                 ))}</Table>
               )}
+              <Newest shown={u.training.jobs.length} count={u.training.count} what="jobs" />
             </Card>
             <Card title="Endpoints">
               {u.inference.endpoints.length === 0 ? <p className="muted">No endpoints yet.</p> : (
@@ -64,6 +72,17 @@ export default function Usage() {
                     <td>{money(e.this_month)}</td><td>{money(e.accrued_cost)}</td><td>{when(e.created_at)}</td></tr>
                 ))}</Table>
               )}
+              <Newest shown={u.inference.endpoints.length} count={u.inference.count} what="endpoints" />
+            </Card>
+            <Card title="Evaluations">
+              {u.evaluation.evaluations.length === 0 ? <p className="muted">No evaluations yet.</p> : (
+                <Table head={["Evaluation", "Status", "Billable", "Cost", "Created"]}>{u.evaluation.evaluations.map((e) => (
+                  <tr key={e.id}><td><Link href={`/evaluations/${e.id}`} className="mono">{e.id.slice(0, 8)}</Link></td>
+                    <td><Chip status={e.status} /></td><td>{duration(e.billable_seconds)}</td>
+                    <td>{money(e.cost)}</td><td>{when(e.created_at)}</td></tr>
+                ))}</Table>
+              )}
+              <Newest shown={u.evaluation.evaluations.length} count={u.evaluation.count} what="evaluations" />
             </Card>
           </>
         )}
