@@ -35,9 +35,10 @@ log = logging.getLogger("llmtuner")
 
 GC_YOUNG_THRESHOLD = 10_000  # gc.set_threshold's first value in a served process (CPython's default: 700)
 
+# The routers of the routes a dashboard polls come first: a request is matched against the routes in order.
 DOMAIN_ROUTERS = [
-    "app.auth.router", "app.health", "app.files", "app.datasets.router", "app.training.router",
-    "app.deployments.router", "app.registry.router", "app.evaluation.router", "app.usage.router",
+    "app.auth.router", "app.training.router", "app.deployments.router", "app.usage.router", "app.health",
+    "app.files", "app.datasets.router", "app.registry.router", "app.evaluation.router",
     "app.api_keys.router", "app.deployments.adapter_router", "app.openai.router",
 ]
 

@@ -35,6 +35,8 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
+from app.db import UTCDateTime
+
 Bind = Engine | Connection
 READ_THREADS = 8
 READ_CONNECTIONS = 4  # per API process: the reads are short, and the machine's cores are the bound
@@ -85,7 +87,9 @@ class _Compiled:
         self.bind_processors = {k: p for k, p in binds.items() if p is not None}
         self.types = [c.type for c in stmt.selected_columns]
         self.dialect = dialect
-        self.processors: list[tuple[int, Any]] | None = None  # (column, processor), from the first result
+        # (column, processor) from the first result; `native`: for the read pool's connections, whose
+        # time zone is UTC, so that timestamps come back as the UTC datetimes UTCDateTime would make.
+        self.processors: dict[bool, list[tuple[int, Any]]] = {}
 
     def params(self, given: dict[str, Any]) -> Any:
         values = {**self.defaults, **given}
@@ -93,17 +97,20 @@ class _Compiled:
             values[k] = p(values[k])
         return values if self.positional is None else tuple(values[k] for k in self.positional)
 
-    def convert(self, raw: Sequence[Any], description: Callable[[], Any]) -> list[Any]:
+    def convert(self, raw: Sequence[Any], description: Callable[[], Any], native: bool = False) -> list[Any]:
         """Rows with the columns that have a result processor converted (only the first result's
         description is read: building it costs more than the rows of a small page)."""
-        if self.processors is None:
-            self.processors = [(i, p) for i, (t, d) in enumerate(zip(self.types, description(), strict=True))
-                               if (p := t.dialect_impl(self.dialect).result_processor(self.dialect, d[1]))]
-        if not self.processors:
+        processors = self.processors.get(native)
+        if processors is None:
+            processors = self.processors[native] = [
+                (i, p) for i, (t, d) in enumerate(zip(self.types, description(), strict=True))
+                if not (native and isinstance(t, UTCDateTime))
+                and (p := t.dialect_impl(self.dialect).result_processor(self.dialect, d[1]))]
+        if not processors:
             return list(raw)
         rows = [list(r) for r in raw]
         for row in rows:
-            for i, p in self.processors:
+            for i, p in processors:
                 row[i] = p(row[i])
         return rows
 
@@ -176,7 +183,7 @@ class _Pipeline:
                 if len(batch) == 1:
                     c, params, future = batch[0]
                     cur = await conn.execute(c.sql, c.params(params))
-                    _settle(future, c.convert(await cur.fetchall(), lambda: cur.description))
+                    _settle(future, c.convert(await cur.fetchall(), lambda: cur.description, native=True))
                     return
                 try:
                     async with conn.pipeline():
@@ -186,7 +193,8 @@ class _Pipeline:
                 for i, (c, params, future) in enumerate(batch):
                     try:
                         cur = curs[i] if curs is not None else await conn.execute(c.sql, c.params(params))
-                        _settle(future, c.convert(await cur.fetchall(), lambda: cur.description))  # noqa: B023
+                        rows = c.convert(await cur.fetchall(), lambda: cur.description, native=True)  # noqa: B023
+                        _settle(future, rows)
                     except Exception as e:
                         _settle(future, error=e)
         except Exception as e:  # no connection: every read of the batch fails with the reason
@@ -248,7 +256,8 @@ async def open_pool(bind: Bind) -> AsyncConnectionPool | None:
         return None
     conninfo = bind.url.set(drivername="postgresql").render_as_string(hide_password=False)
     pool = AsyncConnectionPool(conninfo, min_size=READ_CONNECTIONS, max_size=READ_CONNECTIONS,
-                               kwargs={"autocommit": True}, open=False, name="llmtuner-reads")
+                               kwargs={"autocommit": True, "options": "-c TimeZone=UTC"}, open=False,
+                               name="llmtuner-reads")
     await pool.open(wait=False)  # connections are made in the background; a read waits for the first
     return pool
 

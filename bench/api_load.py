@@ -385,6 +385,8 @@ def seed(db_url: str, username: str) -> None:
             "created_at": start + timedelta(days=i), "in_service_at": None,
             "deleted_at": None if i < 3 else start + timedelta(days=i + 1)}
             for i in range(SEED_ENDPOINTS)])
+    with engine.connect() as conn:  # statistics, as a database with this history has (autovacuum)
+        conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("ANALYZE")
     engine.dispose()
 
 

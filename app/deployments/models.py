@@ -19,7 +19,7 @@ class Endpoint(Base):
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     endpoint_name: Mapped[str] = mapped_column(String(63))
-    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))  # indexed below
     model_name: Mapped[str] = mapped_column(String(63))
     job_id: Mapped[str | None] = mapped_column(
         ForeignKey("training_jobs.id", ondelete="SET NULL"), nullable=True

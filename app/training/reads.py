@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -29,31 +30,25 @@ _JSON = frozenset(i for i, c in enumerate(COLUMNS) if c.key in
 _ID = len(COLUMNS)  # where a select that adds the id has it
 
 
-def job_body(v: tuple[Any, ...]) -> dict[str, Any]:
-    """A job as the API shows it (TrainingJobRead), from the values of COLUMNS. Its metrics are the
-    final ones once recorded, else the last value of each metric so far."""
+def job_body(v: Any, load: Callable[[Any], Any] = loads) -> dict[str, Any]:
+    """A job as the API shows it (TrainingJobRead), from the values of COLUMNS (more may follow),
+    its JSON columns as text (`load` parses them). Its metrics are the final ones once recorded,
+    else the last value of each metric so far."""
     (name, status, secondary, uri, estimated, actual, billable, base, dataset, hyper, instance, backend,
-     split, created, started, ended, progress, error_code, error_message, final, latest) = v
+     split, created, started, ended, progress, error_code, error_message, final, latest) = v[:_ID]
     return {
         "job_name": name, "status": status, "secondary_status": secondary, "model_artifacts_s3_uri": uri,
-        "training_metrics": [{"metric_name": k, "value": x} for k, x in (final or latest or {}).items()],
+        "training_metrics": [{"metric_name": k, "value": x} for k, x in (load(final) or load(latest) or {}).items()],
         "estimated_cost": estimated, "actual_cost": actual, "currency": "USD", "billable_seconds": billable,
-        "base_model": base, "dataset_id": dataset, "hyperparameters": hyper or {}, "instance_type": instance,
+        "base_model": base, "dataset_id": dataset, "hyperparameters": load(hyper) or {}, "instance_type": instance,
         "backend": backend, "validation_split": split, "created_at": created, "started_at": started,
-        "ended_at": ended, "progress": progress or {},
+        "ended_at": ended, "progress": load(progress) or {},
         "error": {"code": error_code, "message": error_message or ""} if error_code else None,
     }
 
 
 def orm_job_body(job: TrainingJob) -> dict[str, Any]:
-    return job_body(tuple(getattr(job, c.key) for c in COLUMNS))
-
-
-def _row_body(row: Any) -> dict[str, Any]:
-    values = list(row[:_ID])
-    for i in _JSON:
-        values[i] = loads(values[i])
-    return job_body(tuple(values))
+    return job_body(tuple(getattr(job, c.key) for c in COLUMNS), load=lambda x: x)
 
 
 def _select(*extra: Any) -> Any:
@@ -86,7 +81,7 @@ async def job_page(db: ReadDb, user_id: str, limit: int, after: str | None, stat
     rows = await db.rows(_PAGES[(bool(status), bool(after))], **params)
     more = len(rows) > limit
     rows = rows[:limit]
-    return {"data": [_row_body(r) for r in rows], "has_more": more,
+    return {"data": [job_body(r) for r in rows], "has_more": more,
             "next_cursor": pagination.encode(rows[-1][_CREATED], rows[-1][_ID]) if more and rows else None}
 
 
@@ -103,7 +98,7 @@ async def job(db: ReadDb, user_id: str, job_name: str) -> dict[str, Any]:
     row = await db.first(_ONE, user_id=user_id, job_name=job_name)
     if row is None:
         raise not_found(job_name)
-    return _row_body(row)
+    return job_body(row)
 
 
 # The job's row joined to its events: no row means no such job of the caller's; a row of nulls, no events.

@@ -1,4 +1,4 @@
-"""jobs keep their latest metrics; indexes for the job and endpoint lists
+"""jobs keep their latest metrics; indexes for the job and endpoint lists (replacing user_id's own)
 
 Revision ID: 0007_dashboard_reads
 Revises: 0006_endpoint_names_per_user
@@ -18,10 +18,12 @@ def upgrade() -> None:
     with op.batch_alter_table("training_jobs", schema=None) as batch_op:
         batch_op.add_column(sa.Column("latest_metrics", sa.JSON(), nullable=False, server_default="{}"))
         batch_op.create_index("ix_training_jobs_user_id_created_at", ["user_id", "created_at", "id"])
+        batch_op.drop_index("ix_training_jobs_user_id")
     with op.batch_alter_table("training_jobs", schema=None) as batch_op:
         batch_op.alter_column("latest_metrics", server_default=None)
     with op.batch_alter_table("endpoints", schema=None) as batch_op:
         batch_op.create_index("ix_endpoints_user_id_created_at", ["user_id", "created_at", "id"])
+        batch_op.drop_index("ix_endpoints_user_id")
     _backfill_latest_metrics()
 
 
@@ -43,7 +45,9 @@ def _backfill_latest_metrics() -> None:
 
 def downgrade() -> None:
     with op.batch_alter_table("endpoints", schema=None) as batch_op:
+        batch_op.create_index("ix_endpoints_user_id", ["user_id"])
         batch_op.drop_index("ix_endpoints_user_id_created_at")
     with op.batch_alter_table("training_jobs", schema=None) as batch_op:
+        batch_op.create_index("ix_training_jobs_user_id", ["user_id"])
         batch_op.drop_index("ix_training_jobs_user_id_created_at")
         batch_op.drop_column("latest_metrics")
