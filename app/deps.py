@@ -1,5 +1,7 @@
-"""Request-scoped dependencies. Routes are `async def` and call the sync session inline, so that
-no request holds a pooled connection while it waits for a thread.
+"""Request-scoped dependencies. A route that takes a session is a plain `def`: FastAPI runs it in
+its threadpool, and the session takes its connection there, so no query runs on the event loop and
+no request holds a connection while it waits for a thread (the session is closed, its connection
+returned, when the response is done; tests/core/test_event_loop.py lists the few async exceptions).
 
 `current_user` is on every authenticated request (bench/api_load.py): it checks the token, then
 reads the users row (app/auth/lookup.py: no Session; on PostgreSQL one round trip shared by the

@@ -21,19 +21,19 @@ ServiceDep = Annotated[ApiKeyService, Depends(api_key_service)]
 
 
 @router.post("", status_code=201, response_model=ApiKeyCreated)
-async def create_key(data: ApiKeyCreate, user: CurrentUser, svc: ServiceDep) -> ApiKeyCreated:
+def create_key(data: ApiKeyCreate, user: CurrentUser, svc: ServiceDep) -> ApiKeyCreated:
     """Create an API key; `key` in the answer is the secret, shown this once only."""
     return svc.create(user.id, data)
 
 
 @router.get("", response_model=ApiKeyList)
-async def list_keys(user: CurrentUser, svc: ServiceDep) -> ApiKeyList:
+def list_keys(user: CurrentUser, svc: ServiceDep) -> ApiKeyList:
     """The caller's active keys (prefix, name, scope, created, expires, last used), newest first."""
     return svc.list_for(user.id)
 
 
 @router.delete("/{key_id}", status_code=204)
-async def revoke_key(key_id: str, user: CurrentUser, svc: ServiceDep) -> Response:
+def revoke_key(key_id: str, user: CurrentUser, svc: ServiceDep) -> Response:
     """Revoke a key: requests presenting it are refused from now on."""
     svc.revoke(user.id, key_id)
     return Response(status_code=204)

@@ -69,7 +69,7 @@ async def me(request: Request) -> Response:
 
 
 @router.put("/users/{username}/budget", response_model=UserRead)
-async def set_budget(username: str, data: BudgetUpdate, user: CurrentUser, session: SessionDep,
+def set_budget(username: str, data: BudgetUpdate, user: CurrentUser, session: SessionDep,
                      svc: AuthDep) -> User:
     """Set a user's monthly budget in USD (admins only; null removes it)."""
     target = svc.find_for_login(username)

@@ -39,7 +39,7 @@ async def upload(
 
 
 @router.get("", response_model=DatasetList)
-async def list_datasets(svc: ServiceDep, limit: int = Query(20, ge=1, le=100), after: str | None = None
+def list_datasets(svc: ServiceDep, limit: int = Query(20, ge=1, le=100), after: str | None = None
                         ) -> DatasetList:
     """The caller's datasets, newest first."""
     rows, more, nxt = svc.list_datasets(limit, after)
@@ -47,25 +47,25 @@ async def list_datasets(svc: ServiceDep, limit: int = Query(20, ge=1, le=100), a
 
 
 @router.get("/{dataset_id}", response_model=DatasetRead)
-async def get_dataset(dataset_id: str, svc: ServiceDep, base_model: str | None = None,
+def get_dataset(dataset_id: str, svc: ServiceDep, base_model: str | None = None,
                       max_length: int | None = Query(None, ge=16, le=32768)) -> Dataset:
     """One dataset with its validation report (token statistics for `base_model` when given)."""
     ds = svc.owned(dataset_id)
     if base_model:
-        ds = await run_in_threadpool(svc.token_stats_for, ds, base_model, max_length)
+        ds = svc.token_stats_for(ds, base_model, max_length)
     return ds
 
 
 @router.get("/{dataset_id}/preview", response_model=DatasetPreview)
-async def preview(dataset_id: str, svc: ServiceDep, limit: int = Query(5, ge=1, le=100)) -> DatasetPreview:
+def preview(dataset_id: str, svc: ServiceDep, limit: int = Query(5, ge=1, le=100)) -> DatasetPreview:
     """The first records as converted to the training format."""
     ds = svc.owned(dataset_id)
-    rows = await run_in_threadpool(svc.preview, ds, limit)
+    rows = svc.preview(ds, limit)
     return DatasetPreview(dataset_id=ds.id, format=ds.format, data=rows)
 
 
 @router.delete("/{dataset_id}", status_code=204)
-async def delete(dataset_id: str, svc: ServiceDep) -> Response:
+def delete(dataset_id: str, svc: ServiceDep) -> Response:
     """Delete a dataset and its files (409 while a running job uses it)."""
-    await run_in_threadpool(svc.delete, dataset_id)
+    svc.delete(dataset_id)
     return Response(status_code=204)

@@ -23,7 +23,7 @@ AdapterServiceDep = Annotated[AdapterService, Depends(adapter_service)]
 
 @router.get("/adapters", response_model=list[AdapterRead], responses={409: {
     "description": "The endpoint serves one model (not a base model), or is Deleting or Failed"}})
-async def list_adapters(endpoint_name: str, user: CurrentUser, svc: AdapterServiceDep) -> list[AdapterRead]:
+def list_adapters(endpoint_name: str, user: CurrentUser, svc: AdapterServiceDep) -> list[AdapterRead]:
     """The adapters attached to a base-model endpoint."""
     return svc.list_for(user, endpoint_name)
 
@@ -43,6 +43,6 @@ async def detach_adapter(endpoint_name: str, adapter_name: str, user: CurrentUse
 
 
 @router.get("/usage", response_model=list[AdapterUsage])
-async def endpoint_usage(endpoint_name: str, user: CurrentUser, svc: AdapterServiceDep) -> list[AdapterUsage]:
+def endpoint_usage(endpoint_name: str, user: CurrentUser, svc: AdapterServiceDep) -> list[AdapterUsage]:
     """Requests answered through /v1 by this endpoint, per adapter (`adapter` null: its own model)."""
     return svc.usage(user, endpoint_name)

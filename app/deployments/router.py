@@ -60,13 +60,13 @@ async def list_endpoints(
 
 
 @router.delete("/api/endpoint/{endpoint_name}", status_code=202, response_model=EndpointRead)
-async def delete_endpoint(endpoint_name: str, user: CurrentUser, svc: EndpointServiceDep) -> EndpointRead:
+def delete_endpoint(endpoint_name: str, user: CurrentUser, svc: EndpointServiceDep) -> EndpointRead:
     """Start deleting an endpoint; its cost stops accruing now."""
     return svc.delete(user, endpoint_name)
 
 
 @router.get("/api/endpoint/{endpoint_name}/events", response_model=list[EventRead])
-async def endpoint_events(endpoint_name: str, user: CurrentUser, svc: EndpointServiceDep) -> list[Event]:
+def endpoint_events(endpoint_name: str, user: CurrentUser, svc: EndpointServiceDep) -> list[Event]:
     """An endpoint's status changes and errors, oldest first."""
     return svc.events(user, endpoint_name)
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from app.deps import BackendsDep, CurrentUser, IdempotencyKey, SessionDep, SettingsDep, StoreDep
@@ -23,15 +22,15 @@ EvaluationDep = Annotated[EvaluationService, Depends(evaluation_service)]
 
 
 @router.post("", status_code=202, response_model=EvaluationRead)
-async def create_evaluation(req: EvaluationCreate, svc: EvaluationDep,
+def create_evaluation(req: EvaluationCreate, svc: EvaluationDep,
                             idempotency_key: IdempotencyKey = None) -> JSONResponse:
     """Evaluate a model (job name, model_id or model name) against its base, in the background."""
-    status, body = await run_in_threadpool(svc.create, req, idempotency_key)
+    status, body = svc.create(req, idempotency_key)
     return JSONResponse(body, status_code=status)
 
 
 @router.get("", response_model=EvaluationList)
-async def list_evaluations(
+def list_evaluations(
     svc: EvaluationDep, limit: Annotated[int, Query(ge=1, le=100)] = 20, after: str | None = None,
     status: Annotated[str | None, Query(pattern="^(Pending|InProgress|Completed|Failed)$")] = None,
     model: Annotated[str | None, Query(max_length=255)] = None,
@@ -48,6 +47,6 @@ async def list_metrics(_: CurrentUser) -> MetricList:
 
 
 @router.get("/{evaluation_id}", response_model=EvaluationRead)
-async def get_evaluation(evaluation_id: str, svc: EvaluationDep) -> EvaluationRead:
+def get_evaluation(evaluation_id: str, svc: EvaluationDep) -> EvaluationRead:
     """One evaluation: status, per-model metrics, improvement over the base, samples, forgetting probe."""
     return evaluation_read(svc.get(evaluation_id))

@@ -58,13 +58,13 @@ async def _parse(request: Request, model: type[ChatCompletionRequest] | type[Com
 
 
 @router.get("/models", responses={200: {"model": OpenAIModelList}})
-async def list_models(user: CurrentUser, svc: EndpointServiceDep) -> dict[str, Any]:
+def list_models(user: CurrentUser, svc: EndpointServiceDep) -> dict[str, Any]:
     """Your deployed models and the adapters attached to your base-model endpoints."""
     return service.list_models(svc, user)
 
 
 @router.get("/models/{model}", responses={200: {"model": OpenAIModel}})
-async def retrieve_model(model: str, user: CurrentUser, svc: EndpointServiceDep) -> dict[str, Any]:
+def retrieve_model(model: str, user: CurrentUser, svc: EndpointServiceDep) -> dict[str, Any]:
     for m in service.list_models(svc, user)["data"]:
         if m["id"] == model:
             return dict(m)

@@ -20,14 +20,14 @@ RegistryDep = Annotated[RegistryService, Depends(registry_service)]
 
 
 @router.post("", status_code=201, response_model=ModelRead)
-async def create_model(req: ModelCreate, svc: RegistryDep, idempotency_key: IdempotencyKey = None) -> JSONResponse:
+def create_model(req: ModelCreate, svc: RegistryDep, idempotency_key: IdempotencyKey = None) -> JSONResponse:
     """Register a Completed job's model under a name; saving a name again makes a new version."""
     status, body = svc.create(req, idempotency_key)
     return JSONResponse(body, status_code=status)
 
 
 @router.get("", response_model=ModelList)
-async def list_models(
+def list_models(
     svc: RegistryDep, limit: Annotated[int, Query(ge=1, le=100)] = 20, after: str | None = None,
     tag: Annotated[str | None, Query(max_length=64)] = None,
     model_name: Annotated[str | None, Query(max_length=63)] = None,
@@ -38,13 +38,13 @@ async def list_models(
 
 
 @router.get("/{model_id}", response_model=ModelRead)
-async def get_model(model_id: str, svc: RegistryDep) -> ModelRead:
+def get_model(model_id: str, svc: RegistryDep) -> ModelRead:
     """One registered model version."""
     return ModelRead.of(svc.get(model_id))
 
 
 @router.delete("/{model_id}", status_code=204)
-async def delete_model(model_id: str, svc: RegistryDep) -> Response:
+def delete_model(model_id: str, svc: RegistryDep) -> Response:
     """Unregister a model version (the training job and its weights stay)."""
     svc.delete(model_id)
     return Response(status_code=204)

@@ -3,7 +3,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from app import catalog
@@ -52,15 +51,15 @@ async def instance_types(settings: SettingsDep, _: CurrentUser) -> dict[str, Any
 
 
 @router.post("/cost-estimate", response_model=CostEstimate)
-async def cost_estimate(req: CostEstimateRequest, svc: ServiceDep) -> dict[str, Any]:
+def cost_estimate(req: CostEstimateRequest, svc: ServiceDep) -> dict[str, Any]:
     """Estimate a job's tokens, duration and cost before starting it."""
     return svc.estimate(req)
 
 
 @router.post("/training-job", status_code=201, response_model=TrainingJobRead)
-async def create_job(req: TrainingJobCreate, svc: ServiceDep, idem: IdempotencyKey = None) -> JSONResponse:
+def create_job(req: TrainingJobCreate, svc: ServiceDep, idem: IdempotencyKey = None) -> JSONResponse:
     """Start a fine-tuning job."""
-    status, body = await run_in_threadpool(svc.create, req, idem)
+    status, body = svc.create(req, idem)
     return JSONResponse(body, status_code=status)
 
 
@@ -80,9 +79,9 @@ async def get_job(job_name: str, db: ReadDbDep, user: CurrentUser) -> Response:
 
 
 @router.post("/training-job/{job_name}/stop", status_code=202, response_model=TrainingJobRead)
-async def stop_job(job_name: str, svc: ServiceDep) -> dict[str, Any]:
+def stop_job(job_name: str, svc: ServiceDep) -> dict[str, Any]:
     """Stop a running job (Stopping, then Stopped)."""
-    return reads.orm_job_body(await run_in_threadpool(svc.stop, job_name))
+    return reads.orm_job_body(svc.stop(job_name))
 
 
 @router.get("/training-job/{job_name}/events", response_model=list[EventRead])
@@ -98,13 +97,13 @@ async def job_metrics(job_name: str, db: ReadDbDep, user: CurrentUser, metric_na
 
 
 @router.get("/training-job-actions/{job_name}", response_model=JobActions)
-async def job_actions(job_name: str, svc: ServiceDep) -> JobActions:
+def job_actions(job_name: str, svc: ServiceDep) -> JobActions:
     """Which of download / deploy / evaluate / register / stop apply now."""
     return actions.for_job(svc.owned(job_name))
 
 
 @router.get("/model-download/{job_name}", response_model=ModelDownload,
             responses={409: {"description": "The job has no model to download yet (not Completed)"}})
-async def model_download(job_name: str, svc: ServiceDep, request: Request) -> dict[str, Any]:
+def model_download(job_name: str, svc: ServiceDep, request: Request) -> dict[str, Any]:
     """A link to model.tar.gz that works without a token for an hour."""
-    return await run_in_threadpool(svc.download, job_name)
+    return svc.download(job_name)
