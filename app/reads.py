@@ -256,10 +256,15 @@ async def open_pool(bind: Bind) -> AsyncConnectionPool | None:
         return None
     conninfo = bind.url.set(drivername="postgresql").render_as_string(hide_password=False)
     pool = AsyncConnectionPool(conninfo, min_size=READ_CONNECTIONS, max_size=READ_CONNECTIONS,
-                               kwargs={"autocommit": True, "options": "-c TimeZone=UTC"}, open=False,
-                               name="llmtuner-reads")
+                               kwargs={"autocommit": True}, configure=_in_utc, open=False, name="llmtuner-reads")
     await pool.open(wait=False)  # connections are made in the background; a read waits for the first
     return pool
+
+
+async def _in_utc(conn: psycopg.AsyncConnection[Any]) -> None:
+    # A SET rather than the `options` connection parameter, which would replace the URL's own
+    # (a search_path, say).
+    await conn.execute("SET TIME ZONE 'UTC'")
 
 
 def read_db(request: Request) -> ReadDb:

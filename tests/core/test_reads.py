@@ -12,8 +12,9 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import Text, cast, column, func, select, table
+from sqlalchemy import Text, cast, column, delete, func, select, table
 
+from app.auth.models import User
 from app.config import AuthSettings, WorkerSettings
 from app.db import make_engine
 from app.main import create_app
@@ -29,10 +30,14 @@ def served(db_url: str, tmp_path: Any) -> Iterator[Any]:
                                   worker=WorkerSettings(enabled=False), public_base_url="http://testserver",
                                   auth=AuthSettings(argon2_time_cost=1, argon2_memory_kib=8192))
     yield create_app(settings)
+    engine = make_engine(db_url, pool_size=1)  # the session's database is shared: leave nothing behind
+    with engine.begin() as c:
+        c.execute(delete(User).where(User.username.like(PREFIX + "%")))
+    engine.dispose()
 
 
 async def _user(c: httpx.AsyncClient) -> tuple[str, dict[str, str]]:
-    name = "rd-" + uuid.uuid4().hex[:10]
+    name = PREFIX + uuid.uuid4().hex[:10]
     r = await c.post("/api/auth/register", json={"username": name, "email": f"{name}@example.com",
                                                  "password": "long password 1"})
     assert r.status_code == 201, r.text
@@ -40,10 +45,13 @@ async def _user(c: httpx.AsyncClient) -> tuple[str, dict[str, str]]:
     return r.json()["access_token"], {"Authorization": f"Bearer {r.json()['access_token']}"}
 
 
+PREFIX = "rd-"
+
+
 def insert_job(sessionmaker: Any, user_id: str, name: str) -> str:
     with sessionmaker() as s:
         s.add(TrainingJob(job_name=name, user_id=user_id, base_model="llmtuner/tiny-llama", instance_type="local",
-                          backend="local", status="InProgress", secondary_status="Training"))
+                          backend="local", status="Completed", secondary_status="Completed"))
         s.commit()
     return name
 
@@ -139,3 +147,31 @@ def test_a_failing_read_fails_alone(db_url: str) -> None:
             engine.dispose()
 
     asyncio.run(scenario())
+
+
+def test_read_connections_keep_the_urls_options(db_url: str) -> None:
+    """The read pool's connections use what the database URL says (its search_path here) and UTC."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("the read pool is PostgreSQL's")
+    admin = make_engine(db_url, pool_size=1)
+    with admin.begin() as c:
+        c.exec_driver_sql("CREATE SCHEMA IF NOT EXISTS reads_probe")
+    sep = "&" if "?" in db_url else "?"
+    engine = make_engine(f"{db_url}{sep}options=-csearch_path%3Dreads_probe", pool_size=1)
+    probe = Query(select(func.current_schema(), func.current_setting("TimeZone")))
+
+    async def scenario() -> None:
+        pool = await open_pool(engine)
+        assert pool is not None
+        try:
+            assert await ReadDb(engine, pool).rows(probe) == [("reads_probe", "UTC")]
+        finally:
+            await pool.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        engine.dispose()
+        with admin.begin() as c:
+            c.exec_driver_sql("DROP SCHEMA reads_probe")
+        admin.dispose()

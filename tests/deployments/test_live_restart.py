@@ -40,7 +40,8 @@ def test_a_crash_mid_deploy_ends_in_service_once(live: LiveApp, tiny_base: Path)
     endpoints = (live.data_dir / "endpoints").resolve()
     live.wait_for(lambda: any(e["type"] == "deploying" for e in events()) and serve_processes(endpoints),
                   what="the model server to start")
-    assert live.http.get(f"/api/endpoint-status/{name}", headers=h).json()["status"] == "Creating"
+    first = live.http.get(f"/api/endpoint-status/{name}", headers=h).json()
+    assert first["status"] == "Creating", first
     live.kill()  # SIGKILL the API mid-deploy; the model server runs on in its own session
     live.start()
     st = live.wait_for(lambda: (s := live.http.get(f"/api/endpoint-status/{name}", headers=h).json())["status"]
