@@ -8,15 +8,16 @@ import asyncio
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import Text, cast, column, delete, func, select, table
+from sqlalchemy import Text, bindparam, cast, column, delete, func, select, table
 
 from app.auth.models import User
 from app.config import AuthSettings, WorkerSettings
-from app.db import make_engine
+from app.db import UTCDateTime, make_engine
 from app.main import create_app
 from app.reads import Query, ReadDb, open_pool
 from app.training import reads as job_reads
@@ -131,6 +132,7 @@ def test_a_failing_read_fails_alone(db_url: str) -> None:
     engine = make_engine(db_url, pool_size=1)
     good = Query(select(func.length(cast(job_reads.bindparam("text"), Text))))
     bad = Query(select(column("x")).select_from(table("no_such_table")))
+    since = Query(select(func.now()).where(bindparam("at", type_=UTCDateTime()) < func.now()))
 
     async def scenario() -> None:
         pool = await open_pool(engine)
@@ -138,9 +140,10 @@ def test_a_failing_read_fails_alone(db_url: str) -> None:
         db = ReadDb(engine, pool)
         try:
             out = await asyncio.gather(db.rows(good, text="ab"), db.rows(bad), db.rows(good, text="abc"),
-                                       return_exceptions=True)
+                                       db.rows(since, at=datetime(2026, 1, 1)), return_exceptions=True)
             assert out[0] == [(2,)] and out[2] == [(3,)]
             assert "no_such_table" in str(out[1])
+            assert isinstance(out[3], ValueError)  # refused before it was sent (a naive time)
             assert await db.rows(good, text="abcd") == [(4,)]  # the connection is still good
         finally:
             await pool.close()
