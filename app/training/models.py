@@ -52,9 +52,11 @@ class TrainingJob(Base):
 
 class JobMetric(Base):
     __tablename__ = "job_metrics"
+    # A job's points in order, and its newest point's id at once (app/training/reads.py).
+    __table_args__ = (Index("ix_job_metrics_job_id_id", "job_id", "id"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    job_id: Mapped[str] = mapped_column(ForeignKey("training_jobs.id", ondelete="CASCADE"), index=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("training_jobs.id", ondelete="CASCADE"))
     metric_name: Mapped[str] = mapped_column(String(64))
     step: Mapped[int | None] = mapped_column(Integer, nullable=True)
     epoch: Mapped[float | None] = mapped_column(Float, nullable=True)

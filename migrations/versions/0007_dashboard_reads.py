@@ -1,4 +1,5 @@
-"""jobs keep their latest metrics; indexes for the job and endpoint lists (replacing user_id's own)
+"""jobs keep their latest metrics; indexes for the job and endpoint lists and a job's metric points
+(replacing the single-column ones)
 
 Revision ID: 0007_dashboard_reads
 Revises: 0006_endpoint_names_per_user
@@ -24,6 +25,9 @@ def upgrade() -> None:
     with op.batch_alter_table("endpoints", schema=None) as batch_op:
         batch_op.create_index("ix_endpoints_user_id_created_at", ["user_id", "created_at", "id"])
         batch_op.drop_index("ix_endpoints_user_id")
+    with op.batch_alter_table("job_metrics", schema=None) as batch_op:
+        batch_op.create_index("ix_job_metrics_job_id_id", ["job_id", "id"])
+        batch_op.drop_index("ix_job_metrics_job_id")
     _backfill_latest_metrics()
 
 
@@ -44,6 +48,9 @@ def _backfill_latest_metrics() -> None:
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("job_metrics", schema=None) as batch_op:
+        batch_op.create_index("ix_job_metrics_job_id", ["job_id"])
+        batch_op.drop_index("ix_job_metrics_job_id_id")
     with op.batch_alter_table("endpoints", schema=None) as batch_op:
         batch_op.create_index("ix_endpoints_user_id", ["user_id"])
         batch_op.drop_index("ix_endpoints_user_id_created_at")
