@@ -116,12 +116,13 @@ def run_train_py(model_dir: Path, records: list[dict], work: Path, args: argpars
 
 def run_trl(model_dir: Path, records: list[dict], work: Path, args: argparse.Namespace, native_bf16: bool) -> dict:
     """SFTTrainer with its defaults, plus use_cpu=True and the shared settings; the loss on the completion."""
-    import prompting
     from datasets import Dataset
-    from metrics import step_throughput
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
+
+    import prompting
+    from metrics import step_throughput
 
     class StepTimer(TrainerCallback):
         """Optimizer-step time only, measured as train.py measures itself."""
@@ -156,8 +157,9 @@ def run_trl(model_dir: Path, records: list[dict], work: Path, args: argparse.Nam
 
 
 def token_lengths(model_dir: Path, records: list[dict], max_length: int) -> list[int]:
-    import prompting
     from transformers import AutoTokenizer
+
+    import prompting
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     return [len(prompting.tokenize_record(r, tok, max_length)[0]) for r in records]
@@ -178,6 +180,7 @@ def main() -> None:
               "LLMTUNER_BENCH_DATA")
         return
     import torch
+
     import train
 
     native_bf16 = train.cpu_has_native_bf16()

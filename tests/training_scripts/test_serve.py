@@ -28,7 +28,6 @@ sys.path.insert(0, str(SCRIPTS))
 
 import adapters  # noqa: E402
 import modeling  # noqa: E402
-
 from tests.deployments.conftest import save_adapter  # noqa: E402
 
 PROMPTS = [
@@ -435,8 +434,9 @@ def test_missing_model_dir_exits_with_load_error(tmp_path: Path) -> None:
 
 
 def test_not_ready_answers_503(trained: tuple[Path, Path]) -> None:
-    import serve
     from fastapi.testclient import TestClient
+
+    import serve
 
     state = serve.State(args=serve.parse_args(["--model-dir", str(trained[1])]))
     client = TestClient(serve.create_app(state))  # no lifespan: the model never starts loading
@@ -447,8 +447,9 @@ def test_not_ready_answers_503(trained: tuple[Path, Path]) -> None:
 
 
 def test_a_server_with_a_token_answers_401_without_it(trained: tuple[Path, Path]) -> None:
-    import serve
     from fastapi.testclient import TestClient
+
+    import serve
 
     state = serve.State(args=serve.parse_args(["--model-dir", str(trained[1])]), token="s3cret")
     client = TestClient(serve.create_app(state))  # no lifespan: the model never starts loading
@@ -463,8 +464,9 @@ def test_a_server_with_a_token_answers_401_without_it(trained: tuple[Path, Path]
 
 
 def test_generation_timeout_answers_504_and_frees_the_worker(trained: tuple[Path, Path]) -> None:
-    import serve
     from fastapi.testclient import TestClient
+
+    import serve
 
     state = serve.State(args=serve.parse_args(["--model-dir", str(trained[1]), "--timeout", "1"]))
     with TestClient(serve.create_app(state)) as client:
