@@ -15,7 +15,9 @@ def parse(line: str) -> dict[str, Any] | None:
     if start < 0:
         return None
     try:
-        obj = json.loads(line[start:])
+        # NaN and Infinity (which Python's json writes) become null: PostgreSQL's json type refuses
+        # them, and one such line would fail every pass that stores the job's progress and events.
+        obj = json.loads(line[start:], parse_constant=lambda _: None)
     except ValueError:
         return None
     return obj if isinstance(obj, dict) and "event" in obj else None
@@ -27,7 +29,7 @@ def metrics_of(obj: dict[str, Any]) -> list[tuple[str, float]]:
     out = []
     for k in METRIC_KEYS:
         v = obj.get(k)
-        if isinstance(v, int | float) and v == v:  # not NaN
+        if isinstance(v, int | float):
             out.append((k, float(v)))
     return out
 
