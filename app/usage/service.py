@@ -60,7 +60,7 @@ def endpoint_month_cost(endpoint: Endpoint, total: float, now: datetime) -> floa
 
 
 def _sum(values: Any) -> float:
-    return round(sum(values), 4)
+    return round(float(sum(values)), 4)
 
 
 # --- what a usage report reads (app/reads.py): the same queries serve GET /api/usage (async) and the
