@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -29,15 +30,23 @@ def decode(cursor: str) -> tuple[datetime, str]:
     return at, ident
 
 
-def paginate(session: Session, query: Select[Any], model: Any, limit: int, after: str | None,
+def after(created_at: Any, ident: Any, ts: Any, ident_value: Any) -> Any:
+    """The rows after a cursor's (created_at, id), newest first: the columns (or bind parameters) given."""
+    return or_(created_at < ts, and_(created_at == ts, ident < ident_value))
+
+
+def page(rows: list[Any], limit: int, key: Callable[[Any], tuple[datetime, str]]) -> tuple[list[Any], bool, str | None]:
+    """`rows`: up to `limit + 1` of them, newest first; `key`: a row's (created_at, id)."""
+    has_more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, has_more, encode(*key(rows[-1])) if has_more and rows else None
+
+
+def paginate(session: Session, query: Select[Any], model: Any, limit: int, cursor: str | None,
              id_attr: str = "id") -> tuple[list[Any], bool, str | None]:
     """Newest first, ordered by (created_at, id) descending."""
     id_col = getattr(model, id_attr)
-    if after:
-        ts, ident = decode(after)
-        query = query.where(or_(model.created_at < ts, and_(model.created_at == ts, id_col < ident)))
+    if cursor:
+        query = query.where(after(model.created_at, id_col, *decode(cursor)))
     rows = list(session.scalars(query.order_by(model.created_at.desc(), id_col.desc()).limit(limit + 1)))
-    has_more = len(rows) > limit
-    rows = rows[:limit]
-    nxt = encode(rows[-1].created_at, getattr(rows[-1], id_attr)) if has_more and rows else None
-    return rows, has_more, nxt
+    return page(rows, limit, lambda r: (r.created_at, getattr(r, id_attr)))

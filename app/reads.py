@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -220,42 +219,28 @@ def _settle(future: asyncio.Future[list[Any]], rows: list[Any] | None = None, er
 
 
 class ReadDb:
-    """Where the polled reads run (see the module docstring)."""
+    """Where the polled reads run (see the module docstring). The pool's connections belong to the
+    event loop that opened it, as does this object."""
 
     def __init__(self, bind: Bind, pool: AsyncConnectionPool | None = None) -> None:
         self.bind, self.dialect = bind, bind.dialect
-        self.pipelines: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Pipeline] | None = (
-            None if pool is None else weakref.WeakKeyDictionary())
-        self.pool = pool
+        self.pipeline = None if pool is None else _Pipeline(pool)
+        self._limiter: CapacityLimiter | None = None  # made on first use: it needs the running loop
 
     async def rows(self, query: Query, **params: Any) -> list[Any]:
         if any(isinstance(v, str) and "\x00" in v for v in params.values()):
             return []  # no stored name holds one, and PostgreSQL refuses it in a statement
-        if self.pool is not None and self.pipelines is not None:
-            loop = asyncio.get_running_loop()
-            pipeline = self.pipelines.get(loop)
-            if pipeline is None:
-                pipeline = self.pipelines[loop] = _Pipeline(self.pool)
-            return await pipeline.submit(query.compiled(self.dialect), params)
+        if self.pipeline is not None:
+            return await self.pipeline.submit(query.compiled(self.dialect), params)
         if isinstance(self.bind, Connection):
             return query.rows(self.bind, params)
-        return await anyio.to_thread.run_sync(query.rows, self.bind, params, limiter=_limiter())
+        if self._limiter is None:  # at most READ_THREADS at once: more only contend for the GIL
+            self._limiter = CapacityLimiter(READ_THREADS)
+        return await anyio.to_thread.run_sync(query.rows, self.bind, params, limiter=self._limiter)
 
     async def first(self, query: Query, **params: Any) -> Any:
         rows = await self.rows(query, **params)
         return rows[0] if rows else None
-
-
-_limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, CapacityLimiter] = weakref.WeakKeyDictionary()
-
-
-def _limiter() -> CapacityLimiter:
-    """At most READ_THREADS reads in threads at once: more only contend for the GIL on a small machine."""
-    loop = asyncio.get_running_loop()
-    limiter = _limiters.get(loop)
-    if limiter is None:
-        limiter = _limiters[loop] = CapacityLimiter(READ_THREADS)
-    return limiter
 
 
 async def open_pool(bind: Bind) -> AsyncConnectionPool | None:
@@ -279,5 +264,5 @@ def read_db(request: Request) -> ReadDb:
     state = request.app.state
     db: ReadDb | None = getattr(state, "read_db", None)
     if db is None:  # an app whose lifespan did not run: no pool, sync reads
-        db = ReadDb(state.sessionmaker.kw["bind"])
+        db = state.read_db = ReadDb(state.sessionmaker.kw["bind"])
     return db

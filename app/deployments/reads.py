@@ -7,7 +7,7 @@ import asyncio
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, or_, select
+from sqlalchemy import bindparam, select
 
 from app import pagination
 from app.db import utcnow
@@ -88,7 +88,7 @@ def _page_query(which: str, after: bool) -> Query:
         q = q.where(E.status != EndpointStatus.DELETED.value)
     if after:
         ts, ident = bindparam("after_ts", type_=E.created_at.type), bindparam("after_id", type_=E.id.type)
-        q = q.where(or_(E.created_at < ts, and_(E.created_at == ts, E.id < ident)))
+        q = q.where(pagination.after(E.created_at, E.id, ts, ident))
     return Query(q.order_by(E.created_at.desc(), E.id.desc()).limit(bindparam("limit")))
 
 
@@ -104,8 +104,9 @@ async def endpoint_page(db: ReadDb, user_id: str, status: str | None, include_de
         params["status"] = status
     if after:
         params["after_ts"], params["after_id"] = pagination.decode(after)
-    rows = await db.rows(_PAGES[(which, bool(after))], **params)
-    more, rows, now = len(rows) > limit, rows[:limit], utcnow()
+    rows, more, cursor = pagination.page(await db.rows(_PAGES[(which, bool(after))], **params), limit,
+                                         lambda r: (r[_CREATED], r[-2]))
+    now = utcnow()
     # (gathered: the adapter reads of several base-model endpoints share one round trip)
     return {"data": list(await asyncio.gather(*(_body(db, r, now) for r in rows))), "has_more": more,
-            "next_cursor": pagination.encode(rows[-1][_CREATED], rows[-1][-2]) if more and rows else None}
+            "next_cursor": cursor}

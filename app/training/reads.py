@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from sqlalchemy import Text, and_, bindparam, cast, func, or_, select
+from sqlalchemy import Text, and_, bindparam, cast, func, select
 
 from app import pagination
 from app.errors import NotFound
@@ -64,7 +64,7 @@ def _page_query(status: bool, after: bool) -> Query:
         q = q.where(T.status == bindparam("status"))
     if after:
         ts, ident = bindparam("after_ts", type_=T.created_at.type), bindparam("after_id", type_=T.id.type)
-        q = q.where(or_(T.created_at < ts, and_(T.created_at == ts, T.id < ident)))
+        q = q.where(pagination.after(T.created_at, T.id, ts, ident))
     return Query(q.order_by(T.created_at.desc(), T.id.desc()).limit(bindparam("limit")))
 
 
@@ -78,11 +78,9 @@ async def job_page(db: ReadDb, user_id: str, limit: int, after: str | None, stat
         params["status"] = status
     if after:
         params["after_ts"], params["after_id"] = pagination.decode(after)
-    rows = await db.rows(_PAGES[(bool(status), bool(after))], **params)
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return {"data": [job_body(r) for r in rows], "has_more": more,
-            "next_cursor": pagination.encode(rows[-1][_CREATED], rows[-1][_ID]) if more and rows else None}
+    rows, more, cursor = pagination.page(await db.rows(_PAGES[(bool(status), bool(after))], **params), limit,
+                                         lambda r: (r[_CREATED], r[_ID]))
+    return {"data": [job_body(r) for r in rows], "has_more": more, "next_cursor": cursor}
 
 
 # --- one job, its events, its metric points --------------------------------------------------------

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any
 
 from sqlalchemy import Numeric, Text, and_, bindparam, case, cast, func, literal_column, or_, select
 from sqlalchemy.orm import Session
@@ -43,18 +43,6 @@ def month_start(now: datetime) -> datetime:
     return now.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 
 
-JOB_COST_COLUMNS = (TrainingJob.job_name, TrainingJob.status, TrainingJob.actual_cost, TrainingJob.billable_seconds,
-                    TrainingJob.price_per_hour, TrainingJob.estimated_cost, TrainingJob.instance_type,
-                    TrainingJob.created_at)
-
-
-def job_cost(job: Any) -> float:
-    """A job's cost; `job` is a TrainingJob or a row of JOB_COST_COLUMNS."""
-    if job.status in JOB_ENDED and job.actual_cost is not None:
-        return float(job.actual_cost)
-    return round((job.billable_seconds or 0) / 3600 * (job.price_per_hour or 0.0), 4)
-
-
 def endpoint_month_cost(endpoint: Endpoint, total: float, now: datetime) -> float:
     return _month_share(total, endpoint.price_per_hour, endpoint.created_at, endpoint.deleted_at, now)
 
@@ -68,7 +56,8 @@ def _sum(values: Any) -> float:
 
 J, E, V = TrainingJob, Endpoint, Evaluation
 DAYS = 30  # the daily series: the last 30 UTC days, today included
-# A job's cost (job_cost above), computed by the database so that totals need no row per job.
+# A job's cost: its actual cost once ended, else billable time x price so far. The database computes
+# it, for the newest jobs' list and for the totals, which then need no row per job.
 _JOB_COST = case((and_(or_(*(J.status == s.value for s in JOB_ENDED)), J.actual_cost.is_not(None)), J.actual_cost),
                  else_=func.round(cast(J.billable_seconds / 3600.0 * J.price_per_hour, Numeric), 4))
 _MONTH = bindparam("month_start", type_=J.created_at.type)
@@ -78,7 +67,8 @@ _JOB_TOTALS = Query(select(func.count(), func.coalesce(func.sum(_JOB_COST), 0.0)
                     .where(J.user_id == bindparam("user_id")))
 _JOB_DAYS = Query(select(DaysSince(J.created_at, _SINCE), func.sum(_JOB_COST))
                   .where(J.user_id == bindparam("user_id"), J.created_at >= _SINCE).group_by(literal_column("1")))
-_NEWEST_JOBS = Query(select(*JOB_COST_COLUMNS).where(J.user_id == bindparam("user_id"))
+_NEWEST_JOBS = Query(select(J.job_name, J.status, _JOB_COST, J.billable_seconds, J.estimated_cost, J.instance_type,
+                            J.created_at).where(J.user_id == bindparam("user_id"))
                      .order_by(J.created_at.desc(), J.id.desc()).limit(bindparam("limit")))
 # Endpoints and evaluations are few per user (each is a deployment or a model evaluation): all of them.
 _ENDPOINTS = Query(select(E.endpoint_name, E.status, E.accrued_seconds, E.accrual_started_at, E.price_per_hour,
@@ -101,23 +91,23 @@ async def read_usage(db: ReadDb, user: User, limit: int, now: datetime | None = 
     totals, days, jobs, endpoints, evaluations = await asyncio.gather(
         db.first(_JOB_TOTALS, **p), db.rows(_JOB_DAYS, **p), db.rows(_NEWEST_JOBS, **p), db.rows(_ENDPOINTS, **p),
         db.rows(_EVALUATIONS, **p))
-    return _report(user, now, limit, totals, days, jobs, endpoints, evaluations)
+    return _report(user, now, p["since"], limit, totals, days, jobs, endpoints, evaluations)
 
 
 def usage(session: Session, user: User, now: datetime | None = None, limit: int = 20) -> dict[str, Any]:
     """The same report, read in `session`'s transaction."""
     now = now or utcnow()
     p, conn = _params(user.id, now, limit), session.connection()
-    return _report(user, now, limit, _JOB_TOTALS.rows(conn, p)[0], _JOB_DAYS.rows(conn, p),
+    return _report(user, now, p["since"], limit, _JOB_TOTALS.rows(conn, p)[0], _JOB_DAYS.rows(conn, p),
                    _NEWEST_JOBS.rows(conn, p), _ENDPOINTS.rows(conn, p), _EVALUATIONS.rows(conn, p))
 
 
-def _report(user: User, now: datetime, limit: int, totals: Any, days: list[Any], jobs: list[Any],
-            endpoints: list[Any], evaluations: list[Any]) -> dict[str, Any]:
+def _report(user: User, now: datetime, first_day: datetime, limit: int, totals: Any, days: list[Any],
+            jobs: list[Any], endpoints: list[Any], evaluations: list[Any]) -> dict[str, Any]:
     start = month_start(now)
-    first_day = _params(user.id, now, limit)["since"]
-    daily = [{"day": (first_day + timedelta(days=i)).date(), "training": 0.0, "inference": 0.0, "evaluation": 0.0}
-             for i in range(DAYS)]
+    daily: list[dict[str, Any]] = [
+        {"day": (first_day + timedelta(days=i)).date(), "training": 0.0, "inference": 0.0, "evaluation": 0.0}
+        for i in range(DAYS)]
 
     def add(kind: str, day: int, value: float) -> None:
         if 0 <= day < DAYS:
@@ -126,9 +116,9 @@ def _report(user: User, now: datetime, limit: int, totals: Any, days: list[Any],
     count, job_total, job_month = totals
     for day, value in days:
         add("training", int(day), float(value or 0.0))
-    job_rows = [{"job_name": j.job_name, "status": j.status, "cost": job_cost(j),
-                 "billable_seconds": j.billable_seconds, "estimated_cost": j.estimated_cost,
-                 "instance_type": j.instance_type, "created_at": j.created_at} for j in (_JobRow(*r) for r in jobs)]
+    job_rows = [{"job_name": name, "status": status, "cost": round(float(cost or 0.0), 4), "billable_seconds": seconds,
+                 "estimated_cost": estimated, "instance_type": instance, "created_at": created}
+                for name, status, cost, seconds, estimated, instance, created in jobs]
 
     ep_rows = []
     for name, status, seconds, started, price, instance, created, deleted in endpoints:
@@ -175,17 +165,6 @@ def _report(user: User, now: datetime, limit: int, totals: Any, days: list[Any],
             "evaluation": evaluation, "daily": daily,
             "total": _sum([training["total"], inference["total"], evaluation["total"]]), "this_month": this_month,
             "budget": budget, "warnings": warnings}
-
-
-class _JobRow(NamedTuple):
-    job_name: str
-    status: str
-    actual_cost: float | None
-    billable_seconds: int
-    price_per_hour: float
-    estimated_cost: float
-    instance_type: str
-    created_at: datetime
 
 
 def _month_share(total: float, price: float | None, created: datetime, deleted: datetime | None,

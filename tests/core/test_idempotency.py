@@ -16,12 +16,17 @@ from app.auth.models import User
 from app.errors import Conflict
 
 
-def test_concurrent_requests_with_one_key_do_the_work_once(engine: Any) -> None:
-    make = sessionmaker(bind=engine, expire_on_commit=False)
+def _user(make: Any) -> User:
     with make() as s:
         user = User(username=f"idem-{uuid.uuid4().hex[:8]}", email=f"{uuid.uuid4().hex}@x.io", password_hash="x")
         s.add(user)
         s.commit()
+    return user
+
+
+def test_concurrent_requests_with_one_key_do_the_work_once(engine: Any) -> None:
+    make = sessionmaker(bind=engine, expire_on_commit=False)
+    user = _user(make)
     key, h = f"k-{uuid.uuid4().hex}", idempotency.body_hash({"a": 1})
     answers: list[Any] = []
     work_done = []
@@ -51,10 +56,8 @@ def test_concurrent_requests_with_one_key_do_the_work_once(engine: Any) -> None:
 
 def test_a_failed_request_gives_its_key_back(engine: Any) -> None:
     make = sessionmaker(bind=engine, expire_on_commit=False)
+    user = _user(make)
     with make() as s:
-        user = User(username=f"idem-{uuid.uuid4().hex[:8]}", email=f"{uuid.uuid4().hex}@x.io", password_hash="x")
-        s.add(user)
-        s.commit()
         key, h = f"k-{uuid.uuid4().hex}", idempotency.body_hash({"a": 1})
         assert idempotency.lookup(s, user.id, "POST /x", key, h) is None
         with make() as other, pytest.raises(Conflict) as e:  # in progress: retry shortly
