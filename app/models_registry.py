@@ -10,7 +10,8 @@ from app.idempotency import IdempotencyRecord
 from app.leases import Lease
 from app.registry.models import RegisteredModel
 from app.training.models import JobMetric, TrainingJob
+from app.usage.days import JobCostDay
 
 __all__ = ["ApiKey", "User", "Dataset", "Endpoint", "EndpointAdapter", "InferenceRecord", "Evaluation", "Event",
            "IdempotencyRecord", "Lease", "RegisteredModel",
-           "JobMetric", "TrainingJob"]
+           "JobMetric", "TrainingJob", "JobCostDay"]

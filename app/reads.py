@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import anyio.to_thread
@@ -29,11 +29,9 @@ import psycopg
 from anyio import CapacityLimiter
 from fastapi import Request, Response
 from psycopg_pool import AsyncConnectionPool
-from sqlalchemy import Integer, Select
+from sqlalchemy import BindParameter, Select, literal_column
 from sqlalchemy.engine import Connection, Dialect, Engine
-from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.sql.compiler import SQLCompiler
-from sqlalchemy.sql.functions import FunctionElement
+from sqlalchemy.sql.visitors import replacement_traverse
 
 from app.db import UTCDateTime
 
@@ -57,32 +55,25 @@ def loads(text: str | None) -> Any:
         return json.loads(text)
 
 
-class DaysSince(FunctionElement[int]):
-    """`DaysSince(column, since)`: the whole days from `since` to the column's time (both UTC), which
-    PostgreSQL and SQLite spell differently."""
+def _inline(stmt: Select[*tuple[Any, ...]], dialect: Dialect) -> Select[*tuple[Any, ...]]:
+    """`stmt` with its bound constants (a status compared with, a number) written into the SQL as
+    literals: the driver then converts only the request's own values on every execution."""
+    def literal(element: Any) -> Any:
+        if isinstance(element, BindParameter) and element.value is not None and element.callable is None:
+            render = element.type.dialect_impl(dialect).literal_processor(dialect)
+            if render is not None:
+                return literal_column(render(element.value), type_=element.type)
+        return None
 
-    type = Integer()
-    inherit_cache = True
-
-
-@compiles(DaysSince, "postgresql")
-def _days_since_pg(element: DaysSince, compiler: SQLCompiler, **kw: Any) -> str:
-    at, since = (compiler.process(c, **kw) for c in element.clauses)
-    return f"CAST(FLOOR(EXTRACT(EPOCH FROM ({at} - {since})) / 86400) AS INTEGER)"
-
-
-@compiles(DaysSince, "sqlite")
-def _days_since_sqlite(element: DaysSince, compiler: SQLCompiler, **kw: Any) -> str:
-    at, since = (compiler.process(c, **kw) for c in element.clauses)
-    return f"CAST(julianday({at}) - julianday({since}) AS INTEGER)"
+    return replacement_traverse(stmt, {}, literal)  # type: ignore[call-overload,no-any-return]
 
 
 class _Compiled:
     def __init__(self, stmt: Select[*tuple[Any, ...]], dialect: Dialect) -> None:
-        compiled = stmt.compile(dialect=dialect)
+        compiled = _inline(stmt, dialect).compile(dialect=dialect)
         self.sql = compiled.string
         self.positional = list(compiled.positiontup or []) if compiled.positional else None
-        self.defaults = {k: v.value for k, v in compiled.binds.items() if v.value is not None}
+        self.defaults = {k: v.value for k, v in compiled.binds.items() if v.value is not None}  # (SQLite's OFFSET)
         binds = {k: b.type.dialect_impl(dialect).bind_processor(dialect) for k, b in compiled.binds.items()}
         self.bind_processors = {k: p for k, p in binds.items() if p is not None}
         self.types = [c.type for c in stmt.selected_columns]
@@ -189,17 +180,17 @@ class _Pipeline:
             async with self.pool.connection() as conn:
                 if len(reads) == 1:
                     c, params, future = reads[0]
-                    cur = await conn.execute(c.sql, params)
+                    cur = await conn.execute(c.sql, params, binary=True)
                     _settle(future, c.convert(await cur.fetchall(), lambda: cur.description, native=True))
                     return
                 try:
                     async with conn.pipeline():
-                        curs = [await conn.execute(c.sql, params) for c, params, _ in reads]
+                        curs = [await conn.execute(c.sql, params, binary=True) for c, params, _ in reads]
                 except psycopg.Error:
                     curs = None  # one of them failed (and aborted the rest): each on its own below
                 for i, (c, params, future) in enumerate(reads):
                     try:
-                        cur = curs[i] if curs is not None else await conn.execute(c.sql, params)
+                        cur = curs[i] if curs is not None else await conn.execute(c.sql, params, binary=True)
                         rows = c.convert(await cur.fetchall(), lambda: cur.description, native=True)  # noqa: B023
                         _settle(future, rows)
                     except Exception as e:
@@ -207,6 +198,12 @@ class _Pipeline:
         except Exception as e:  # no connection: every read of the batch fails with the reason
             for _, _, future in reads:
                 _settle(future, error=e)
+
+
+def _done(rows: list[Any] | None = None, error: Exception | None = None) -> asyncio.Future[list[Any]]:
+    future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+    _settle(future, rows, error)
+    return future
 
 
 def _settle(future: asyncio.Future[list[Any]], rows: list[Any] | None = None, error: Exception | None = None) -> None:
@@ -227,13 +224,21 @@ class ReadDb:
         self.pipeline = None if pool is None else _Pipeline(pool)
         self._limiter: CapacityLimiter | None = None  # made on first use: it needs the running loop
 
-    async def rows(self, query: Query, **params: Any) -> list[Any]:
+    def rows(self, query: Query, **params: Any) -> Awaitable[list[Any]]:
+        """The rows, to await. On PostgreSQL a future of the pipeline: `asyncio.gather` of several
+        reads then makes no task per read (a task costs about as much CPU as the read's own work)."""
         if any(isinstance(v, str) and "\x00" in v for v in params.values()):
-            return []  # no stored name holds one, and PostgreSQL refuses it in a statement
+            return _done([])  # no stored name holds one, and PostgreSQL refuses it in a statement
         if self.pipeline is not None:
-            return await self.pipeline.submit(query.compiled(self.dialect), params)
+            return self.pipeline.submit(query.compiled(self.dialect), params)
         if isinstance(self.bind, Connection):
-            return query.rows(self.bind, params)
+            try:
+                return _done(query.rows(self.bind, params))
+            except Exception as e:
+                return _done(error=e)
+        return asyncio.ensure_future(self._in_thread(query, params))
+
+    async def _in_thread(self, query: Query, params: dict[str, Any]) -> list[Any]:
         if self._limiter is None:  # at most READ_THREADS at once: more only contend for the GIL
             self._limiter = CapacityLimiter(READ_THREADS)
         return await anyio.to_thread.run_sync(query.rows, self.bind, params, limiter=self._limiter)

@@ -336,12 +336,14 @@ def seed(db_url: str, username: str) -> None:
     from datetime import UTC, datetime, timedelta
 
     from sqlalchemy import insert, select
+    from sqlalchemy.orm import Session
 
     from app.auth.models import User
     from app.db import make_engine, new_id
     from app.deployments.models import Endpoint
     from app.events import Event
     from app.training.models import JobMetric, TrainingJob
+    from app.usage import days
 
     engine = make_engine(db_url, pool_size=1)
     start = datetime.now(UTC) - timedelta(days=90)
@@ -385,6 +387,9 @@ def seed(db_url: str, username: str) -> None:
             "created_at": start + timedelta(days=i), "in_service_at": None,
             "deleted_at": None if i < 3 else start + timedelta(days=i + 1)}
             for i in range(SEED_ENDPOINTS)])
+    with Session(engine) as session:  # the ended jobs' cost per day, as the worker keeps it
+        days.rebuild(session)
+        session.commit()
     with engine.connect() as conn:  # statistics, as a database with this history has (autovacuum)
         conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("ANALYZE")
     engine.dispose()

@@ -13,9 +13,11 @@ class TrainingJob(Base):
     __tablename__ = "training_jobs"
     # Names are unique per user: nobody learns or takes another user's names. The backends get a
     # globally unique one (app/training/service.py: backend_job_name).
-    # The index serves the job list's order (newest first, per user) without a sort.
+    # The indexes serve the job list's order (newest first, per user) without a sort, and a user's
+    # active jobs (the usage report, the per-user caps).
     __table_args__ = (UniqueConstraint("user_id", "job_name"),
-                      Index("ix_training_jobs_user_id_created_at", "user_id", "created_at", "id"))
+                      Index("ix_training_jobs_user_id_created_at", "user_id", "created_at", "id"),
+                      Index("ix_training_jobs_user_id_status", "user_id", "status"))
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     job_name: Mapped[str] = mapped_column(String(63))

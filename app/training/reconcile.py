@@ -20,6 +20,7 @@ from app.training import cost, logparse
 from app.training.models import JobMetric, TrainingJob
 from app.training.service import RESOURCE, note_submit_failure, submit
 from app.training.slots import fair_order, free_local_slots
+from app.usage import days
 
 log = logging.getLogger("llmtuner.worker.training")
 
@@ -193,3 +194,4 @@ def _end(session: Session, job: TrainingJob, status: str, code: str | None, mess
                        data={"status": status, "error": {"code": code, "message": message} if code else None,
                              "actual_cost": job.actual_cost})
     ev.timestamp = job.ended_at
+    days.refresh(session, job.user_id, job.created_at)

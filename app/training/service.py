@@ -31,6 +31,7 @@ from app.training import cost, naming
 from app.training.models import TrainingJob
 from app.training.reads import RESOURCE, not_found, orm_job_body
 from app.training.schemas import CostEstimateRequest, Hyperparameters, TrainingJobCreate
+from app.usage import days
 from app.usage.service import check_budget
 
 
@@ -248,6 +249,8 @@ class TrainingService:
         events.record(self.session, user_id=job.user_id, resource_type=RESOURCE, resource_id=job.id,
                       type="status", message=f"{previous} -> {job.status} (stop requested)",
                       data={"status": job.status})
+        if stopped:
+            days.refresh(self.session, job.user_id, job.created_at)
         self.session.commit()
         if not stopped:
             self.session.refresh(job)

@@ -2,7 +2,8 @@
 
 Costs: a training job costs its `actual_cost` once ended, else billable seconds x price so far;
 an endpoint its accrued cost (deployments' `accrued_cost`); an evaluation its billable seconds
-x its instance's training price. "This month" is the current UTC calendar month: jobs and
+x its instance's training price (app/usage/days.py: `JOB_COST`, and the ended jobs' cost per day that
+a report reads instead of every job). "This month" is the current UTC calendar month: jobs and
 evaluations count in the month they were created; an endpoint's share of the month is its
 accrued cost capped at its price x the hours it existed this month (exact for endpoints created
 this month, an upper bound for older ones, whose accrual history is not kept per month).
@@ -16,10 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import Numeric, Text, and_, bindparam, case, cast, func, literal_column, or_, select
+from sqlalchemy import Date, Text, bindparam, case, cast, func, literal_column, or_, select, union_all
 from sqlalchemy.orm import Session
 
 from app import events
@@ -29,10 +30,11 @@ from app.deployments.models import Endpoint
 from app.deployments.reads import accrued_cost
 from app.errors import AppError
 from app.evaluation.models import Evaluation
-from app.reads import DaysSince, Query, ReadDb, loads
+from app.reads import Query, ReadDb, loads
 from app.runtime import WorkerContext
-from app.statuses import ENDPOINT_LIVE, JOB_ENDED
+from app.statuses import ENDPOINT_LIVE, JOB_ACTIVE
 from app.training.models import TrainingJob
+from app.usage.days import JOB_COST, JobCostDay, UTCDay
 
 log = logging.getLogger("llmtuner.usage")
 BUDGET_EVENT = "budget_exceeded"
@@ -54,20 +56,20 @@ def _sum(values: Any) -> float:
 # --- what a usage report reads (app/reads.py): the same queries serve GET /api/usage (async) and the
 # budget checks inside a create (sync, in the caller's transaction) --------------------------------
 
-J, E, V = TrainingJob, Endpoint, Evaluation
+J, E, V, D = TrainingJob, Endpoint, Evaluation, JobCostDay
 DAYS = 30  # the daily series: the last 30 UTC days, today included
-# A job's cost: its actual cost once ended, else billable time x price so far. The database computes
-# it, for the newest jobs' list and for the totals, which then need no row per job.
-_JOB_COST = case((and_(or_(*(J.status == s.value for s in JOB_ENDED)), J.actual_cost.is_not(None)), J.actual_cost),
-                 else_=func.round(cast(J.billable_seconds / 3600.0 * J.price_per_hour, Numeric), 4))
-_MONTH = bindparam("month_start", type_=J.created_at.type)
-_SINCE = bindparam("since", type_=J.created_at.type)
-_JOB_TOTALS = Query(select(func.count(), func.coalesce(func.sum(_JOB_COST), 0.0),
-                           func.coalesce(func.sum(case((J.created_at >= _MONTH, _JOB_COST), else_=0.0)), 0.0))
-                    .where(J.user_id == bindparam("user_id")))
-_JOB_DAYS = Query(select(DaysSince(J.created_at, _SINCE), func.sum(_JOB_COST))
-                  .where(J.user_id == bindparam("user_id"), J.created_at >= _SINCE).group_by(literal_column("1")))
-_NEWEST_JOBS = Query(select(J.job_name, J.status, _JOB_COST, J.billable_seconds, J.estimated_cost, J.instance_type,
+# Training by day of creation: the ended jobs' daily rows and the active jobs (a few at most, each
+# user's queue is capped), grouped into the days of the series and the rest, each split at the
+# month's start: (day or None, in this month, jobs, cost), at most 32 rows.
+_SINCE_DAY, _MONTH_DAY = bindparam("since_day", type_=Date), bindparam("month_day", type_=Date)
+_BY_DAY = union_all(
+    select(D.day.label("day"), D.jobs.label("jobs"), D.cost.label("cost")).where(D.user_id == bindparam("user_id")),
+    select(UTCDay(J.created_at), literal_column("1"), JOB_COST)
+    .where(J.user_id == bindparam("user_id"), or_(*(J.status == s.value for s in JOB_ACTIVE)))).subquery()
+_TRAINING = Query(select(case((_BY_DAY.c.day >= _SINCE_DAY, _BY_DAY.c.day)), _BY_DAY.c.day >= _MONTH_DAY,
+                         func.sum(_BY_DAY.c.jobs), func.sum(_BY_DAY.c.cost))
+                  .group_by(literal_column("1"), literal_column("2")))
+_NEWEST_JOBS = Query(select(J.job_name, J.status, JOB_COST, J.billable_seconds, J.estimated_cost, J.instance_type,
                             J.created_at).where(J.user_id == bindparam("user_id"))
                      .order_by(J.created_at.desc(), J.id.desc()).limit(bindparam("limit")))
 # Endpoints and evaluations are few per user (each is a deployment or a model evaluation): all of them.
@@ -76,57 +78,55 @@ _ENDPOINTS = Query(select(E.endpoint_name, E.status, E.accrued_seconds, E.accrua
                    .where(E.user_id == bindparam("user_id")).order_by(E.created_at.desc(), E.id.desc()))
 _EVALUATIONS = Query(select(V.id, V.status, cast(V.backend_handle, Text), cast(V.request, Text), V.created_at)
                      .where(V.user_id == bindparam("user_id")).order_by(V.created_at.desc(), V.id.desc()))
+_QUERIES = (_TRAINING, _NEWEST_JOBS, _ENDPOINTS, _EVALUATIONS)
 
 
 def _params(user_id: str, now: datetime, limit: int) -> dict[str, Any]:
-    today = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    return {"user_id": user_id, "month_start": month_start(now), "since": today - timedelta(days=DAYS - 1),
-            "limit": limit}
+    first_day = now.astimezone(UTC).date() - timedelta(days=DAYS - 1)
+    return {"user_id": user_id, "month_day": month_start(now).date(), "since_day": first_day, "limit": limit}
 
 
 async def read_usage(db: ReadDb, user: User, limit: int, now: datetime | None = None) -> dict[str, Any]:
     """GET /api/usage's body: totals over everything, the newest `limit` items of each kind."""
     now = now or utcnow()
     p = _params(user.id, now, limit)
-    totals, days, jobs, endpoints, evaluations = await asyncio.gather(
-        db.first(_JOB_TOTALS, **p), db.rows(_JOB_DAYS, **p), db.rows(_NEWEST_JOBS, **p), db.rows(_ENDPOINTS, **p),
-        db.rows(_EVALUATIONS, **p))
-    return _report(user, now, p["since"], limit, totals, days, jobs, endpoints, evaluations)
+    return _report(user, now, p["since_day"], limit, *await asyncio.gather(*(db.rows(q, **p) for q in _QUERIES)))
 
 
 def usage(session: Session, user: User, now: datetime | None = None, limit: int = 20) -> dict[str, Any]:
     """The same report, read in `session`'s transaction."""
     now = now or utcnow()
     p, conn = _params(user.id, now, limit), session.connection()
-    return _report(user, now, p["since"], limit, _JOB_TOTALS.rows(conn, p)[0], _JOB_DAYS.rows(conn, p),
-                   _NEWEST_JOBS.rows(conn, p), _ENDPOINTS.rows(conn, p), _EVALUATIONS.rows(conn, p))
+    return _report(user, now, p["since_day"], limit, *(q.rows(conn, p) for q in _QUERIES))
 
 
-def _report(user: User, now: datetime, first_day: datetime, limit: int, totals: Any, days: list[Any],
-            jobs: list[Any], endpoints: list[Any], evaluations: list[Any]) -> dict[str, Any]:
+def _report(user: User, now: datetime, first_day: date, limit: int, by_day: list[Any], jobs: list[Any],
+            endpoints: list[Any], evaluations: list[Any]) -> dict[str, Any]:
     start = month_start(now)
-    daily: list[dict[str, Any]] = [
-        {"day": (first_day + timedelta(days=i)).date(), "training": 0.0, "inference": 0.0, "evaluation": 0.0}
-        for i in range(DAYS)]
+    series: dict[str, list[float]] = {"training": [0.0] * DAYS, "inference": [0.0] * DAYS, "evaluation": [0.0] * DAYS}
 
-    def add(kind: str, day: int, value: float) -> None:
-        if 0 <= day < DAYS:
-            daily[day][kind] += value
-
-    count, job_total, job_month = totals
-    for day, value in days:
-        add("training", int(day), float(value or 0.0))
+    count, job_total, job_month = 0, 0.0, 0.0
+    for day, in_month, jobs_that_day, cost in by_day:
+        count, job_total = count + int(jobs_that_day), job_total + float(cost or 0.0)
+        job_month += float(cost or 0.0) if in_month else 0.0
+        if day is not None and 0 <= (i := (day - first_day).days) < DAYS:
+            series["training"][i] += float(cost or 0.0)
     job_rows = [{"job_name": name, "status": status, "cost": round(float(cost or 0.0), 4), "billable_seconds": seconds,
                  "estimated_cost": estimated, "instance_type": instance, "created_at": created}
                 for name, status, cost, seconds, estimated, instance, created in jobs]
 
+    series_start = datetime.combine(first_day, time(), UTC)
     ep_rows = []
     for name, status, seconds, started, price, instance, created, deleted in endpoints:
         total = accrued_cost(status, seconds, started, price, now)
+        gone = deleted is not None  # (and before this month or the series: nothing of it there)
         ep_rows.append({"endpoint_name": name, "status": status, "accrued_cost": total,
-                        "this_month": _month_share(total, price, created, deleted, now), "price_per_hour": price,
+                        "this_month": 0.0 if gone and deleted <= start else _month_share(
+                            total, price, created, deleted, now, start), "price_per_hour": price,
                         "instance_type": instance, "created_at": created, "deleted_at": deleted})
-        _spread(add, total, created, deleted or now, first_day)
+        if not (gone and deleted <= series_start):
+            _spread(series["inference"], total, created.timestamp(), (deleted or now).timestamp(),
+                    series_start.timestamp())
 
     ev_rows = []
     for ident, status, handle, request, created in evaluations:
@@ -134,19 +134,20 @@ def _report(user: User, now: datetime, first_day: datetime, limit: int, totals: 
         cost = round(seconds / 3600 * float((loads(request) or {}).get("price_per_hour") or 0.0), 4)
         ev_rows.append({"id": ident, "status": status, "cost": cost, "billable_seconds": seconds,
                         "created_at": created})
-        add("evaluation", (created - first_day).days, cost)
+        if 0 <= (i := (created.astimezone(UTC).date() - first_day).days) < DAYS:
+            series["evaluation"][i] += cost
 
-    training = {"total": round(float(job_total), 4), "this_month": round(float(job_month), 4), "count": count,
-                "jobs": job_rows}
+    training = {"total": round(job_total, 4), "this_month": round(job_month, 4), "count": count, "jobs": job_rows}
     inference = {"total": _sum(r["accrued_cost"] for r in ep_rows),
                  "this_month": _sum(r["this_month"] for r in ep_rows), "count": len(ep_rows),
                  "endpoints": ep_rows[:limit]}
     evaluation = {"total": _sum(r["cost"] for r in ev_rows),
                   "this_month": _sum(r["cost"] for r in ev_rows if r["created_at"] >= start),
                   "count": len(ev_rows), "evaluations": ev_rows[:limit]}
-    for d in daily:
-        for kind in ("training", "inference", "evaluation"):
-            d[kind] = round(d[kind], 6)
+    daily = [{"day": first_day + timedelta(days=i), "training": round(tr, 6) if tr else 0.0,
+              "inference": round(inf, 6) if inf else 0.0, "evaluation": round(ev, 6) if ev else 0.0}
+             for i, (tr, inf, ev) in enumerate(zip(series["training"], series["inference"], series["evaluation"],
+                                                   strict=True))]
     this_month = _sum([training["this_month"], inference["this_month"], evaluation["this_month"]])
     budget, warnings = None, []
     if user.monthly_budget is not None:
@@ -168,22 +169,22 @@ def _report(user: User, now: datetime, first_day: datetime, limit: int, totals: 
 
 
 def _month_share(total: float, price: float | None, created: datetime, deleted: datetime | None,
-                 now: datetime) -> float:
+                 now: datetime, month: datetime | None = None) -> float:
     """This month's share: the accrued cost capped at price x the hours it existed this month."""
-    start = max(month_start(now), created)
+    start = max(month or month_start(now), created)
     hours = max(0.0, ((deleted or now) - start).total_seconds()) / 3600
     return round(min(total, hours * (price or 0.0)), 6)
 
 
-def _spread(add: Any, total: float, start: datetime, end: datetime, first_day: datetime) -> None:
-    """An endpoint's accrued cost spread evenly over the time it was up, over the days of the series."""
-    t0, a, b = first_day.timestamp(), start.timestamp(), end.timestamp()
-    rate = total / max(b - a, 1e-6)  # USD per second up
-    a, b = max(a, t0), min(b, t0 + DAYS * 86400)
+def _spread(days: list[float], total: float, start: float, end: float, t0: float) -> None:
+    """An endpoint's accrued cost spread evenly over the time it was up (unix seconds), over the days
+    of the series, which begins at `t0`."""
+    rate = total / max(end - start, 1e-6)  # USD per second up
+    a, b = max(start, t0), min(end, t0 + DAYS * 86400)
     day = int((a - t0) // 86400)
     while a < b:  # day by day: a partial first and last day, whole days between
         day_end = min(b, t0 + (day + 1) * 86400)
-        add("inference", day, rate * (day_end - a))
+        days[day] += rate * (day_end - a)
         a, day = day_end, day + 1
 
 

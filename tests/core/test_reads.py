@@ -178,3 +178,27 @@ def test_read_connections_keep_the_urls_options(db_url: str) -> None:
         with admin.begin() as c:
             c.exec_driver_sql("DROP SCHEMA reads_probe")
         admin.dispose()
+
+
+def test_constants_are_written_into_the_sql_and_only_the_callers_values_are_sent(db_url: str) -> None:
+    """A statement's constants (a status compared with, a number) are literals in its SQL, quoted as
+    the dialect quotes them: each execution converts only the request's own values."""
+    engine = make_engine(db_url, pool_size=1)
+    q = Query(select(func.count()).select_from(TrainingJob).where(
+        TrainingJob.user_id == bindparam("user_id"), TrainingJob.status != "It's", TrainingJob.price_per_hour >= 0.5))
+    c = q.compiled(engine.dialect)
+    assert "'It''s'" in c.sql and "0.5" in c.sql
+    assert c.positional == ["user_id"] if c.positional is not None else c.sql.count("%(") == 1
+
+    async def scenario() -> list[Any]:
+        pool = await open_pool(engine)
+        try:
+            return await ReadDb(engine, pool).rows(q, user_id="nobody")
+        finally:
+            if pool is not None:
+                await pool.close()
+
+    try:
+        assert asyncio.run(scenario()) == [(0,)]
+    finally:
+        engine.dispose()

@@ -75,6 +75,9 @@ def test_concurrent_creates_and_retries_start_one_process_per_job(live_factory) 
         assert job["status"] == "Completed", job
         assert submitted_events(first, h, job["job_name"]) == 1
         assert processes_started(first.data_dir, job["job_name"]) == 1
+    # Ended by two workers, some at once: the usage report counts each job once (app/usage/days.py).
+    usage = second.http.get("/api/usage", headers=h).json()["training"]
+    assert usage["count"] == 6 and usage["total"] == round(sum(j["actual_cost"] for j in jobs), 4)
 
 
 def test_a_crash_mid_job_is_told_truthfully_after_the_restart(live: LiveApp) -> None:  # noqa: F811

@@ -11,6 +11,7 @@ from app.auth.models import User
 from app.datasets.models import Dataset
 from app.storage import dataset_key
 from app.training.models import TrainingJob
+from app.usage import days
 from app.worker import Worker
 from tests.conftest import assert_error
 from tests.evaluation.conftest import fake_backends
@@ -121,7 +122,9 @@ class TestCreate:
         headers, uid = alice
         with session_factory() as s:
             s.get(User, uid).monthly_budget = 1.0
-            s.scalar(select(TrainingJob).where(TrainingJob.user_id == uid)).actual_cost = 2.0
+            job = s.scalar(select(TrainingJob).where(TrainingJob.user_id == uid))
+            job.actual_cost = 2.0
+            days.refresh(s, uid, job.created_at)  # as the worker does when a job ends
             s.commit()
         err = assert_error(start(client, headers), 429, "budget_exceeded")
         assert err["details"][0]["monthly_budget"] == 1.0 and err["details"][0]["remaining"] == 0

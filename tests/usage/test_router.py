@@ -11,7 +11,9 @@ from app.deployments.models import Endpoint
 from app.errors import AppError
 from app.events import Event
 from app.runtime import WorkerContext
+from app.statuses import JOB_ENDED
 from app.training.models import TrainingJob
+from app.usage import days
 from app.usage.service import check_budget, endpoint_month_cost, month_start, reconcile
 
 
@@ -27,6 +29,8 @@ def add_job(s, uid, name, status="Completed", billable=3600, price=1.21, actual=
                       secondary_status=status, billable_seconds=billable, price_per_hour=price,
                       estimated_cost=1.0, actual_cost=actual, created_at=created or utcnow())
     s.add(job)
+    if status in JOB_ENDED:  # as the worker does when a job ends
+        days.refresh(s, uid, job.created_at)
     return job
 
 
