@@ -330,12 +330,17 @@ SEED_JOBS, SEED_METRIC_JOBS, SEED_POINTS_PER_JOB, SEED_EVENTS_PER_JOB, SEED_ENDP
 POLLED_JOB = "bench-job-0999"  # the newest job: one of those with metric points
 
 
+# Each job's newest metric point, as the worker records it with the points.
+LAST_POINTS = ("UPDATE training_jobs SET last_metric_id = "
+               "(SELECT max(job_metrics.id) FROM job_metrics WHERE job_metrics.job_id = training_jobs.id)")
+
+
 def seed(db_url: str, username: str) -> None:
     """A user's history as a dashboard sees it after months of use (see the module docstring)."""
     sys.path.insert(0, str(ROOT))
     from datetime import UTC, datetime, timedelta
 
-    from sqlalchemy import insert, select
+    from sqlalchemy import insert, select, text
     from sqlalchemy.orm import Session
 
     from app.auth.models import User
@@ -387,7 +392,8 @@ def seed(db_url: str, username: str) -> None:
             "created_at": start + timedelta(days=i), "in_service_at": None,
             "deleted_at": None if i < 3 else start + timedelta(days=i + 1)}
             for i in range(SEED_ENDPOINTS)])
-    with Session(engine) as session:  # the ended jobs' cost per day, as the worker keeps it
+    with Session(engine) as session:  # what the worker keeps as points arrive and jobs end
+        session.execute(text(LAST_POINTS))
         days.rebuild(session)
         session.commit()
     with engine.connect() as conn:  # statistics, as a database with this history has (autovacuum)

@@ -48,12 +48,13 @@ def sign_up(base: str) -> tuple[str, str]:
 
 def seed_jobs(db_url: str, username: str, n: int) -> str:
     """`n` Completed jobs for `username`, written straight to the database; the newest gets metrics."""
-    from sqlalchemy import select
+    from sqlalchemy import func, select
 
     import app.models_registry  # noqa: F401 - every table, for the foreign keys
     from app.auth.models import User
     from app.db import make_engine, make_sessionmaker
     from app.training.models import JobMetric, TrainingJob
+    from app.usage import days
 
     engine = make_engine(db_url, pool_size=1)
     now = datetime.now(UTC)
@@ -76,6 +77,9 @@ def seed_jobs(db_url: str, username: str, n: int) -> str:
                   for name, value in (("train_loss", lambda k: 2.5 * math.exp(-k / 60) + 0.4),
                                       ("eval_loss", lambda k: 2.6 * math.exp(-k / 70) + 0.5),
                                       ("learning_rate", lambda k: 2e-4 * (1 - k / 200))))
+        s.flush()
+        newest.last_metric_id = s.scalar(select(func.max(JobMetric.id)))  # as the worker keeps them
+        days.rebuild(s)
         s.commit()
         name = newest.job_name
     engine.dispose()

@@ -49,6 +49,9 @@ class TrainingJob(Base):
     # The last value of each metric so far, kept as points arrive: what a job read shows before the
     # final metrics, without aggregating the job's points on every read.
     latest_metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # The id of its newest metric point (points are append-only): whether a cached series is current,
+    # without asking the points table, whose planner may walk every newer job's points to find it.
+    last_metric_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)  # split keys, counts, log offset
 
 

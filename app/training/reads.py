@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from sqlalchemy import Text, and_, bindparam, cast, func, select
+from sqlalchemy import Text, and_, bindparam, cast, select
 
 from app import pagination
 from app.errors import NotFound
@@ -116,7 +116,7 @@ async def job_events(db: ReadDb, user_id: str, job_name: str) -> list[dict[str, 
 
 
 M = JobMetric
-_LAST_POINT = Query(select(T.id, select(func.max(M.id)).where(M.job_id == T.id).scalar_subquery())
+_LAST_POINT = Query(select(T.id, T.last_metric_id)
                     .where(T.user_id == bindparam("user_id"), T.job_name == bindparam("job_name")))
 _POINTS = {named: Query(select(M.metric_name, M.step, M.epoch, M.value, M.timestamp).where(
     M.job_id == bindparam("job_id"), M.id > bindparam("after"), M.id <= bindparam("upto"),

@@ -136,6 +136,7 @@ def _ingest(session: Session, job: TrainingJob, lines: list[str], read_at: datet
     progress = dict(job.progress or {})
     final = dict(job.final_metrics or {})
     latest = dict(job.latest_metrics or {})
+    points: list[JobMetric] = []
     for line in lines:
         obj = logparse.parse(line)
         if obj is None:
@@ -143,9 +144,9 @@ def _ingest(session: Session, job: TrainingJob, lines: list[str], read_at: datet
         now = _when(obj, read_at)
         step, epoch = obj.get("step"), obj.get("epoch")
         for name, value in logparse.metrics_of(obj):
-            session.add(JobMetric(job_id=job.id, metric_name=name, step=step if isinstance(step, int) else None,
-                                  epoch=float(epoch) if isinstance(epoch, int | float) else None, value=value,
-                                  timestamp=now))
+            points.append(JobMetric(job_id=job.id, metric_name=name, step=step if isinstance(step, int) else None,
+                                    epoch=float(epoch) if isinstance(epoch, int | float) else None, value=value,
+                                    timestamp=now))
             latest[name] = value
         if obj["event"] == "start":
             progress.update(total_steps=obj.get("total_steps"), epochs=obj.get("epochs"), step=0, epoch=0.0)
@@ -167,6 +168,10 @@ def _ingest(session: Session, job: TrainingJob, lines: list[str], read_at: datet
     job.progress = progress
     job.final_metrics = final
     job.latest_metrics = latest
+    if points:
+        session.add_all(points)
+        session.flush()  # (their ids)
+        job.last_metric_id = max(p.id for p in points)
 
 
 def _when(obj: dict[str, Any], read_at: datetime) -> datetime:

@@ -1,5 +1,5 @@
-"""ended jobs' cost per user and UTC day of creation (what a usage report sums), and an index for a
-user's active jobs
+"""ended jobs' cost per user and UTC day of creation (what a usage report sums), an index for a
+user's active jobs, and each job's newest metric point id
 
 Revision ID: 0008_job_cost_days
 Revises: 0007_dashboard_reads
@@ -31,7 +31,10 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("training_jobs", schema=None) as batch_op:
         batch_op.create_index("ix_training_jobs_user_id_status", ["user_id", "status"])
+        batch_op.add_column(sa.Column("last_metric_id", sa.Integer(), nullable=True))
     _backfill(days)
+    op.execute("UPDATE training_jobs SET last_metric_id = "
+               "(SELECT max(job_metrics.id) FROM job_metrics WHERE job_metrics.job_id = training_jobs.id)")
 
 
 def _backfill(days: sa.Table) -> None:
@@ -53,5 +56,6 @@ def _backfill(days: sa.Table) -> None:
 
 def downgrade() -> None:
     with op.batch_alter_table("training_jobs", schema=None) as batch_op:
+        batch_op.drop_column("last_metric_id")
         batch_op.drop_index("ix_training_jobs_user_id_status")
     op.drop_table("job_cost_days")

@@ -153,7 +153,8 @@ def test_a_failing_read_fails_alone(db_url: str) -> None:
 
 
 def test_read_connections_keep_the_urls_options(db_url: str) -> None:
-    """The read pool's connections use what the database URL says (its search_path here) and UTC."""
+    """The read pool's connections use what the database URL says (its search_path here), UTC and
+    generic plans."""
     if not db_url.startswith("postgresql"):
         pytest.skip("the read pool is PostgreSQL's")
     admin = make_engine(db_url, pool_size=1)
@@ -161,13 +162,14 @@ def test_read_connections_keep_the_urls_options(db_url: str) -> None:
         c.exec_driver_sql("CREATE SCHEMA IF NOT EXISTS reads_probe")
     sep = "&" if "?" in db_url else "?"
     engine = make_engine(f"{db_url}{sep}options=-csearch_path%3Dreads_probe", pool_size=1)
-    probe = Query(select(func.current_schema(), func.current_setting("TimeZone")))
+    probe = Query(select(func.current_schema(), func.current_setting("TimeZone"),
+                         func.current_setting("plan_cache_mode")))
 
     async def scenario() -> None:
         pool = await open_pool(engine)
         assert pool is not None
         try:
-            assert await ReadDb(engine, pool).rows(probe) == [("reads_probe", "UTC")]
+            assert await ReadDb(engine, pool).rows(probe) == [("reads_probe", "UTC", "force_generic_plan")]
         finally:
             await pool.close()
 

@@ -32,6 +32,7 @@ def test_a_job_with_non_finite_numbers_is_stored(session_factory: Any) -> None:
         s.flush()
         _ingest(s, job, LINES, utcnow())
         s.flush()  # PostgreSQL checks the JSON here
-        assert [(m.metric_name, m.value) for m in s.query(JobMetric).filter_by(job_id=job.id)] == [
-            ("learning_rate", 0.001)]
+        (point,) = s.query(JobMetric).filter_by(job_id=job.id)
+        assert (point.metric_name, point.value) == ("learning_rate", 0.001)
         assert job.progress["step"] == 3 and job.latest_metrics == {"learning_rate": 0.001}
+        assert job.last_metric_id == point.id  # what the metrics read checks its cached series against

@@ -76,14 +76,24 @@ def test_job_reads_equal_the_response_models(session_factory: Any) -> None:
         assert [j["job_name"] for j in run(reads.job_page(db, user.id, 20, None, "Failed"))["data"]] == ["done"]
 
 
+def _points(s: Any, job: TrainingJob, *points: JobMetric) -> None:
+    """Append points to a job as the worker does (app/training/reconcile.py: `_ingest`)."""
+    for p in points:
+        p.job_id = job.id
+    s.add_all(points)
+    s.flush()
+    job.last_metric_id = max(p.id for p in points)
+    s.flush()
+
+
 def test_events_and_metric_points_equal_the_response_models(session_factory: Any) -> None:
     with session_factory() as s:
         user, other = _user(s, "points"), _user(s, "stranger")
         job = _job(s, user, "points-job")
         _job(s, user, "quiet-job")
+        _points(s, job, JobMetric(metric_name="train_loss", step=10, epoch=0.5, value=1.25, timestamp=T0),
+                JobMetric(metric_name="eval_loss", step=None, epoch=None, value=2.0, timestamp=T0))
         s.add_all([
-            JobMetric(job_id=job.id, metric_name="train_loss", step=10, epoch=0.5, value=1.25, timestamp=T0),
-            JobMetric(job_id=job.id, metric_name="eval_loss", step=None, epoch=None, value=2.0, timestamp=T0),
             Event(user_id=user.id, resource_type="training_job", resource_id=job.id, type="status",
                   message="Pending -> Starting", data={"status": "Starting"}, timestamp=T0),
         ])
@@ -98,8 +108,7 @@ def test_events_and_metric_points_equal_the_response_models(session_factory: Any
         assert [p["metric_name"] for p in orjson.loads(run(reads.job_metrics(db, user.id, "points-job", "eval_loss")))
                 ] == ["eval_loss"]
         # New points extend the cached series; nothing is lost or repeated.
-        s.add(JobMetric(job_id=job.id, metric_name="train_loss", step=20, epoch=1.0, value=0.75, timestamp=T0))
-        s.flush()
+        _points(s, job, JobMetric(metric_name="train_loss", step=20, epoch=1.0, value=0.75, timestamp=T0))
         assert orjson.loads(run(reads.job_metrics(db, user.id, "points-job", None))) == orjson.loads(orm_points())
         assert run(reads.job_metrics(db, user.id, "quiet-job", None)) == b"[]"
 

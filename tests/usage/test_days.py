@@ -1,5 +1,6 @@
 """The ended jobs' cost per user and day (app/usage/days.py): recomputed from the jobs, idempotent,
-exact when two transactions end jobs of one day at once, and filled in by the migration."""
+exact when two transactions end jobs of one day at once, and filled in by the migration (with each
+job's newest metric point)."""
 
 from __future__ import annotations
 
@@ -129,10 +130,15 @@ def test_the_migration_fills_the_days_from_the_jobs_there(tmp_path: Path) -> Non
             "billable_seconds, price_per_hour, estimated_cost, actual_cost, progress, final_metrics, data, "
             "latest_metrics) VALUES (?, ?, 'u1', 'b', '{}', 'ml.g5.xlarge', 0.1, 'sagemaker', '{}', ?, ?, 0, ?, ?, "
             "2.0, 0, ?, '{}', '{}', '{}', '{}')", (f"j{i}", f"j{i}", status, status, created, billable, actual))
+    for point in (7, 9):
+        db.execute("INSERT INTO job_metrics (id, job_id, metric_name, value, timestamp) "
+                   "VALUES (?, 'j0', 'train_loss', 1.0, '2026-11-03 23:31:00.000000')", (point,))
     db.commit()
     db.close()
     command.upgrade(cfg, "head")
     engine = make_engine(url)
     with Session(engine) as s:
         assert rows(s, "u1") == {date(2026, 11, 3): (2, 3.5), date(2026, 11, 4): (1, 0.25)}
+        # and each job's newest metric point (app/training/reads.py: the metrics read)
+        assert s.get(TrainingJob, "j0").last_metric_id == 9 and s.get(TrainingJob, "j1").last_metric_id is None
     engine.dispose()
