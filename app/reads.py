@@ -8,13 +8,15 @@ None of them blocks the event loop (`ReadDb.rows`):
   opens at start-up (`open_pool`), and the reads issued in one pass of the event loop share one
   pipelined round trip (`_Pipeline`). For one job under load: 251 µs of CPU per request, against
   595 µs for the same reads in threads and 540 µs with a round trip each (docs/performance.md).
+  Results come back in binary format, and each connection keeps one generic plan per statement.
 * SQLite (in-process, nothing to wait for but the disk): the sync read in one of READ_THREADS threads.
 * A connection given instead of an engine (the tests' transaction): the sync read, inline.
 
-`Query(select(...))` compiles once per dialect. Columns come back converted as an ORM load would
-(the columns' own result processors: aware UTC datetimes on SQLite too), except JSON columns cast
-to text in the select, which `loads` parses (orjson; the standard library for what orjson refuses,
-such as NaN that SQLite kept)."""
+`Query(select(...))` compiles once per dialect, with the values written in the statement (its
+constants) as SQL literals: per-request values are named bind parameters. Columns come back
+converted as an ORM load would (the columns' own result processors: aware UTC datetimes on SQLite
+too), except JSON columns cast to text in the select, which `loads` parses (orjson; the standard
+library for what orjson refuses, such as NaN that SQLite kept)."""
 
 from __future__ import annotations
 
