@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from sqlalchemy import Text, and_, bindparam, cast, select
+from sqlalchemy import Text, and_, bindparam, cast, select, tuple_
 
 from app import pagination
 from app.errors import NotFound
@@ -118,9 +118,15 @@ async def job_events(db: ReadDb, user_id: str, job_name: str) -> list[dict[str, 
 M = JobMetric
 _LAST_POINT = Query(select(T.id, T.last_metric_id)
                     .where(T.user_id == bindparam("user_id"), T.job_name == bindparam("job_name")))
+# The job's points after one id up to another, as row comparisons on (job_id, id): one range of that
+# index whatever the planner estimates (with `job_id = $1 AND id > $2`, a generic plan walks the
+# primary key through every other job's points and filters them out).
+_JOB = bindparam("job_id", type_=M.job_id.type)
+_AFTER, _UPTO = bindparam("after", type_=M.id.type), bindparam("upto", type_=M.id.type)
 _POINTS = {named: Query(select(M.metric_name, M.step, M.epoch, M.value, M.timestamp).where(
-    M.job_id == bindparam("job_id"), M.id > bindparam("after"), M.id <= bindparam("upto"),
-    *([M.metric_name == bindparam("metric_name")] if named else [])).order_by(M.id)) for named in (False, True)}
+    tuple_(M.job_id, M.id) > tuple_(_JOB, _AFTER), tuple_(M.job_id, M.id) <= tuple_(_JOB, _UPTO),
+    *([M.metric_name == bindparam("metric_name")] if named else [])).order_by(M.job_id, M.id))
+    for named in (False, True)}
 
 
 class _Series:
