@@ -90,3 +90,14 @@ def rebuild(session: Session) -> None:
             select(J.user_id, func.min(J.created_at)).where(J.status.in_(JOB_ENDED))
             .group_by(J.user_id, UTCDay(J.created_at))).all():
         refresh(session, user_id, created_at)
+
+
+if __name__ == "__main__":  # `python -m app.usage.days`: rebuild, with the app's settings
+    from app.config import get_settings
+    from app.db import make_engine
+
+    engine = make_engine(get_settings().resolved_database_url)
+    with Session(engine) as session:
+        rebuild(session)
+        session.commit()
+    engine.dispose()

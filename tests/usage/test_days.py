@@ -4,7 +4,10 @@ job's newest metric point)."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
+import sys
 import threading
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -23,7 +26,8 @@ from app.training.models import TrainingJob
 from app.training.reconcile import _end
 from app.usage import days
 from app.usage.days import JobCostDay
-from tests.conftest import ROOT
+from tests.conftest import ROOT, migrate
+from tests.settings import SECRET_ENV
 
 DAY = datetime(2026, 11, 3, 23, 30, tzinfo=UTC)  # late on the 3rd: a day's edge in UTC
 
@@ -141,4 +145,20 @@ def test_the_migration_fills_the_days_from_the_jobs_there(tmp_path: Path) -> Non
         assert rows(s, "u1") == {date(2026, 11, 3): (2, 3.5), date(2026, 11, 4): (1, 0.25)}
         # and each job's newest metric point (app/training/reads.py: the metrics read)
         assert s.get(TrainingJob, "j0").last_metric_id == 9 and s.get(TrainingJob, "j1").last_metric_id is None
+    engine.dispose()
+
+
+def test_the_rebuild_command_counts_jobs_written_some_other_way(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'restored.db'}"
+    migrate(url)
+    engine = make_engine(url)
+    with Session(engine) as s:
+        uid = user(s)
+        job(s, uid, "Completed", DAY, actual=1.25)  # as a restore writes it: no day row
+        s.commit()
+    env = {**os.environ, **SECRET_ENV, "LLMTUNER_DATABASE_URL": url, "LLMTUNER_DATA_DIR": str(tmp_path)}
+    run = subprocess.run([sys.executable, "-m", "app.usage.days"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    with Session(engine) as s:
+        assert rows(s, uid) == {date(2026, 11, 3): (1, 1.25)}
     engine.dispose()
