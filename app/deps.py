@@ -13,7 +13,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
+import anyio
 from fastapi import Depends, Header, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
 from fastapi.security.base import SecurityBase
 from sqlalchemy.orm import Session
@@ -34,8 +36,18 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
     try:
         yield session
     finally:
-        idempotency.abandon_unfinished(session)  # a failed create gives its Idempotency-Key back
-        session.close()
+        if session.in_transaction() or session.info.get(idempotency.PENDING_INFO):
+            # A rollback, and a failed create giving its Idempotency-Key back: queries, so in the
+            # threadpool (this teardown runs on the event loop), and finished even if the client left.
+            with anyio.CancelScope(shield=True):
+                await run_in_threadpool(_finish, session)
+        else:
+            session.close()  # nothing to send: the connection went back to the pool at the last commit
+
+
+def _finish(session: Session) -> None:
+    idempotency.abandon_unfinished(session)
+    session.close()
 
 
 # Dependencies that do no I/O are `async def`: FastAPI runs a plain `def` dependency in the threadpool,

@@ -26,12 +26,13 @@ AuthDep = Annotated[AuthService, Depends(auth_service)]
 async def register(data: UserCreate, svc: AuthDep, request: Request) -> User:
     """Create an account."""
     svc.check_password_rules(data)
-    svc.ensure_free(data)
-    svc.session.close()  # hand the pooled connection back before waiting for a hashing slot (below)
+    # Queries run in the threadpool (this route is async for the hashing slots); the pooled
+    # connection is handed back before waiting for a slot.
+    await run_in_threadpool(svc.ensure_free, data, close=True)
     throttle = request.app.state.login_throttle
     async with throttle.slots:
         password_hash = await run_in_threadpool(svc.passwords.hash, data.password)
-    return svc.create(data, password_hash)
+    return await run_in_threadpool(svc.create, data, password_hash)
 
 
 @router.post("/token", response_model=Token)
@@ -44,11 +45,10 @@ async def token(
     name = normalise_username(username)
     address = request.client.host if request.client else "unknown"
     throttle.check(address, name)
-    user = svc.find_for_login(name)
-    # Hand the pooled connection back (`user` keeps its loaded attributes) before waiting for a
-    # hashing slot and a thread: requests queued there must not hold connections, or a burst of
-    # logins empties the pool and the next checkout blocks the event loop until the pool timeout.
-    svc.session.close()
+    # In the threadpool, and the pooled connection handed back (`user` keeps its loaded attributes)
+    # before waiting for a hashing slot and a thread: requests queued there must not hold
+    # connections, or a burst of logins empties the pool for everyone else.
+    user = await run_in_threadpool(svc.find_for_login, name, close=True)
     async with throttle.slots:
         ok = await run_in_threadpool(svc.passwords.verify, user.password_hash if user else None, password)
     if not ok or user is None:

@@ -25,10 +25,12 @@ class AuthService:
             raise ValidationFailed("Password must not equal the username or email", param="password",
                                    code="password_too_weak")
 
-    def ensure_free(self, data: UserCreate) -> None:
+    def ensure_free(self, data: UserCreate, close: bool = False) -> None:
         taken = self.session.scalar(
             select(User).where(or_(User.username == data.username, User.email == str(data.email).lower()))
         )
+        if close:
+            self.session.close()
         if taken is not None:
             field = "username" if taken.username == data.username else "email"
             raise Conflict(f"That {field} is already registered", code=f"{field}_taken", param=field)
@@ -45,8 +47,11 @@ class AuthService:
                            param="username") from e
         return user
 
-    def find_for_login(self, username: str) -> User | None:
-        return self.session.scalar(select(User).where(User.username == normalise_username(username)))
+    def find_for_login(self, username: str, close: bool = False) -> User | None:
+        user = self.session.scalar(select(User).where(User.username == normalise_username(username)))
+        if close:
+            self.session.close()
+        return user
 
     @staticmethod
     def login_failed() -> Unauthorized:

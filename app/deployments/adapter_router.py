@@ -29,17 +29,16 @@ def list_adapters(endpoint_name: str, user: CurrentUser, svc: AdapterServiceDep)
 
 
 @router.post("/adapters", status_code=201, response_model=AdapterRead)
-async def attach_adapter(endpoint_name: str, data: AdapterRef, user: CurrentUser,
-                         svc: AdapterServiceDep) -> AdapterRead:
+def attach_adapter(endpoint_name: str, data: AdapterRef, user: CurrentUser, svc: AdapterServiceDep) -> AdapterRead:
     """Attach an adapter trained on the endpoint's base model; a running server takes it without restarting."""
-    return await svc.attach(user, endpoint_name, data)
+    return svc.attach(user, endpoint_name, data)
 
 
 @router.delete("/adapters/{adapter_name}", response_model=AdapterRead)
-async def detach_adapter(endpoint_name: str, adapter_name: str, user: CurrentUser,
-                         svc: AdapterServiceDep) -> AdapterRead:
+def detach_adapter(endpoint_name: str, adapter_name: str, user: CurrentUser,
+                   svc: AdapterServiceDep) -> AdapterRead:
     """Detach an adapter: the server unloads it and frees its memory; the endpoint keeps running."""
-    return await svc.detach(user, endpoint_name, adapter_name)
+    return svc.detach(user, endpoint_name, adapter_name)
 
 
 @router.get("/usage", response_model=list[AdapterUsage])

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
@@ -124,7 +123,7 @@ class AdapterService:
         return self.session.scalar(select(EndpointAdapter).where(
             EndpointAdapter.endpoint_id == ep.id, EndpointAdapter.name == name, EndpointAdapter.status == "attached"))
 
-    async def attach(self, user: User, endpoint_name: str, ref: AdapterRef) -> AdapterRead:
+    def attach(self, user: User, endpoint_name: str, ref: AdapterRef) -> AdapterRead:
         ep = self._base_endpoint(user, endpoint_name)
         values = AdapterSources(self.session, self.store).values(user, ref, ep.base_model or "", "")
         if self._live(ep, values["name"]) is not None:
@@ -137,14 +136,14 @@ class AdapterService:
         self.session.commit()
         if DEPLOYED in handle:  # the server runs: it registers the adapter now, without a restart
             key = self.store.key_from_uri(row.model_uri)
-            await run_in_threadpool(self.backends.endpoints.attach_adapter, handle, row.name, key)
+            self.backends.endpoints.attach_adapter(handle, row.name, key)
         self.session.add(row)
         events.record(self.session, user_id=user.id, resource_type=RESOURCE, resource_id=ep.id, type="adapter",
                       message=f"Adapter {row.name!r} attached", data={"adapter": row.name, "action": "attach"})
         self.session.commit()
         return to_read(row, ref.job_name)
 
-    async def detach(self, user: User, endpoint_name: str, name: str) -> AdapterRead:
+    def detach(self, user: User, endpoint_name: str, name: str) -> AdapterRead:
         ep = self._base_endpoint(user, endpoint_name)
         row = self._live(ep, name)
         if row is None:
@@ -153,7 +152,7 @@ class AdapterService:
         handle = dict(ep.backend_handle or {})
         self.session.commit()
         if DEPLOYED in handle:  # the server unloads it and frees its weights
-            await run_in_threadpool(self.backends.endpoints.detach_adapter, handle, name)
+            self.backends.endpoints.detach_adapter(handle, name)
         row.status, row.detached_at = "detached", utcnow()
         events.record(self.session, user_id=user.id, resource_type=RESOURCE, resource_id=ep.id, type="adapter",
                       message=f"Adapter {name!r} detached", data={"adapter": name, "action": "detach"})

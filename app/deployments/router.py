@@ -36,10 +36,10 @@ EndpointServiceDep = Annotated[EndpointService, Depends(endpoint_service)]
 
 
 @router.post("/api/deploy-model", status_code=202, response_model=DeployResponse)
-async def deploy_model(data: DeployRequest, user: CurrentUser, svc: EndpointServiceDep,
-                       idempotency_key: IdempotencyKey = None) -> DeployResponse:
+def deploy_model(data: DeployRequest, user: CurrentUser, svc: EndpointServiceDep,
+                 idempotency_key: IdempotencyKey = None) -> DeployResponse:
     """Deploy a trained model to an endpoint named `{model_name}-endpoint` (answers at once: Creating)."""
-    return await svc.deploy(user, data, idempotency_key)
+    return svc.deploy(user, data, idempotency_key)
 
 
 # The routes a dashboard polls: one statement each, off the event loop (app/reads.py).

@@ -2,7 +2,7 @@
 
 The API only records what the user asked for; app/deployments/reconcile.py talks to the backend
 that starts and stops model servers. Backend and object-store calls never run on the event loop.
-Before awaiting one, a service ends its read transaction (`_end_read`): an SQLite WAL reader that
+Before awaiting one, a service ends its read transaction (`end_read`): an SQLite WAL reader that
 writes after another connection committed fails at once instead of waiting, and a PostgreSQL
 connection should not sit idle in a transaction while a model generates.
 """
@@ -10,6 +10,7 @@ connection should not sit idle in a transaction while a model generates.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -137,8 +138,9 @@ class EndpointService:
     def __init__(self, session: Session, settings: Settings, store: ObjectStore, backends: Backends) -> None:
         self.session, self.settings, self.store, self.backends = session, settings, store, backends
 
-    def _end_read(self) -> None:
-        self.session.commit()  # nothing pending: only ends the read transaction (see the module doc)
+    def end_read(self) -> None:
+        if self.session.in_transaction():  # nothing pending: only ends the read (see the module doc)
+            self.session.commit()
 
     # Lookups -----------------------------------------------------------------------------------
     def owned(self, user: User, endpoint_name: str, *, live: bool = False) -> Endpoint:
@@ -169,7 +171,7 @@ class EndpointService:
         return events.list_for(self.session, RESOURCE, self.owned(user, endpoint_name).id)
 
     # Deploy ------------------------------------------------------------------------------------
-    async def deploy(self, user: User, data: DeployRequest, idem_key: str | None) -> DeployResponse:
+    def deploy(self, user: User, data: DeployRequest, idem_key: str | None) -> DeployResponse:
         req_hash = idempotency.body_hash(data.model_dump())
         if idem_key:
             rec = idempotency.lookup(self.session, user.id, DEPLOY_ROUTE, idem_key, req_hash)
@@ -186,12 +188,12 @@ class EndpointService:
                                    code="adapters_unsupported")
         ep_id = new_id()
         attach = adapters.new_rows(self.session, self.store, user, ep_id, uri, data.adapters) if data.base_model else []
-        self._end_read()
+        self.end_read()
         base_model: str | None
         if data.base_model:  # a base-model endpoint (app/deployments/adapters.py)
             model_uri, base_model = adapters.BASE_URI_PREFIX + uri, uri
         else:
-            key = await run_in_threadpool(self._owned_key, user.id, uri, param)
+            key = self._owned_key(user.id, uri, param)
             if job is None and model is None:
                 job = self._job_for_key(user, key)
             model_uri = self.store.uri(key)
@@ -322,9 +324,9 @@ class EndpointService:
         return {**body, "adapter": adapter or "__base__"} if adapters.is_base_endpoint(ep) else body
 
     async def call(self, ep: Endpoint, payload: dict[str, Any], adapter: str | None = None) -> dict[str, Any]:
+        """The model server's answer for an endpoint from `serving` (whose read has ended)."""
         handle = dict(ep.backend_handle)
         payload = self.payload(ep, adapter, payload)
-        self._end_read()
         timeout = self.settings.invoke_timeout_seconds
         try:
             out = await asyncio.wait_for(run_in_threadpool(
@@ -336,9 +338,16 @@ class EndpointService:
         first: dict[str, Any] = out[0] if out else {}
         return first
 
-    async def invoke(self, user: User, data: InvokeRequest) -> InvokeResponse:
-        ep = self.owned(user, data.endpoint_name, live=True)
+    def serving(self, find: Callable[[], Endpoint]) -> Endpoint:
+        """The InService endpoint `find` names, its read ended: for the threadpool (`await
+        run_in_threadpool(svc.serving, ...)`), since the routes that call a model server are async."""
+        ep = find()
         self._require_in_service(ep)
+        self.end_read()
+        return ep
+
+    async def invoke(self, user: User, data: InvokeRequest) -> InvokeResponse:
+        ep = await run_in_threadpool(self.serving, lambda: self.owned(user, data.endpoint_name, live=True))
         params = data.parameters.payload() if data.parameters else {}
         first = await self._call(ep, data.input_text, params)
         details = first.get("details") or {}
@@ -349,13 +358,16 @@ class EndpointService:
                         completion_tokens=int(details.get("completion_tokens") or 0)),
             parameters=params))
 
-    async def generate(self, user: User, data: GenerateRequest) -> GenerateResponse:
-        ep = endpoint_for_model(self.session, user, data.model_id)
+    def _deployed(self, user: User, model_id: str) -> Endpoint:
+        ep = endpoint_for_model(self.session, user, model_id)
         if ep is None:
-            raise NotFound(f"No deployed model {data.model_id!r}: deploy it (POST /api/deploy-model) and wait "
+            raise NotFound(f"No deployed model {model_id!r}: deploy it (POST /api/deploy-model) and wait "
                            "for InService, or name one of your endpoints", code="model_not_deployed",
                            param="model_id")
-        self._require_in_service(ep)
+        return ep
+
+    async def generate(self, user: User, data: GenerateRequest) -> GenerateResponse:
+        ep = await run_in_threadpool(self.serving, lambda: self._deployed(user, data.model_id))
         first = await self._call(ep, data.prompt, {**data.parameters().payload(), "return_full_text": False})
         details = first.get("details") or {}
         prompt_tokens = int(details.get("prompt_tokens") or 0)

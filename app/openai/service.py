@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 
@@ -53,17 +54,23 @@ class Completions:
     def __init__(self, svc: EndpointService, request: Request, user: User) -> None:
         self.svc, self.request, self.user = svc, request, user
 
-    async def create(self, req: ChatCompletionRequest | CompletionRequest) -> Any:
-        chat = isinstance(req, ChatCompletionRequest)
-        found = endpoint_for_request(self.svc.session, self.user, req.model)
+    def _serving(self, model: str) -> tuple[Endpoint, str | None]:
+        """(endpoint, adapter) serving `model`, InService, the read ended: run in the threadpool."""
+        found = endpoint_for_request(self.svc.session, self.user, model)
         if found is None:
-            raise NotFound(f"The model {req.model!r} does not exist or is not deployed; GET /v1/models lists yours",
+            raise NotFound(f"The model {model!r} does not exist or is not deployed; GET /v1/models lists yours",
                            code="model_not_found", param="model")
-        ep, adapter = found
+        ep = found[0]
         if ep.status != EndpointStatus.IN_SERVICE:
             reason = f": {ep.failure_reason}" if ep.status == EndpointStatus.FAILED and ep.failure_reason else ""
-            raise Conflict(f"The model {req.model!r} is not being served: endpoint {ep.endpoint_name!r} is "
+            raise Conflict(f"The model {model!r} is not being served: endpoint {ep.endpoint_name!r} is "
                            f"{ep.status}{reason}", code="model_not_ready", param="model")
+        self.svc.end_read()
+        return found
+
+    async def create(self, req: ChatCompletionRequest | CompletionRequest) -> Any:
+        chat = isinstance(req, ChatCompletionRequest)
+        ep, adapter = await run_in_threadpool(self._serving, req.model)
         meta = {"id": ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24], "created": int(time.time()),
                 "model": req.model}
         record = {"user_id": self.user.id, "endpoint_id": ep.id, "adapter": adapter, "model": req.model,
@@ -72,14 +79,13 @@ class Completions:
         stream = getattr(self.svc.backends.endpoints, "invoke_stream", None)
         if req.stream and stream is not None:
             handle, payload = dict(ep.backend_handle), self.svc.payload(ep, adapter, req.payload())
-            self.svc._end_read()
             events = stream(handle, payload, self.svc.settings.invoke_timeout_seconds).__aiter__()
             first = await anext(events)  # an error before the first token is an HTTP error
             return StreamingResponse(self._sse(chat, req, meta, record, first, events), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         out = await self.svc.call(ep, req.payload(), adapter)
         text, usage, finish = _result(out)
-        self._record(record, usage, streamed=False)
+        await run_in_threadpool(self._record, record, usage, False)
         if req.stream:  # a backend that cannot stream: the whole answer as one chunk
             return StreamingResponse(self._sse(chat, req, meta, record, {"text": text, **out}, None),
                                      media_type="text/event-stream")
@@ -123,7 +129,7 @@ class Completions:
                     if req.include_usage:
                         yield _data({**meta, "object": obj, "choices": [], "usage": usage})
                     if rest is not None:
-                        self._record(record, usage, streamed=True)
+                        await run_in_threadpool(self._record, record, usage, True)
                     break
                 event = await anext(rest) if rest is not None else None
         except AppError as e:  # the server failed mid-stream: the error is the last event

@@ -1,7 +1,8 @@
 """No route runs a database query on the event loop, where one slow query would stall every request
 of the process: a route that takes a database session is a plain `def` (FastAPI runs it in its
 threadpool), and the routes a dashboard polls read through app/reads.py (tests/core/test_reads.py).
-The exceptions are listed with their reason."""
+The few that must be async are listed with their reason; they run their queries in the threadpool
+(tests/deployments/test_off_loop.py watches them do it)."""
 
 from __future__ import annotations
 
@@ -12,16 +13,14 @@ from fastapi.routing import APIRoute
 
 from app.deps import get_session
 
-# Routes that await between short keyed queries (by id or unique name), each for a reason.
+# Async routes with a session, each for a reason; their queries run in the threadpool.
 ASYNC_WITH_SESSION = {
     # Password hashing waits for a bounded slot without holding a connection (app/auth/router.py).
     "POST /api/auth/register", "POST /api/auth/token",
-    # All of its work (validation, storage, the row) runs in one threadpool call.
+    # The multipart body is parsed on the loop; all the work runs in one threadpool call.
     "POST /api/datasets",
-    # They await a model server or a backend between their queries.
-    "POST /api/deploy-model", "POST /api/invoke-model", "POST /api/v1/generate",
-    "POST /v1/chat/completions", "POST /v1/completions",
-    "POST /api/endpoint/{endpoint_name}/adapters", "DELETE /api/endpoint/{endpoint_name}/adapters/{adapter_name}",
+    # They await a model server, with a deadline (and /v1 relays its stream as it comes).
+    "POST /api/invoke-model", "POST /api/v1/generate", "POST /v1/chat/completions", "POST /v1/completions",
 }
 
 
