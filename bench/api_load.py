@@ -5,9 +5,10 @@ by side in one run, on SQLite and on PostgreSQL.
     .venv/bin/python bench/api_load.py --db postgresql --duration 10 --rounds 5
     .venv/bin/python bench/api_load.py --routes me --baseline-root /tmp/other-checkout   # A/B of /me
 
-Routes: `GET /api/auth/me`, the job list (`?limit=20`), one job, its metrics and its events, the
-endpoint list and `/api/usage`, for a user with realistic history: 1,000 training jobs, 10,000
-metric points (1,000 on each of the 10 newest jobs), 10 events per job and 20 endpoints.
+Routes: `GET /api/auth/me`, the job list (`?limit=20`), one job, its metrics and its events, an
+older job's metrics, the endpoint list and `/api/usage`, for a user with realistic history: 1,000
+training jobs, 10,000 metric points (1,000 on each of the 10 newest jobs), 10 events per job and 20
+endpoints.
 
 Both servers are uvicorn subprocesses with the same settings (2 workers, uvloop + httptools, no
 access log, as `make run` and the Docker image serve) on free loopback ports; the real app gets its
@@ -328,6 +329,9 @@ def migrate(env: dict[str, str]) -> None:
 
 SEED_JOBS, SEED_METRIC_JOBS, SEED_POINTS_PER_JOB, SEED_EVENTS_PER_JOB, SEED_ENDPOINTS = 1000, 10, 1000, 10, 20
 POLLED_JOB = "bench-job-0999"  # the newest job: one of those with metric points
+# The oldest job with points: 9,000 newer points stand between its own and the newest id, which a
+# read that searches the points table by id pays for (its job's row records its newest point).
+OLDER_JOB = f"bench-job-{SEED_JOBS - SEED_METRIC_JOBS:04d}"
 
 
 # Each job's newest metric point, as the worker records it with the points.
@@ -406,6 +410,7 @@ DASHBOARD_ROUTES = [
     ("job list ?limit=20", "/api/training-jobs?limit=20"),
     ("one job", f"/api/training-job/{POLLED_JOB}"),
     ("its metrics", f"/api/training-job/{POLLED_JOB}/metrics"),
+    ("older job metrics", f"/api/training-job/{OLDER_JOB}/metrics"),
     ("its events", f"/api/training-job/{POLLED_JOB}/events"),
     ("endpoint list", "/api/endpoints"),
     ("usage", "/api/usage"),
