@@ -60,15 +60,11 @@ def _utc_day_sqlite(element: UTCDay, compiler: SQLCompiler, **kw: Any) -> str:
     return f"date({compiler.process(element.clauses, **kw)})"  # stored as naive UTC text
 
 
-def utc_day(at: datetime) -> date:
-    return at.astimezone(UTC).date()
-
-
 def refresh(session: Session, user_id: str, created_at: datetime) -> None:
     """Recompute the row of the day `created_at` falls on, inside the caller's transaction (after the
     job's own change, which this flushes)."""
     session.flush()
-    day = utc_day(created_at)
+    day = created_at.astimezone(UTC).date()
     start = datetime.combine(day, time(), UTC)
     insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
     # Insert the row, or lock it as it is: a concurrent refresh of this day waits here until this

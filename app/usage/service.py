@@ -45,10 +45,6 @@ def month_start(now: datetime) -> datetime:
     return now.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 
 
-def endpoint_month_cost(endpoint: Endpoint, total: float, now: datetime) -> float:
-    return _month_share(total, endpoint.price_per_hour, endpoint.created_at, endpoint.deleted_at, now)
-
-
 def _sum(values: Any) -> float:
     return round(float(sum(values)), 4)
 
@@ -115,18 +111,15 @@ def _report(user: User, now: datetime, first_day: date, limit: int, by_day: list
                  "estimated_cost": estimated, "instance_type": instance, "created_at": created}
                 for name, status, cost, seconds, estimated, instance, created in jobs]
 
-    series_start = datetime.combine(first_day, time(), UTC)
+    series_start = datetime.combine(first_day, time(), UTC).timestamp()
     ep_rows = []
     for name, status, seconds, started, price, instance, created, deleted in endpoints:
         total = accrued_cost(status, seconds, started, price, now)
-        gone = deleted is not None  # (and before this month or the series: nothing of it there)
         ep_rows.append({"endpoint_name": name, "status": status, "accrued_cost": total,
-                        "this_month": 0.0 if gone and deleted <= start else _month_share(
-                            total, price, created, deleted, now, start), "price_per_hour": price,
-                        "instance_type": instance, "created_at": created, "deleted_at": deleted})
-        if not (gone and deleted <= series_start):
-            _spread(series["inference"], total, created.timestamp(), (deleted or now).timestamp(),
-                    series_start.timestamp())
+                        "this_month": month_share(total, price, created, deleted, now, start),
+                        "price_per_hour": price, "instance_type": instance, "created_at": created,
+                        "deleted_at": deleted})
+        _spread(series["inference"], total, created.timestamp(), (deleted or now).timestamp(), series_start)
 
     ev_rows = []
     for ident, status, handle, request, created in evaluations:
@@ -168,10 +161,13 @@ def _report(user: User, now: datetime, first_day: date, limit: int, by_day: list
             "budget": budget, "warnings": warnings}
 
 
-def _month_share(total: float, price: float | None, created: datetime, deleted: datetime | None,
+def month_share(total: float, price: float | None, created: datetime, deleted: datetime | None,
                  now: datetime, month: datetime | None = None) -> float:
     """This month's share: the accrued cost capped at price x the hours it existed this month."""
-    start = max(month or month_start(now), created)
+    month = month or month_start(now)
+    if deleted is not None and deleted <= month:
+        return 0.0  # (most of a long history: said without the arithmetic)
+    start = max(month, created)
     hours = max(0.0, ((deleted or now) - start).total_seconds()) / 3600
     return round(min(total, hours * (price or 0.0)), 6)
 
@@ -179,6 +175,8 @@ def _month_share(total: float, price: float | None, created: datetime, deleted: 
 def _spread(days: list[float], total: float, start: float, end: float, t0: float) -> None:
     """An endpoint's accrued cost spread evenly over the time it was up (unix seconds), over the days
     of the series, which begins at `t0`."""
+    if end <= t0:
+        return
     rate = total / max(end - start, 1e-6)  # USD per second up
     a, b = max(start, t0), min(end, t0 + DAYS * 86400)
     day = int((a - t0) // 86400)

@@ -14,7 +14,7 @@ from app.runtime import WorkerContext
 from app.statuses import JOB_ENDED
 from app.training.models import TrainingJob
 from app.usage import days
-from app.usage.service import check_budget, endpoint_month_cost, month_start, reconcile
+from app.usage.service import check_budget, month_share, month_start, reconcile
 
 
 @pytest.fixture
@@ -104,8 +104,11 @@ class TestEndpointMonthCost:
         now = utcnow()
         ep = Endpoint(price_per_hour=1.0, created_at=month_start(now) - timedelta(days=40), deleted_at=None)
         hours = (now - month_start(now)).total_seconds() / 3600
-        assert endpoint_month_cost(ep, 10_000.0, now) == pytest.approx(hours, rel=1e-6)
-        assert endpoint_month_cost(ep, 0.5, now) == pytest.approx(min(0.5, hours))
+        def share(total: float) -> float:
+            return month_share(total, ep.price_per_hour, ep.created_at, ep.deleted_at, now)
+
+        assert share(10_000.0) == pytest.approx(hours, rel=1e-6)
+        assert share(0.5) == pytest.approx(min(0.5, hours))
 
 
 class TestBudget:
