@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import openai
+import pytest
 
+from app.db import make_engine, make_sessionmaker
+from tests.conftest import migrate
 from tests.e2e.conftest import QA, wait_for, worker  # noqa: F401 - fixtures
 from tests.jobs import TINY_ID
 
@@ -17,6 +21,18 @@ FAST = {"epochs": 2, "batch_size": 4, "learning_rate": 5e-3, "logging_steps": 5,
 ANSWERS = {"support": [a for _, a in QA], "legal": ["Please contact our legal team in writing.",
                                                     "Our lawyers answer within ten working days.",
                                                     "See clause 12 of the service agreement."]}
+
+
+@pytest.fixture
+def session_factory(tmp_path: Path) -> Iterator[Any]:
+    """A database file of its own with pooled connections, as the app runs: the two questions asked at
+    once look their endpoint up in two threads at once, which the suite's single shared test
+    connection (one transaction per test, on either database) cannot serve."""
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    migrate(url)
+    engine = make_engine(url)
+    yield make_sessionmaker(engine)
+    engine.dispose()
 
 
 def trained_job(client: Any, h: dict[str, str], name: str, wait: Callable[..., Any]) -> str:
