@@ -42,9 +42,13 @@ READ_THREADS = 8
 READ_CONNECTIONS = 4  # per API process: the reads are short, and the machine's cores are the bound
 
 
-def json_response(body: Any, status_code: int = 200) -> Response:
+def dumps(body: Any) -> bytes:
     """`body` (plain data, aware datetimes) as the API's JSON: UTC times end in Z, as pydantic writes them."""
-    return Response(orjson.dumps(body, option=orjson.OPT_UTC_Z), status_code=status_code,
+    return orjson.dumps(body, option=orjson.OPT_UTC_Z)
+
+
+def json_response(body: Any, status_code: int = 200) -> Response:
+    return Response(body if isinstance(body, bytes) else dumps(body), status_code=status_code,
                     media_type="application/json")
 
 

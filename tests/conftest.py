@@ -16,7 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import sessionmaker
 
 from app.config import AuthSettings, Settings, WorkerSettings
-from app.db import make_engine
+from app.db import make_engine, make_sessionmaker
 from app.main import create_app
 from app.storage.local import LocalObjectStore
 from tests.settings import make_test_settings
@@ -74,6 +74,10 @@ def engine(db_url: str) -> Iterator[Any]:
 def connection(engine: Any) -> Iterator[Any]:
     conn = engine.connect()
     trans = conn.begin()
+    if conn.dialect.name == "postgresql":
+        # This transaction never commits: let the deferred triggers (users.data_version, migration
+        # 0009) fire after each statement instead, as each of the app's commits would make them.
+        conn.exec_driver_sql("SET CONSTRAINTS ALL IMMEDIATE")
     yield conn
     trans.rollback()
     conn.close()
@@ -82,6 +86,17 @@ def connection(engine: Any) -> Iterator[Any]:
 @pytest.fixture
 def session_factory(connection: Any) -> sessionmaker[Any]:
     return sessionmaker(bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False)
+
+
+def own_database(tmp_path: Path) -> Iterator[sessionmaker[Any]]:
+    """For a module's `session_factory` override: a database file of its own with pooled connections,
+    as the app runs. The shared test connection above cannot serve two threads at once, and a real
+    server answering over HTTP may overlap a request's database work with the next one's."""
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    migrate(url)
+    engine = make_engine(url)
+    yield make_sessionmaker(engine)
+    engine.dispose()
 
 
 @pytest.fixture

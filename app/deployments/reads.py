@@ -1,5 +1,5 @@
 """How an endpoint reads (`endpoint_body`: the one definition of EndpointRead's values), and the
-polled reads: the endpoint list and one endpoint (app/reads.py)."""
+polled reads: the endpoint list and one endpoint (app/reads.py, app/user_cache.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import bindparam, select
 
 from app import pagination
+from app.auth.models import User
 from app.db import utcnow
 from app.deployments.adapters import BASE_URI_PREFIX
 from app.deployments.models import Endpoint, EndpointAdapter
@@ -17,6 +18,7 @@ from app.errors import NotFound
 from app.reads import Query, ReadDb
 from app.statuses import EndpointStatus
 from app.training.models import TrainingJob
+from app.user_cache import cache as user_cache
 
 E, A, T = Endpoint, EndpointAdapter, TrainingJob
 COLUMNS = (E.endpoint_name, E.status, E.failure_reason, E.instance_type, E.instance_count, E.price_per_hour,
@@ -57,13 +59,14 @@ _ADAPTERS = Query(
 _ADAPTER_KEYS = ("name", "status", "job_name", "registered_model_id", "base_model", "created_at", "detached_at")
 
 
-async def _body(db: ReadDb, row: Any, now: datetime) -> dict[str, Any]:
-    """`row`: COLUMNS, then the endpoint's id and its job's name."""
+async def _read(db: ReadDb, row: Any) -> tuple[tuple[Any, ...], str | None, list[dict[str, Any]] | None]:
+    """`row`: COLUMNS, then the endpoint's id and its job's name. What `endpoint_body` takes but the
+    time: the cached part (app/user_cache.py), since a live endpoint's cost moves with the clock."""
     values, endpoint_id, job_name = tuple(row[:len(COLUMNS)]), row[-2], row[-1]
     adapters = None
     if values[_URI].startswith(BASE_URI_PREFIX):  # few endpoints are: a query each
         adapters = [dict(zip(_ADAPTER_KEYS, a, strict=True)) for a in await db.rows(_ADAPTERS, endpoint_id=endpoint_id)]
-    return endpoint_body(values, job_name, now, adapters)
+    return values, job_name, adapters
 
 
 def _select() -> Any:
@@ -73,11 +76,16 @@ def _select() -> Any:
 _ONE = Query(_select().where(E.user_id == bindparam("user_id"), E.endpoint_name == bindparam("endpoint_name")))
 
 
-async def endpoint(db: ReadDb, user_id: str, endpoint_name: str) -> dict[str, Any]:
-    row = await db.first(_ONE, user_id=user_id, endpoint_name=endpoint_name)
-    if row is None:
-        raise NotFound(f"No endpoint {endpoint_name!r}", param="endpoint_name")
-    return await _body(db, row, utcnow())
+async def endpoint(db: ReadDb, user: User, endpoint_name: str) -> dict[str, Any]:
+    read = user_cache.get(user, ("endpoint", endpoint_name))
+    if read is None:
+        row = await db.first(_ONE, user_id=user.id, endpoint_name=endpoint_name)
+        if row is None:
+            raise NotFound(f"No endpoint {endpoint_name!r}", param="endpoint_name")
+        read = await _read(db, row)
+        user_cache.put(user, ("endpoint", endpoint_name), read, 1000)
+    values, job_name, adapters = read
+    return endpoint_body(values, job_name, utcnow(), adapters)
 
 
 def _page_query(which: str, after: bool) -> Query:
@@ -95,18 +103,24 @@ def _page_query(which: str, after: bool) -> Query:
 _PAGES = {(w, a): _page_query(w, a) for w in ("status", "live", "all") for a in (False, True)}
 
 
-async def endpoint_page(db: ReadDb, user_id: str, status: str | None, include_deleted: bool, limit: int,
-                  after: str | None) -> dict[str, Any]:
+async def endpoint_page(db: ReadDb, user: User, status: str | None, include_deleted: bool, limit: int,
+                        after: str | None) -> dict[str, Any]:
     """The caller's endpoints, newest first (Deleted ones only when asked for)."""
-    params: dict[str, Any] = {"user_id": user_id, "limit": limit + 1}
-    which = "status" if status else "all" if include_deleted else "live"
-    if status:
-        params["status"] = status
-    if after:
-        params["after_ts"], params["after_id"] = pagination.decode(after)
-    rows, more, cursor = pagination.page(await db.rows(_PAGES[(which, bool(after))], **params), limit,
-                                         lambda r: (r[_CREATED], r[-2]))
+    key = ("endpoints", status, include_deleted, limit, after)
+    page = user_cache.get(user, key)
+    if page is None:
+        params: dict[str, Any] = {"user_id": user.id, "limit": limit + 1}
+        which = "status" if status else "all" if include_deleted else "live"
+        if status:
+            params["status"] = status
+        if after:
+            params["after_ts"], params["after_id"] = pagination.decode(after)
+        rows, more, cursor = pagination.page(await db.rows(_PAGES[(which, bool(after))], **params), limit,
+                                             lambda r: (r[_CREATED], r[-2]))
+        # (gathered: the adapter reads of several base-model endpoints share one round trip)
+        page = list(await asyncio.gather(*(_read(db, r) for r in rows))), more, cursor
+        user_cache.put(user, key, page, 1000 * (len(rows) + 1))
+    reads, more, cursor = page
     now = utcnow()
-    # (gathered: the adapter reads of several base-model endpoints share one round trip)
-    return {"data": list(await asyncio.gather(*(_body(db, r, now) for r in rows))), "has_more": more,
-            "next_cursor": cursor}
+    return {"data": [endpoint_body(values, job_name, now, adapters) for values, job_name, adapters in reads],
+            "has_more": more, "next_cursor": cursor}

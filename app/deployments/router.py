@@ -46,7 +46,7 @@ def deploy_model(data: DeployRequest, user: CurrentUser, svc: EndpointServiceDep
 @router.get("/api/endpoint-status/{endpoint_name}", response_model=EndpointRead)
 async def endpoint_status(endpoint_name: str, db: ReadDbDep, user: CurrentUser) -> Response:
     """One endpoint's status, failure reason and cost so far."""
-    return json_response(await reads.endpoint(db, user.id, endpoint_name))
+    return json_response(await reads.endpoint(db, user, endpoint_name))
 
 
 @router.get("/api/endpoints", response_model=EndpointList)
@@ -56,7 +56,7 @@ async def list_endpoints(
     limit: Annotated[int, Query(ge=1, le=100)] = 20, after: str | None = None,
 ) -> Response:
     """The caller's endpoints, newest first (deleted ones only with include_deleted=true)."""
-    return json_response(await reads.endpoint_page(db, user.id, status, include_deleted, limit, after))
+    return json_response(await reads.endpoint_page(db, user, status, include_deleted, limit, after))
 
 
 @router.delete("/api/endpoint/{endpoint_name}", status_code=202, response_model=EndpointRead)

@@ -8,14 +8,15 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-import orjson
 from sqlalchemy import Text, and_, bindparam, cast, select, tuple_
 
 from app import pagination
+from app.auth.models import User
 from app.errors import NotFound
 from app.events import Event
-from app.reads import Query, ReadDb, loads
+from app.reads import Query, ReadDb, dumps, loads
 from app.training.models import JobMetric, TrainingJob
+from app.user_cache import cache as user_cache
 
 RESOURCE = "training_job"
 T = TrainingJob
@@ -72,15 +73,22 @@ _PAGES = {(s, a): _page_query(s, a) for s in (False, True) for a in (False, True
 _CREATED = [c.key for c in COLUMNS].index("created_at")
 
 
-async def job_page(db: ReadDb, user_id: str, limit: int, after: str | None, status: str | None) -> dict[str, Any]:
-    params: dict[str, Any] = {"user_id": user_id, "limit": limit + 1}
+async def job_page(db: ReadDb, user: User, limit: int, after: str | None, status: str | None) -> bytes:
+    """The page as the API's JSON (TrainingJobList), from the cache while the user's data is unchanged."""
+    key = ("jobs", limit, after, status)
+    body: bytes | None = user_cache.get(user, key)
+    if body is not None:
+        return body
+    params: dict[str, Any] = {"user_id": user.id, "limit": limit + 1}
     if status:
         params["status"] = status
     if after:
         params["after_ts"], params["after_id"] = pagination.decode(after)
     rows, more, cursor = pagination.page(await db.rows(_PAGES[(bool(status), bool(after))], **params), limit,
                                          lambda r: (r[_CREATED], r[_ID]))
-    return {"data": [job_body(r) for r in rows], "has_more": more, "next_cursor": cursor}
+    body = dumps({"data": [job_body(r) for r in rows], "has_more": more, "next_cursor": cursor})
+    user_cache.put(user, key, body, len(body))
+    return body
 
 
 # --- one job, its events, its metric points --------------------------------------------------------
@@ -92,11 +100,16 @@ def not_found(job_name: str) -> NotFound:
     return NotFound(f"No training job {job_name!r}", param="job_name", code="job_not_found")
 
 
-async def job(db: ReadDb, user_id: str, job_name: str) -> dict[str, Any]:
-    row = await db.first(_ONE, user_id=user_id, job_name=job_name)
-    if row is None:
-        raise not_found(job_name)
-    return job_body(row)
+async def job(db: ReadDb, user: User, job_name: str) -> bytes:
+    """The job as the API's JSON (TrainingJobRead), from the cache while the user's data is unchanged."""
+    body: bytes | None = user_cache.get(user, ("job", job_name))
+    if body is None:
+        row = await db.first(_ONE, user_id=user.id, job_name=job_name)
+        if row is None:
+            raise not_found(job_name)
+        body = dumps(job_body(row))
+        user_cache.put(user, ("job", job_name), body, len(body))
+    return body
 
 
 # The job's row joined to its events: no row means no such job of the caller's; a row of nulls, no events.
@@ -107,12 +120,17 @@ _EVENTS = Query(
     .order_by(Event.id).limit(1000))
 
 
-async def job_events(db: ReadDb, user_id: str, job_name: str) -> list[dict[str, Any]]:
-    rows = await db.rows(_EVENTS, user_id=user_id, job_name=job_name)
-    if not rows:
-        raise not_found(job_name)
-    return [{"timestamp": at, "level": level, "type": typ, "message": message, "data": loads(data) or {}}
-            for at, level, typ, message, data in rows if at is not None]
+async def job_events(db: ReadDb, user: User, job_name: str) -> bytes:
+    """The job's events (EventRead) as the API's JSON list, from the cache while the user's data is unchanged."""
+    body: bytes | None = user_cache.get(user, ("events", job_name))
+    if body is None:
+        rows = await db.rows(_EVENTS, user_id=user.id, job_name=job_name)
+        if not rows:
+            raise not_found(job_name)
+        body = dumps([{"timestamp": at, "level": level, "type": typ, "message": message, "data": loads(data) or {}}
+                      for at, level, typ, message, data in rows if at is not None])
+        user_cache.put(user, ("events", job_name), body, len(body))
+    return body
 
 
 M = JobMetric
@@ -164,11 +182,14 @@ class _Series:
 _series = _Series()
 
 
-async def job_metrics(db: ReadDb, user_id: str, job_name: str, metric_name: str | None) -> bytes:
+async def job_metrics(db: ReadDb, user: User, job_name: str, metric_name: str | None) -> bytes:
     """The job's metric points (MetricPoint) as the API's JSON list, oldest first."""
-    row = await db.first(_LAST_POINT, user_id=user_id, job_name=job_name)
+    row = user_cache.get(user, ("last point", job_name))  # (the worker records it on the job's row)
     if row is None:
-        raise not_found(job_name)
+        row = await db.first(_LAST_POINT, user_id=user.id, job_name=job_name)
+        if row is None:
+            raise not_found(job_name)
+        user_cache.put(user, ("last point", job_name), row, 100)
     job_id, last = row[0], row[1] or 0
     key = (job_id, metric_name or "")
     have, body = _series.get(key)
@@ -180,7 +201,7 @@ async def job_metrics(db: ReadDb, user_id: str, job_name: str, metric_name: str 
     new = [{"metric_name": n, "step": s, "epoch": e, "value": v, "timestamp": t}
            for n, s, e, v, t in await db.rows(_POINTS[bool(metric_name)], **params)]
     if new:
-        more = orjson.dumps(new, option=orjson.OPT_UTC_Z)
+        more = dumps(new)
         body = more if body == b"[]" else body[:-1] + b"," + more[1:]
     _series.put(key, last, body)
     return body

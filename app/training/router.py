@@ -69,13 +69,13 @@ async def list_jobs(db: ReadDbDep, user: CurrentUser, limit: int = Query(20, ge=
               status: str | None = Query(None, pattern="^(InProgress|Completed|Failed|Stopping|Stopped)$"),
               ) -> Response:
     """The caller's jobs, newest first."""
-    return json_response(await reads.job_page(db, user.id, limit, after, status))
+    return json_response(await reads.job_page(db, user, limit, after, status))
 
 
 @router.get("/training-job/{job_name}", response_model=TrainingJobRead)
 async def get_job(job_name: str, db: ReadDbDep, user: CurrentUser) -> Response:
     """One job: status, metrics, cost, progress, error."""
-    return json_response(await reads.job(db, user.id, job_name))
+    return json_response(await reads.job(db, user, job_name))
 
 
 @router.post("/training-job/{job_name}/stop", status_code=202, response_model=TrainingJobRead)
@@ -87,13 +87,13 @@ def stop_job(job_name: str, svc: ServiceDep) -> dict[str, Any]:
 @router.get("/training-job/{job_name}/events", response_model=list[EventRead])
 async def job_events(job_name: str, db: ReadDbDep, user: CurrentUser) -> Response:
     """Status changes, epochs, evaluations, checkpoints and errors."""
-    return json_response(await reads.job_events(db, user.id, job_name))
+    return json_response(await reads.job_events(db, user, job_name))
 
 
 @router.get("/training-job/{job_name}/metrics", response_model=list[MetricPoint])
 async def job_metrics(job_name: str, db: ReadDbDep, user: CurrentUser, metric_name: str | None = None) -> Response:
     """Metric time series (train_loss, eval_loss, learning_rate, tokens_per_second, grad_norm)."""
-    return Response(await reads.job_metrics(db, user.id, job_name, metric_name), media_type="application/json")
+    return Response(await reads.job_metrics(db, user, job_name, metric_name), media_type="application/json")
 
 
 @router.get("/training-job-actions/{job_name}", response_model=JobActions)

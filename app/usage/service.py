@@ -30,11 +30,12 @@ from app.deployments.models import Endpoint
 from app.deployments.reads import accrued_cost
 from app.errors import AppError
 from app.evaluation.models import Evaluation
-from app.reads import Query, ReadDb, loads
+from app.reads import Query, ReadDb, dumps, loads
 from app.runtime import WorkerContext
 from app.statuses import ENDPOINT_LIVE, JOB_ACTIVE
 from app.training.models import TrainingJob
 from app.usage.days import JOB_COST, JobCostDay, UTCDay
+from app.user_cache import cache as user_cache
 
 log = logging.getLogger("llmtuner.usage")
 BUDGET_EVENT = "budget_exceeded"
@@ -82,11 +83,27 @@ def _params(user_id: str, now: datetime, limit: int) -> dict[str, Any]:
     return {"user_id": user_id, "month_day": month_start(now).date(), "since_day": first_day, "limit": limit}
 
 
-async def read_usage(db: ReadDb, user: User, limit: int, now: datetime | None = None) -> dict[str, Any]:
-    """GET /api/usage's body: totals over everything, the newest `limit` items of each kind."""
-    now = now or utcnow()
+async def read_usage(db: ReadDb, user: User, limit: int, now: datetime | None = None) -> bytes:
+    """GET /api/usage's body (JSON): totals over everything, the newest `limit` items of each kind.
+
+    Reported as of the current whole second (`now` truncated): a write shows at once (the user's
+    data version moves, app/user_cache.py), while live endpoints' accrual, which moves with the
+    clock, is computed at most once a second per process."""
+    second = int((now or utcnow()).timestamp())
+    now = datetime.fromtimestamp(second, UTC)
+    as_of = (second, user.monthly_budget)  # (the budget is the users row's own, not versioned)
+    body: bytes | None = user_cache.get_at(user, ("usage", limit), as_of)
+    if body is not None:
+        return body
     p = _params(user.id, now, limit)
-    return _report(user, now, p["since_day"], limit, *await asyncio.gather(*(db.rows(q, **p) for q in _QUERIES)))
+    # The rows change with the user's data and the day (the month's first day follows from the series').
+    rows = user_cache.get_at(user, ("usage rows", limit), p["since_day"])
+    if rows is None:
+        rows = await asyncio.gather(*(db.rows(q, **p) for q in _QUERIES))
+        user_cache.put_at(user, ("usage rows", limit), p["since_day"], rows, 100 * sum(map(len, rows)))
+    body = dumps(_report(user, now, p["since_day"], limit, *rows))
+    user_cache.put_at(user, ("usage", limit), as_of, body, len(body))
+    return body
 
 
 def usage(session: Session, user: User, now: datetime | None = None, limit: int = 20) -> dict[str, Any]:

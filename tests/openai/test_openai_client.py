@@ -4,15 +4,26 @@ the tiny model) serving two adapters: list, complete and stream, sync and async,
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
+import pytest
 from sqlalchemy import select
 
 from app.deployments.models import Endpoint, InferenceRecord
+from tests.conftest import own_database
 
 QUESTION = [{"role": "user", "content": "How do I reset my password?"}]
+
+
+@pytest.fixture
+def session_factory(tmp_path: Path) -> Iterator[Any]:
+    """Its own database: the live server may still be finishing one request's database work (in
+    its threadpool) when the client's next request arrives."""
+    yield from own_database(tmp_path)
 
 
 def test_list_complete_and_stream_for_adapters_and_the_base(deployed: dict[str, Any], live_url: str,

@@ -12,8 +12,7 @@ from typing import Any
 import openai
 import pytest
 
-from app.db import make_engine, make_sessionmaker
-from tests.conftest import migrate
+from tests.conftest import own_database
 from tests.e2e.conftest import QA, wait_for, worker  # noqa: F401 - fixtures
 from tests.jobs import TINY_ID
 
@@ -25,14 +24,8 @@ ANSWERS = {"support": [a for _, a in QA], "legal": ["Please contact our legal te
 
 @pytest.fixture
 def session_factory(tmp_path: Path) -> Iterator[Any]:
-    """A database file of its own with pooled connections, as the app runs: the two questions asked at
-    once look their endpoint up in two threads at once, which the suite's single shared test
-    connection (one transaction per test, on either database) cannot serve."""
-    url = f"sqlite:///{tmp_path / 'app.db'}"
-    migrate(url)
-    engine = make_engine(url)
-    yield make_sessionmaker(engine)
-    engine.dispose()
+    """Its own database: the two questions asked at once look their endpoint up in two threads at once."""
+    yield from own_database(tmp_path)
 
 
 def trained_job(client: Any, h: dict[str, str], name: str, wait: Callable[..., Any]) -> str:

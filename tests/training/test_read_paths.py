@@ -40,6 +40,17 @@ def _user(s: Any, name: str) -> User:
     return user
 
 
+def _me(s: Any, user: User) -> User:
+    """The user as a request sees it: its row read again (the data version moves with every write)."""
+    s.refresh(user)
+    return user
+
+
+def _page(db: ReadDb, user: User, limit: int, after: str | None, status: str | None) -> dict[str, Any]:
+    """The job list's body, checked against its response model (datetimes parsed back)."""
+    return TypeAdapter(TrainingJobList).validate_json(run(reads.job_page(db, user, limit, after, status))).model_dump()
+
+
 def test_job_reads_equal_the_response_models(session_factory: Any) -> None:
     with session_factory() as s:
         user, other = _user(s, "reads"), _user(s, "other")
@@ -51,8 +62,7 @@ def test_job_reads_equal_the_response_models(session_factory: Any) -> None:
         _job(s, other, "running", created_at=T0)
         db = ReadDb(s.connection())
 
-        page = run(reads.job_page(db, user.id, 20, None, None))
-        TypeAdapter(TrainingJobList).validate_python(page)
+        page = _page(db, _me(s, user), 20, None, None)
         assert [j["job_name"] for j in page["data"]] == ["done", "running"]
         first, second = page["data"]
         assert first["training_metrics"] == [{"metric_name": "train_loss", "value": 0.5}]  # final ones win
@@ -63,17 +73,19 @@ def test_job_reads_equal_the_response_models(session_factory: Any) -> None:
         assert second["progress"] == {"step": 3} and second["hyperparameters"]["epochs"] == 2
         # The ORM view of a job (create and stop answer with it) is the same body.
         s.refresh(done)
-        assert reads.orm_job_body(done) == run(reads.job(db, user.id, "done"))
-        TypeAdapter(TrainingJobRead).validate_python(run(reads.job(db, user.id, "running")))
+        one = TypeAdapter(TrainingJobRead)
+        body = run(reads.job(db, _me(s, user), "done"))
+        assert one.validate_python(reads.orm_job_body(done)) == one.validate_json(body)
+        one.validate_json(run(reads.job(db, _me(s, user), "running")))
         with pytest.raises(NotFound):
-            run(reads.job(db, other.id, "done"))  # another user's job is not found
+            run(reads.job(db, _me(s, other), "done"))  # another user's job is not found
 
         # Pages of one, then the cursor; a status filter.
-        one = run(reads.job_page(db, user.id, 1, None, None))
+        one = _page(db, _me(s, user), 1, None, None)
         assert one["has_more"] and [j["job_name"] for j in one["data"]] == ["done"]
-        rest = run(reads.job_page(db, user.id, 1, one["next_cursor"], None))
+        rest = _page(db, _me(s, user), 1, one["next_cursor"], None)
         assert [j["job_name"] for j in rest["data"]] == ["running"] and not rest["has_more"]
-        assert [j["job_name"] for j in run(reads.job_page(db, user.id, 20, None, "Failed"))["data"]] == ["done"]
+        assert [j["job_name"] for j in _page(db, _me(s, user), 20, None, "Failed")["data"]] == ["done"]
 
 
 def _points(s: Any, job: TrainingJob, *points: JobMetric) -> None:
@@ -104,18 +116,18 @@ def test_events_and_metric_points_equal_the_response_models(session_factory: Any
             orm = list(s.scalars(select(JobMetric).where(JobMetric.job_id == job.id).order_by(JobMetric.id)))
             return TypeAdapter(list[MetricPoint]).dump_json(orm)
 
-        assert orjson.loads(run(reads.job_metrics(db, user.id, "points-job", None))) == orjson.loads(orm_points())
-        assert [p["metric_name"] for p in orjson.loads(run(reads.job_metrics(db, user.id, "points-job", "eval_loss")))
-                ] == ["eval_loss"]
+        assert orjson.loads(run(reads.job_metrics(db, _me(s, user), "points-job", None))) == orjson.loads(orm_points())
+        evals = orjson.loads(run(reads.job_metrics(db, _me(s, user), "points-job", "eval_loss")))
+        assert [p["metric_name"] for p in evals] == ["eval_loss"]
         # New points extend the cached series; nothing is lost or repeated.
         _points(s, job, JobMetric(metric_name="train_loss", step=20, epoch=1.0, value=0.75, timestamp=T0))
-        assert orjson.loads(run(reads.job_metrics(db, user.id, "points-job", None))) == orjson.loads(orm_points())
-        assert run(reads.job_metrics(db, user.id, "quiet-job", None)) == b"[]"
+        assert orjson.loads(run(reads.job_metrics(db, _me(s, user), "points-job", None))) == orjson.loads(orm_points())
+        assert run(reads.job_metrics(db, _me(s, user), "quiet-job", None)) == b"[]"
 
-        events = run(reads.job_events(db, user.id, "points-job"))
-        TypeAdapter(list[EventRead]).validate_python(events)
-        assert [(e["message"], e["data"]) for e in events] == [("Pending -> Starting", {"status": "Starting"})]
-        assert run(reads.job_events(db, user.id, "quiet-job")) == []
-        for read in (reads.job_events, lambda d, u, n: reads.job_metrics(d, u, n, None)):
-            with pytest.raises(NotFound):
-                run(read(db, other.id, "points-job"))
+        events = TypeAdapter(list[EventRead]).validate_json(run(reads.job_events(db, _me(s, user), "points-job")))
+        assert [(e.message, e.data) for e in events] == [("Pending -> Starting", {"status": "Starting"})]
+        assert run(reads.job_events(db, _me(s, user), "quiet-job")) == b"[]"
+        with pytest.raises(NotFound):
+            run(reads.job_events(db, _me(s, other), "points-job"))
+        with pytest.raises(NotFound):
+            run(reads.job_metrics(db, _me(s, other), "points-job", None))
