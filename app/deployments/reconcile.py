@@ -170,9 +170,10 @@ def _apply(ctx: Any, session: Session, ep: Endpoint, handle: dict[str, Any], st:
         _save_handle(session, ep, handle)
     now = utcnow()
     if st.status in (EndpointStatus.IN_SERVICE, EndpointStatus.UPDATING):
-        if ep.status == EndpointStatus.IN_SERVICE:  # bank the running stretch (usage reads accrued_seconds)
-            transition(session, ep, EndpointStatus.IN_SERVICE, accrued_seconds=banked_seconds(ep, now),
-                       accrual_started_at=now)
+        if ep.status == EndpointStatus.IN_SERVICE:
+            # Still up: nothing to write. Its cost accrues from accrual_started_at (every reader adds the
+            # running stretch), and a write on every pass would move the user's data version
+            # (app/user_cache.py) and so empty the cache of everyone with a live endpoint.
             return
         if _status(session, ep, EndpointStatus.IN_SERVICE, "Endpoint is InService", accrual_started_at=now,
                    in_service_at=ep.in_service_at or now, failure_reason=None) and handle.get("restarted"):

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
+from app.auth.models import User
 from app.backends.base import Backends
 from app.db import utcnow
 from app.deployments.models import Endpoint
@@ -357,3 +358,22 @@ def test_accrued_cost_counts_in_service_time_only(session_factory: Any, in_servi
     assert accrued_cost(ep, start + timedelta(hours=2)) == pytest.approx(2.42)
     ep.status = "Failed"
     assert accrued_cost(ep, start + timedelta(hours=2)) == 0.0
+
+
+def test_a_live_endpoint_is_not_rewritten_on_every_pass(session_factory: Any, in_service: Callable[..., str],
+                                                        reconcile_once: Callable[..., None]) -> None:
+    """A pass that finds an endpoint still InService writes nothing: its cost accrues from
+    accrual_started_at, and a write would move its user's data version (the polled reads' cache)."""
+    ep = endpoint_row(session_factory, in_service())
+
+    def version() -> int:
+        with session_factory() as s:
+            return int(s.scalar(select(User.data_version).where(User.id == ep.user_id)) or 0)
+
+    before = version()
+    reconcile_once()
+    reconcile_once()
+    after = endpoint_row(session_factory, ep.endpoint_name)
+    assert version() == before
+    assert (after.accrual_started_at, after.accrued_seconds) == (ep.accrual_started_at, ep.accrued_seconds)
+    assert accrued_cost(after, ep.accrual_started_at + timedelta(hours=1)) == pytest.approx(1.21)
