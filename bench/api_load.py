@@ -3,7 +3,7 @@ by side in one run, on SQLite and on PostgreSQL.
 
     .venv/bin/python bench/api_load.py                          # 3 rounds of 8 s per route and database
     .venv/bin/python bench/api_load.py --db postgresql --duration 10 --rounds 5
-    .venv/bin/python bench/api_load.py --routes me --baseline-root /tmp/other-checkout   # A/B of /me
+    .venv/bin/python bench/api_load.py --db postgresql --baseline-root /tmp/other-checkout   # A/B, every route
 
 Routes: `GET /api/auth/me`, the job list (`?limit=20`), one job, its metrics and its events, an
 older job's metrics, the endpoint list and `/api/usage`, for a user with realistic history: 1,000
@@ -517,8 +517,8 @@ def main() -> int:
     ap.add_argument("--pg-url", default=DEFAULT_PG, help="a database only the bench uses (it is wiped)")
     ap.add_argument("--loadgen", choices=["auto", "wrk", "python"], default="auto")
     ap.add_argument("--baseline-root", type=Path, default=None,
-                    help="another checkout of the project (e.g. `git archive HEAD | tar -x -C DIR`): its /me is "
-                         "served beside this tree's, same database, and measured in the same rounds")
+                    help="another checkout of the project (e.g. `git archive HEAD | tar -x -C DIR`): its routes "
+                         "are served beside this tree's, same database, and measured in the same rounds")
     ap.add_argument("--inprocess", type=int, default=0, metavar="N",
                     help="also measure in-process CPU per request (N calls per run, e.g. 3000)")
     ap.add_argument("--inprocess-child", type=int, default=0, help=argparse.SUPPRESS)
@@ -576,7 +576,8 @@ def main() -> int:
                         benv = app_env(url, tmp / f"{db}-data", secret, root)
                         base_srv = start_server(f"baseline-{db}", "app.main:create_app", benv, args.workers, tmp,
                                                 "/api/health", root)
-                        targets.append(("/me (baseline tree)", base_srv, base_srv.base + "/api/auth/me", headers))
+                        targets += [(f"{name} (baseline)", base_srv, base_srv.base + path, headers)
+                                    for name, path in routes]
                     for _, s, u, h in targets:
                         loadgen(u, h, args.warmup, args.connections, args.threads, s.pids())
                         drain(s)
@@ -586,7 +587,7 @@ def main() -> int:
                             r = loadgen(u, h, args.duration, args.connections, args.threads, s.pids())
                             drain(s)
                             results[name].append(r)
-                            print(f"  {db:10} round {i + 1}: {name:19} {r.rps:6.0f} req/s  p50/90/99 "
+                            print(f"  {db:10} round {i + 1}: {name:30} {r.rps:6.0f} req/s  p50/90/99 "
                                   f"{r.extra['p50_ms']:.1f}/{r.extra['p90_ms']:.1f}/{r.p99_ms:.1f} ms"
                                   f"  errors {r.errors}  cores: server {r.extra['server_cpu']:.2f}"
                                   f" loadgen {r.extra['loadgen_cpu']:.2f} postgres {r.extra['postgres_cpu']:.2f}"
@@ -622,9 +623,9 @@ def main() -> int:
             bare.stop()
 
     print()
-    print(f"{'database':10} | {'route':19} | {'req/s':>8} | {'p99 ms':>7} | {'vs bare':>7} | "
+    print(f"{'database':10} | {'route':30} | {'req/s':>8} | {'p99 ms':>7} | {'vs bare':>7} | "
           f"{'CPU/req':>8} | {'others':>7} | runs (req/s)")
-    print("-" * 100)
+    print("-" * 111)
     ok = True
     verdict = ""
     missed: list[str] = []
@@ -639,7 +640,7 @@ def main() -> int:
         ratio = rps / bare_rps[db] if bare_rps.get(db) else float("nan")
         runs = ", ".join(f"{r.rps:.0f}" for r in rs)
         errs = sum(r.errors for r in rs)
-        print(f"{db:10} | {name:19} | {rps:8.0f} | {p99:7.1f} | {ratio:6.0%} | {cpu_us:5.0f} us | {other:5.2f} c"
+        print(f"{db:10} | {name:30} | {rps:8.0f} | {p99:7.1f} | {ratio:6.0%} | {cpu_us:5.0f} us | {other:5.2f} c"
               f" | {runs}" + (f"  ({errs} errors)" if errs else ""))
         if errs:
             ok = False
@@ -650,7 +651,7 @@ def main() -> int:
                 missed.append(name)
             verdict = f"target (PostgreSQL: every route >= {TARGET_RATIO:.0%} of bare, p99 < " \
                 f"{TARGET_P99_MS:.0f} ms): " + ("met" if not missed else "NOT met by " + ", ".join(missed))
-    print("-" * 100)
+    print("-" * 111)
     print("CPU/req: server CPU per request; others: cores used meanwhile by processes other than the servers, "
           "the load generator and postgres (median)")
     if cpu_rows:
