@@ -15,6 +15,7 @@ import secrets
 from datetime import timedelta
 from typing import Any
 
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
@@ -113,8 +114,11 @@ async def user_row_for_key(request: Any, secret: str) -> dict[str, Any] | None:
     state = request.app.state
     route = request.scope.get("route")
     path = getattr(route, "path", None) or request.url.path
-    with state.sessionmaker() as session:
-        row = ApiKeyService(session, state.settings).authenticate(secret, request.method, path)
-        request.state.api_key = {"id": row.id, "scope": row.scope, "user_id": row.user_id}
-        user_id = row.user_id
-    return await user_row(state.sessionmaker, user_id)
+
+    def check() -> dict[str, Any]:  # a query and a commit: in the threadpool, never on the event loop
+        with state.sessionmaker() as session:
+            row = ApiKeyService(session, state.settings).authenticate(secret, request.method, path)
+            return {"id": row.id, "scope": row.scope, "user_id": row.user_id}
+
+    request.state.api_key = await run_in_threadpool(check)
+    return await user_row(state.sessionmaker, request.state.api_key["user_id"])

@@ -66,6 +66,7 @@ def test_the_async_routes_query_and_commit_off_the_event_loop(
     fake_backend.set("shared-endpoint", "InService")
     reconcile_once()
     rows = b"".join(b'{"prompt": "q%d", "response": "a"}\n' % i for i in range(4))
+    key = client.post("/api/api-keys", headers=alice, json={"name": "k", "scope": "inference"}).json()["key"]
     answers = [
         client.post("/api/datasets", headers=alice, files={"file": ("qa.jsonl", rows)}),
         client.post("/api/invoke-model", headers=alice, json={"endpoint_name": "mine-endpoint", "input_text": "x"}),
@@ -73,6 +74,8 @@ def test_the_async_routes_query_and_commit_off_the_event_loop(
         client.post("/v1/chat/completions", headers=alice,
                     json={"model": "mine", "messages": [{"role": "user", "content": "x"}]}),
         client.post("/v1/completions", headers=alice, json={"model": "a", "prompt": "x", "stream": True}),
+        client.post("/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},  # an API key's check
+                    json={"model": "mine", "messages": [{"role": "user", "content": "x"}]}),
         client.post("/api/endpoint/shared-endpoint/adapters", headers=alice, json={"job_name": jobs[2]}),
         client.delete(f"/api/endpoint/shared-endpoint/adapters/{jobs[2]}", headers=alice),
         # refusals: the request's queries and the failed create's teardown
@@ -80,6 +83,6 @@ def test_the_async_routes_query_and_commit_off_the_event_loop(
         client.post("/api/deploy-model", headers=alice, json={"model_name": "mine", "job_name": jobs[0]}),
         client.post("/api/auth/token", data={"username": "alice", "password": "wrong password"}),
     ]
-    assert [r.status_code for r in answers] == [201, 200, 200, 200, 200, 201, 200, 404, 409, 401], \
+    assert [r.status_code for r in answers] == [201, 200, 200, 200, 200, 200, 201, 200, 404, 409, 401], \
         [r.text for r in answers]
     assert on_loop == [], "\n".join(sorted(set(on_loop)))
