@@ -11,8 +11,10 @@ from app.events import EventRead
 from app.reads import json_response
 from app.training import actions, reads
 from app.training.schemas import (
+    BaseModelList,
     CostEstimate,
     CostEstimateRequest,
+    InstanceTypeList,
     JobActions,
     MetricPoint,
     ModelDownload,
@@ -33,14 +35,14 @@ async def training_service(session: SessionDep, settings: SettingsDep, store: St
 ServiceDep = Annotated[TrainingService, Depends(training_service)]
 
 
-@router.get("/base-models")
+@router.get("/base-models", response_model=BaseModelList)
 async def base_models(settings: SettingsDep, _: CurrentUser) -> dict[str, Any]:
     """The base-model catalogue."""
     models = [{k: v for k, v in m.items() if k != "source"} for m in catalog.base_models(settings)]
     return {"data": models}
 
 
-@router.get("/instance-types")
+@router.get("/instance-types", response_model=InstanceTypeList)
 async def instance_types(settings: SettingsDep, _: CurrentUser) -> dict[str, Any]:
     """Instance types with training and inference prices per hour (USD)."""
     data = [{"name": k, "accelerator": v["accelerator"], "gpus": v["gpus"], "gpu_memory_gib": v["gpu_memory_gib"],

@@ -137,7 +137,6 @@ class TrainingJobList(BaseModel):
     next_cursor: str | None
 
 
-
 class MetricPoint(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -168,3 +167,41 @@ class JobActions(BaseModel):
     job_name: str
     status: str
     actions: list[Action]
+
+
+class BaseModelInfo(BaseModel):
+    """A catalogue entry (where its weights come from is the server's business). Entries added by the
+    `extra_base_models` setting may carry more fields; they are passed through."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    family: str
+    parameters: int | None
+    task: str
+    max_length: int
+    default_target_modules: list[str] | None
+    recommended_instance_types: list[str]
+    offline: bool
+    description: str
+
+
+class BaseModelList(BaseModel):
+    data: list[BaseModelInfo]
+
+
+class InstanceType(BaseModel):
+    name: str
+    accelerator: str
+    gpus: int
+    gpu_memory_gib: float
+    training_price_per_hour: float | None = Field(description="USD; null: not offered for training")
+    inference_price_per_hour: float | None = Field(description="USD; null: not offered for inference")
+    backends: list[str]
+    available: bool = Field(description="offered by this server's backend")
+
+
+class InstanceTypeList(BaseModel):
+    data: list[InstanceType]
+    currency: Literal["USD"]
+    backend: str
