@@ -55,7 +55,8 @@ def _backfill(days: sa.Table) -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("training_jobs", schema=None) as batch_op:
-        batch_op.drop_column("last_metric_id")
-        batch_op.drop_index("ix_training_jobs_user_id_status")
+    # Not a batch operation: on SQLite that rebuilds the table, and dropping the old one, with foreign
+    # keys on, deletes its jobs' metric points. SQLite (3.35+) drops a column in place.
+    op.drop_index("ix_training_jobs_user_id_status", table_name="training_jobs")
+    op.drop_column("training_jobs", "last_metric_id")
     op.drop_table("job_cost_days")

@@ -59,5 +59,6 @@ def downgrade() -> None:
         for table in TABLES:
             for event in ("insert", "update", "delete"):
                 op.execute(f"DROP TRIGGER {table}_data_version_{event}")
-    with op.batch_alter_table("users", schema=None) as batch_op:
-        batch_op.drop_column("data_version")
+    # Not a batch operation: on SQLite that rebuilds the table, and dropping the old users table, with
+    # foreign keys on, deletes every row that references it. SQLite (3.35+) drops a column in place.
+    op.drop_column("users", "data_version")
