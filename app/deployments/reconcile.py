@@ -165,7 +165,7 @@ def _fail(session: Session, ep: Endpoint, reason: str, slots: _Slots) -> None:
 
 def _apply(ctx: Any, session: Session, ep: Endpoint, handle: dict[str, Any], st: BackendEndpointStatus,
            slots: _Slots) -> None:
-    if st.handle_update:
+    if st.handle_update and {**handle, **st.handle_update} != handle:  # (SageMaker repeats it every pass)
         handle = {**handle, **st.handle_update}
         _save_handle(session, ep, handle)
     now = utcnow()

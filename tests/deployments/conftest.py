@@ -128,7 +128,7 @@ class FakeEndpointBackend:
             return BackendEndpointStatus("Failed", "server gone")
         if s["deleted"]:
             return BackendEndpointStatus("Deleted")
-        return BackendEndpointStatus(s["status"], s["reason"])
+        return BackendEndpointStatus(s["status"], s["reason"], handle_update=s.get("handle_update"))
 
     def invoke(self, handle: dict[str, Any], payload: dict[str, Any], timeout: float) -> list[dict[str, Any]]:
         self.invocations.append({"handle": handle, "payload": payload, "timeout": timeout})

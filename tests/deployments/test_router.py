@@ -361,10 +361,17 @@ def test_accrued_cost_counts_in_service_time_only(session_factory: Any, in_servi
 
 
 def test_a_live_endpoint_is_not_rewritten_on_every_pass(session_factory: Any, in_service: Callable[..., str],
-                                                        reconcile_once: Callable[..., None]) -> None:
+                                                        reconcile_once: Callable[..., None],
+                                                        fake_backend: FakeEndpointBackend) -> None:
     """A pass that finds an endpoint still InService writes nothing: its cost accrues from
-    accrual_started_at, and a write would move its user's data version (the polled reads' cache)."""
-    ep = endpoint_row(session_factory, in_service())
+    accrual_started_at, and a write would move its user's data version (the polled reads' cache).
+    A backend that reports the same handle details on every pass (SageMaker's components) is saved once."""
+    name = in_service()
+    fake_backend.servers[endpoint_row(session_factory, name).backend_handle["server"]]["handle_update"] = {
+        "components": {"__base__": "base-ic"}}
+    reconcile_once()
+    ep = endpoint_row(session_factory, name)
+    assert ep.backend_handle["components"] == {"__base__": "base-ic"}
 
     def version() -> int:
         with session_factory() as s:
