@@ -43,10 +43,11 @@ class UserCache:
             self._entries.move_to_end((user.id, key))
             return hit[1]
 
-    def put(self, user: User, key: Hashable, value: Any, size: int) -> None:
-        """Store `value` (about `size` bytes), read after `user`'s row was (an entry already stored
-        under a newer version stays)."""
+    def put(self, user: User, key: Hashable, value: Any) -> None:
+        """Store `value`, read after `user`'s row was (an entry already stored under a newer version
+        stays)."""
         k = (user.id, key)
+        size = sizeof(k) + sizeof(value)
         with self._lock:
             old = self._entries.pop(k, None)
             if old is not None:
@@ -66,8 +67,21 @@ class UserCache:
         hit = self.get(user, key)
         return hit[1] if hit is not None and hit[0] == as_of else None
 
-    def put_at(self, user: User, key: Hashable, as_of: Hashable, value: Any, size: int) -> None:
-        self.put(user, key, (as_of, value), size)
+    def put_at(self, user: User, key: Hashable, as_of: Hashable, value: Any) -> None:
+        self.put(user, key, (as_of, value))
+
+
+def sizeof(value: Any) -> int:
+    """Roughly the memory `value` holds, in bytes: strings by their length, containers by their
+    items, anything else as a small object. (What bounds the cache: keys count, and a user can vary
+    a page's parameters as much as they like.)"""
+    if isinstance(value, str | bytes):
+        return 49 + len(value)
+    if isinstance(value, dict):
+        return 64 + sum(sizeof(k) + sizeof(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return 56 + sum(map(sizeof, value))
+    return 32
 
 
 cache = UserCache()

@@ -83,7 +83,7 @@ async def endpoint(db: ReadDb, user: User, endpoint_name: str) -> dict[str, Any]
         if row is None:
             raise NotFound(f"No endpoint {endpoint_name!r}", param="endpoint_name")
         read = await _read(db, row)
-        user_cache.put(user, ("endpoint", endpoint_name), read, 1000)
+        user_cache.put(user, ("endpoint", endpoint_name), read)
     values, job_name, adapters = read
     return endpoint_body(values, job_name, utcnow(), adapters)
 
@@ -119,7 +119,7 @@ async def endpoint_page(db: ReadDb, user: User, status: str | None, include_dele
                                              lambda r: (r[_CREATED], r[-2]))
         # (gathered: the adapter reads of several base-model endpoints share one round trip)
         page = list(await asyncio.gather(*(_read(db, r) for r in rows))), more, cursor
-        user_cache.put(user, key, page, 1000 * (len(rows) + 1))
+        user_cache.put(user, key, page)
     reads, more, cursor = page
     now = utcnow()
     return {"data": [endpoint_body(values, job_name, now, adapters) for values, job_name, adapters in reads],

@@ -87,7 +87,7 @@ async def job_page(db: ReadDb, user: User, limit: int, after: str | None, status
     rows, more, cursor = pagination.page(await db.rows(_PAGES[(bool(status), bool(after))], **params), limit,
                                          lambda r: (r[_CREATED], r[_ID]))
     body = dumps({"data": [job_body(r) for r in rows], "has_more": more, "next_cursor": cursor})
-    user_cache.put(user, key, body, len(body))
+    user_cache.put(user, key, body)
     return body
 
 
@@ -108,7 +108,7 @@ async def job(db: ReadDb, user: User, job_name: str) -> bytes:
         if row is None:
             raise not_found(job_name)
         body = dumps(job_body(row))
-        user_cache.put(user, ("job", job_name), body, len(body))
+        user_cache.put(user, ("job", job_name), body)
     return body
 
 
@@ -129,7 +129,7 @@ async def job_events(db: ReadDb, user: User, job_name: str) -> bytes:
             raise not_found(job_name)
         body = dumps([{"timestamp": at, "level": level, "type": typ, "message": message, "data": loads(data) or {}}
                       for at, level, typ, message, data in rows if at is not None])
-        user_cache.put(user, ("events", job_name), body, len(body))
+        user_cache.put(user, ("events", job_name), body)
     return body
 
 
@@ -189,7 +189,7 @@ async def job_metrics(db: ReadDb, user: User, job_name: str, metric_name: str | 
         row = await db.first(_LAST_POINT, user_id=user.id, job_name=job_name)
         if row is None:
             raise not_found(job_name)
-        user_cache.put(user, ("last point", job_name), row, 100)
+        user_cache.put(user, ("last point", job_name), row)
     job_id, last = row[0], row[1] or 0
     key = (job_id, metric_name or "")
     have, body = _series.get(key)

@@ -100,9 +100,9 @@ async def read_usage(db: ReadDb, user: User, limit: int, now: datetime | None = 
     rows = user_cache.get_at(user, ("usage rows", limit), p["since_day"])
     if rows is None:
         rows = await asyncio.gather(*(db.rows(q, **p) for q in _QUERIES))
-        user_cache.put_at(user, ("usage rows", limit), p["since_day"], rows, 100 * sum(map(len, rows)))
+        user_cache.put_at(user, ("usage rows", limit), p["since_day"], rows)
     body = dumps(_report(user, now, p["since_day"], limit, *rows))
-    user_cache.put_at(user, ("usage", limit), as_of, body, len(body))
+    user_cache.put_at(user, ("usage", limit), as_of, body)
     return body
 
 

@@ -19,7 +19,7 @@ from app.evaluation.models import Evaluation
 from app.events import Event
 from app.training.models import TrainingJob
 from app.usage.days import JobCostDay
-from app.user_cache import UserCache
+from app.user_cache import UserCache, sizeof
 from tests.usage.test_router import add_endpoint, add_job, set_budget
 
 
@@ -133,14 +133,16 @@ class _U:
 
 
 def test_entries_are_bounded_and_never_go_back_a_version() -> None:
-    cache = UserCache(max_bytes=100)
-    cache.put(_U("a", 2), "k", "new", 10)  # type: ignore[arg-type]
-    cache.put(_U("a", 1), "k", "old", 10)  # type: ignore[arg-type]  # (read by a request that started earlier)
+    cache = UserCache(max_bytes=2000)
+    cache.put(_U("a", 2), "k", "new")  # type: ignore[arg-type]
+    cache.put(_U("a", 1), "k", "old")  # type: ignore[arg-type]  # (read by a request that started earlier)
     assert cache.get(_U("a", 2), "k") == "new" and cache.get(_U("a", 1), "k") is None  # type: ignore[arg-type]
     assert cache.get(_U("b", 2), "k") is None  # type: ignore[arg-type]
-    for i in range(20):
-        cache.put(_U("b", 0), i, i, 10)  # type: ignore[arg-type]
-    assert cache._bytes <= 100 and cache.get(_U("b", 0), 19) == 19 and cache.get(_U("a", 2), "k") is None  # type: ignore[arg-type]
+    for i in range(100):  # small values under many keys (a page per cursor, say): the keys count too
+        cache.put(_U("b", 0), ("page", str(i)), b"[]")  # type: ignore[arg-type]
+    assert cache._bytes <= 2000 and len(cache._entries) < 20
+    assert cache.get(_U("b", 0), ("page", "99")) == b"[]" and cache.get(_U("a", 2), "k") is None  # type: ignore[arg-type]
+    assert sizeof([("name", 1.5, {"k": "v" * 100})]) > 100
 
 
 def test_concurrent_writers_of_one_user_do_not_deadlock_on_its_row(engine: Any) -> None:
