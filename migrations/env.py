@@ -35,8 +35,13 @@ def run_migrations_online() -> None:
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     engine = make_engine(url, pool_size=1)
     with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            # A batch operation rebuilds a table (copy, drop, rename), and with foreign keys on,
+            # dropping the old table deletes every row that references it (a job's metric points).
+            # The pragma does nothing inside a transaction: set on the driver's connection, before any.
+            conn.connection.dbapi_connection.execute("PRAGMA foreign_keys=OFF")
         _run(conn)
-    engine.dispose()
+    engine.dispose()  # (the connection with foreign keys off goes with it)
 
 
 def _run(connection) -> None:  # type: ignore[no-untyped-def]
