@@ -1,6 +1,6 @@
 """The polled reads' cache (app/user_cache.py): every write to a user's jobs, endpoints and their
-adapters, evaluations, events or usage days moves `users.data_version` (database triggers), so a cached answer is
-never served after a write, whoever made it; a user never sees another's entries."""
+adapters, evaluations, events or usage days moves `users.data_version` (database triggers), so a
+cached answer is never served after a write, whoever made it; a user never sees another's entries."""
 
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ def _version(conn: Any, uid: str) -> int:
     return int(conn.execute(select(User.data_version).where(User.id == uid)).scalar_one())
 
 
-def _user(conn: Any, name: str) -> str:
-    uid = new_id()
+def _user(conn: Any, name: str, uid: str | None = None) -> str:
+    uid = uid or new_id()
     conn.execute(User.__table__.insert().values(id=uid, username=name, email=f"{name}@example.com",
                                                 password_hash="x", is_admin=False, created_at=utcnow()))
     return uid
@@ -156,8 +156,7 @@ def test_concurrent_writers_of_one_user_do_not_deadlock_on_its_row(engine: Any) 
     uid, ids = new_id(), [new_id(), new_id()]
     try:
         with eng.begin() as c:
-            c.execute(User.__table__.insert().values(id=uid, username=f"dl-{uid[:8]}", email=f"{uid}@example.com",
-                                                     password_hash="x", is_admin=False, created_at=utcnow()))
+            _user(c, f"dl-{uid[:8]}", uid)
             for i, job_id in enumerate(ids):
                 c.execute(_job_row(job_id, uid, f"j{i}"))
         with eng.connect() as c:
